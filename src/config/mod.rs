@@ -1,0 +1,663 @@
+//! `moltgate.yaml`: what the gateway listens on, where its policies live,
+//! which AI clusters it forwards to, and which routes it serves.
+//!
+//! The schema is strict (unknown keys are errors) because a typo in an edge
+//! gateway's config is a security hole, not a style issue. Everything is
+//! checked at load time, so `moltgate check` and `moltgate run` refuse the
+//! same files with the same `file:line:col` messages.
+
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use yaml::{EnvString, FileError, HumanDuration};
+
+/// The embedded demo config: what `moltgate run` uses with no `-c` and no
+/// `moltgate.yaml` in the working directory.
+pub const DEMO_CONFIG: &str = include_str!("../../moltgate.yaml");
+
+/// The node name that runs the demo assistant inside the gateway process.
+pub const EMBEDDED_NODE: &str = "embedded";
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners.
+    pub listen: Listen,
+    /// The watched policies directory.
+    #[serde(default = "default_policies")]
+    pub policies: EnvString,
+    /// Conversation context cache bounds.
+    #[serde(default)]
+    pub context: ContextConfig,
+    /// Named upstreams (AI clusters or legacy HTTP bots).
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes, matched by exact path.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Limits that protect the gateway from slow or greedy clients.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Worker threads for the public listener (default: number of CPUs).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The directory relative paths are resolved against (the config file's
+    /// directory). Not read from YAML.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where this config came from, for messages. Not read from YAML.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+fn default_policies() -> EnvString {
+    EnvString("policies/".into())
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// The TLS 1.3 listener platforms and clients talk to.
+    pub public: PublicListener,
+    /// Plain-HTTP admin listener (health, metrics, reload); keep it on loopback.
+    pub admin: AdminListener,
+}
+
+/// The public listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicListener {
+    /// `host:port`.
+    pub address: EnvString,
+    /// Certificate and key (PEM).
+    pub tls: TlsFiles,
+}
+
+/// Certificate and key files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: EnvString,
+    /// PEM private key.
+    pub key: EnvString,
+    /// Create development certificates here if the files are missing.
+    #[serde(default)]
+    pub dev_autogenerate: bool,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminListener {
+    /// `host:port`.
+    pub address: EnvString,
+}
+
+/// Bounds of the conversation context cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextConfig {
+    /// Most conversations kept.
+    #[serde(default = "default_max_conversations")]
+    pub max_conversations: u64,
+    /// How long a conversation is kept after it started.
+    #[serde(default = "default_ttl")]
+    pub ttl: HumanDuration,
+    /// Turns (user and assistant) kept per conversation.
+    #[serde(default = "default_turns")]
+    pub turns: usize,
+}
+
+fn default_max_conversations() -> u64 {
+    100_000
+}
+fn default_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_turns() -> usize {
+    20
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        Self {
+            max_conversations: default_max_conversations(),
+            ttl: default_ttl(),
+            turns: default_turns(),
+        }
+    }
+}
+
+/// What kind of upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// An AI cluster speaking `moltgate.v1.Assistant` over gRPC.
+    Grpc,
+    /// An existing bot reached over HTTP (passthrough routes).
+    Http,
+}
+
+/// How a cluster picks a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Consistent hash on the conversation, so it stays on a warm node.
+    #[default]
+    Conversation,
+    /// Each call goes to the next node.
+    RoundRobin,
+}
+
+/// One upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `grpc` or `http`.
+    pub kind: UpstreamKind,
+    /// `host:port` of each node, or `embedded` for the in-process demo assistant.
+    pub nodes: Vec<EnvString>,
+    /// Node selection.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Per-call timeout, from sending to the last reply part.
+    #[serde(default = "default_call_timeout")]
+    pub timeout: HumanDuration,
+    /// How long a node has to answer `accepted` before the next is tried.
+    #[serde(default = "default_accept_timeout")]
+    pub accept_timeout: HumanDuration,
+    /// TLS to the nodes; plain h2c when absent.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// Active health checks.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    /// Seconds put in `Retry-After` when no node accepts.
+    #[serde(default = "default_retry_after")]
+    pub retry_after: u32,
+}
+
+fn default_call_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_accept_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_retry_after() -> u32 {
+    5
+}
+
+/// TLS to an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA bundle that signs the nodes' certificates.
+    pub ca: EnvString,
+    /// Name to verify in the nodes' certificates (default: the node host).
+    #[serde(default)]
+    pub domain: Option<EnvString>,
+}
+
+/// Active health checks (gRPC `grpc.health.v1.Health/Check`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Time between checks of one node.
+    #[serde(default = "default_hc_interval")]
+    pub interval: HumanDuration,
+    /// Time a check may take.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: HumanDuration,
+    /// Consecutive failures that mark a node down.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+}
+
+fn default_hc_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_hc_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_unhealthy_after() -> u32 {
+    1
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_hc_interval(),
+            timeout: default_hc_timeout(),
+            unhealthy_after: default_unhealthy_after(),
+        }
+    }
+}
+
+/// How a route treats traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteMode {
+    /// Translate to an Envelope and forward to a gRPC cluster.
+    #[default]
+    Translate,
+    /// Verify and apply policy, then proxy the original request to an HTTP bot.
+    Passthrough,
+}
+
+/// The platforms a route can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlatformKind {
+    /// The JWT-authenticated HTTP API.
+    Generic,
+    /// Feishu / Lark.
+    Feishu,
+    /// WeCom (WeChat Work).
+    Wecom,
+    /// DingTalk.
+    Dingtalk,
+    /// Slack.
+    Slack,
+    /// Discord.
+    Discord,
+    /// Telegram.
+    Telegram,
+}
+
+impl PlatformKind {
+    /// The lowercase name used in metrics, envelopes and identities.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlatformKind::Generic => "generic",
+            PlatformKind::Feishu => "feishu",
+            PlatformKind::Wecom => "wecom",
+            PlatformKind::Dingtalk => "dingtalk",
+            PlatformKind::Slack => "slack",
+            PlatformKind::Discord => "discord",
+            PlatformKind::Telegram => "telegram",
+        }
+    }
+}
+
+/// Secret names a route may carry, per DESIGN.md. A struct (not a map) so a
+/// misspelt secret is a located load error instead of a silent miss.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Secrets {
+    pub verification_token: Option<EnvString>,
+    pub encrypt_key: Option<EnvString>,
+    pub app_id: Option<EnvString>,
+    pub app_secret: Option<EnvString>,
+    pub token: Option<EnvString>,
+    pub encoding_aes_key: Option<EnvString>,
+    pub corp_id: Option<EnvString>,
+    pub agent_id: Option<EnvString>,
+    pub corp_secret: Option<EnvString>,
+    pub aes_key: Option<EnvString>,
+    pub owner_key: Option<EnvString>,
+    pub signing_secret: Option<EnvString>,
+    pub bot_token: Option<EnvString>,
+    pub public_key: Option<EnvString>,
+    pub application_id: Option<EnvString>,
+    pub secret_token: Option<EnvString>,
+}
+
+impl Secrets {
+    /// The secrets that are set, by name, for the platform adapters.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let pairs = [
+            ("verification_token", &self.verification_token),
+            ("encrypt_key", &self.encrypt_key),
+            ("app_id", &self.app_id),
+            ("app_secret", &self.app_secret),
+            ("token", &self.token),
+            ("encoding_aes_key", &self.encoding_aes_key),
+            ("corp_id", &self.corp_id),
+            ("agent_id", &self.agent_id),
+            ("corp_secret", &self.corp_secret),
+            ("aes_key", &self.aes_key),
+            ("owner_key", &self.owner_key),
+            ("signing_secret", &self.signing_secret),
+            ("bot_token", &self.bot_token),
+            ("public_key", &self.public_key),
+            ("application_id", &self.application_id),
+            ("secret_token", &self.secret_token),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.0.clone())))
+            .collect()
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact request path.
+    pub path: EnvString,
+    /// The platform this route speaks.
+    pub platform: PlatformKind,
+    /// The upstream name.
+    pub upstream: EnvString,
+    /// `translate` (default) or `passthrough`.
+    #[serde(default)]
+    pub mode: RouteMode,
+    /// Platform secrets.
+    #[serde(default)]
+    pub secrets: Secrets,
+    /// Largest accepted body, in bytes (default `limits.body`).
+    #[serde(default)]
+    pub body_limit: Option<usize>,
+    /// How long to wait for the assistant before answering the webhook.
+    #[serde(default)]
+    pub deadline: Option<HumanDuration>,
+    /// Platform API base URL override (tests point it at a local fake).
+    #[serde(default)]
+    pub api_base: Option<EnvString>,
+}
+
+/// Limits against slow or greedy clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Default body limit per route, in bytes.
+    #[serde(default = "default_body_limit")]
+    pub body: usize,
+    /// Time allowed between reads while a request's headers arrive.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// Time allowed for the whole body to arrive.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: HumanDuration,
+}
+
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body: default_body_limit(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (default) or `text`.
+    #[serde(default = "default_log_format")]
+    pub format: EnvString,
+    /// A tracing filter, e.g. `info` or `moltgate=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: EnvString,
+}
+
+fn default_log_format() -> EnvString {
+    EnvString("json".into())
+}
+fn default_log_level() -> EnvString {
+    EnvString("info".into())
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+/// Graceful-shutdown timing (SIGTERM). SIGINT stops at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time to keep serving in-flight requests after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub grace_period: HumanDuration,
+    /// Time allowed for the runtimes to stop after the grace period.
+    #[serde(default = "default_grace")]
+    pub timeout: HumanDuration,
+}
+
+fn default_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: default_grace(),
+            timeout: default_grace(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, FileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| FileError::whole(path, format!("cannot read: {e}")))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_str_at(path, &text, base)
+    }
+
+    /// Loads the embedded demo config, resolving paths against `base_dir`.
+    pub fn demo(base_dir: &Path) -> Result<Config, FileError> {
+        Self::from_str_at(Path::new("<embedded demo moltgate.yaml>"), DEMO_CONFIG, base_dir.to_path_buf())
+    }
+
+    /// Parses and validates config `text` that was read from `path`.
+    pub fn from_str_at(path: &Path, text: &str, base_dir: PathBuf) -> Result<Config, FileError> {
+        let mut config: Config = yaml::parse_str(path, text)?;
+        config.base_dir = base_dir;
+        config.source = path.to_path_buf();
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() || self.base_dir.as_os_str().is_empty() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The policies directory, resolved.
+    pub fn policies_dir(&self) -> PathBuf {
+        self.resolve(&self.policies)
+    }
+
+    /// The public listener's address, parsed.
+    pub fn public_addr(&self) -> Result<SocketAddr, FileError> {
+        self.parse_addr(&self.listen.public.address)
+    }
+
+    /// The admin listener's address, parsed.
+    pub fn admin_addr(&self) -> Result<SocketAddr, FileError> {
+        self.parse_addr(&self.listen.admin.address)
+    }
+
+    fn parse_addr(&self, raw: &str) -> Result<SocketAddr, FileError> {
+        raw.parse().map_err(|_| {
+            FileError::whole(
+                &self.source,
+                format!("invalid listen address '{raw}'; expected host:port, like 127.0.0.1:8443"),
+            )
+        })
+    }
+
+    /// The body limit that applies to `route`.
+    pub fn body_limit(&self, route: &RouteConfig) -> usize {
+        route.body_limit.unwrap_or(self.limits.body)
+    }
+
+    /// Checks what types cannot: references, addresses, platform secrets.
+    fn validate(&self, text: &str) -> Result<(), FileError> {
+        let at = |needle: &str, msg: String| FileError::at(&self.source, yaml::locate(text, needle), msg);
+        for raw in [&self.listen.public.address, &self.listen.admin.address] {
+            if raw.parse::<SocketAddr>().is_err() {
+                return Err(at(
+                    raw,
+                    format!("invalid listen address '{raw}'; expected host:port, like 127.0.0.1:8443"),
+                ));
+            }
+        }
+        for (name, up) in &self.upstreams {
+            if up.nodes.is_empty() {
+                return Err(at(&format!("{name}:"), format!("upstream '{name}' has no nodes")));
+            }
+            for node in &up.nodes {
+                let embedded = node.0 == EMBEDDED_NODE;
+                if embedded && up.kind == UpstreamKind::Http {
+                    return Err(at(
+                        node,
+                        format!("upstream '{name}': node 'embedded' is a gRPC assistant; kind must be grpc"),
+                    ));
+                }
+                if !embedded && node.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                    return Err(at(
+                        node,
+                        format!("upstream '{name}': node '{node}' must be host:port or 'embedded'"),
+                    ));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for route in &self.routes {
+            let path = &route.path.0;
+            if !path.starts_with('/') {
+                return Err(at(path, format!("route path '{path}' must start with '/'")));
+            }
+            if !seen.insert(path.clone()) {
+                return Err(at(path, format!("route path '{path}' is defined twice")));
+            }
+            let Some(up) = self.upstreams.get(&route.upstream.0) else {
+                let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                let hint = yaml::did_you_mean(&route.upstream, known.iter().copied())
+                    .map(|s| format!(" (did you mean '{s}'?)"))
+                    .unwrap_or_default();
+                return Err(at(
+                    &route.upstream,
+                    format!(
+                        "route '{path}' names unknown upstream '{}'{hint}; defined: {}",
+                        route.upstream,
+                        known.join(", ")
+                    ),
+                ));
+            };
+            let want = match route.mode {
+                RouteMode::Translate => UpstreamKind::Grpc,
+                RouteMode::Passthrough => UpstreamKind::Http,
+            };
+            if up.kind != want {
+                return Err(at(
+                    path,
+                    format!(
+                        "route '{path}' in {:?} mode needs a {:?} upstream, but '{}' is {:?}",
+                        route.mode, want, route.upstream, up.kind
+                    )
+                    .to_lowercase(),
+                ));
+            }
+            if route.mode == RouteMode::Passthrough && route.platform == PlatformKind::Generic {
+                return Err(at(path, format!("route '{path}': passthrough needs a chat platform, not generic")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, FileError> {
+        Config::from_str_at(Path::new("moltgate.yaml"), text, PathBuf::new())
+    }
+
+    const MIN: &str = "listen:\n  public: { address: 127.0.0.1:8443, tls: { cert: c, key: k } }\n  admin: { address: 127.0.0.1:9090 }\n";
+
+    #[test]
+    fn demo_config_loads() {
+        let c = Config::demo(Path::new(".")).unwrap();
+        assert!(c.upstreams.contains_key("assistant"));
+        assert!(c.routes.iter().any(|r| r.path.0 == "/v1/messages"));
+    }
+
+    #[test]
+    fn design_example_loads() {
+        let text = format!(
+            "{MIN}policies: policies/\ncontext: {{ max_conversations: 100000, ttl: 24h, turns: 20 }}\nupstreams:\n  assistant: {{ kind: grpc, nodes: [embedded], balance: conversation, timeout: 30s }}\n  legacy-bot: {{ kind: http, nodes: [\"127.0.0.1:3000\"] }}\nroutes:\n  - {{ path: /v1/messages, platform: generic, upstream: assistant }}\n  - {{ path: /hooks/slack/demo, platform: slack, upstream: assistant,\n      secrets: {{ signing_secret: \"${{SLACK_SIGNING_SECRET:-demo}}\", bot_token: \"${{SLACK_BOT_TOKEN:-}}\" }} }}\n  - {{ path: /hooks/telegram/legacy, platform: telegram, mode: passthrough, upstream: legacy-bot,\n      secrets: {{ secret_token: \"${{TG_SECRET:-demo}}\" }} }}\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.context.ttl.0, Duration::from_secs(86400));
+        assert_eq!(c.routes[1].secrets.to_map().get("signing_secret").map(String::as_str), Some("demo"));
+        assert_eq!(c.routes[1].secrets.to_map().get("bot_token"), None);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = parse(&format!("{MIN}polices: p/\n")).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(4), Some(1)), "{e}");
+        assert!(e.message.contains("did you mean 'policies'"), "{e}");
+    }
+
+    #[test]
+    fn unknown_upstream_is_located_with_suggestion() {
+        let e = parse(&format!(
+            "{MIN}upstreams:\n  assistant: {{ kind: grpc, nodes: [embedded] }}\nroutes:\n  - {{ path: /v1/messages, platform: generic, upstream: asistant }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.message.contains("did you mean 'assistant'"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(parse(&format!("{MIN}context: {{ ttl: forever }}\n")).unwrap_err().message.contains("invalid duration"));
+        let e = parse("listen:\n  public: { address: nowhere, tls: { cert: c, key: k } }\n  admin: { address: 127.0.0.1:9090 }\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse(&format!(
+            "{MIN}upstreams:\n  a: {{ kind: grpc, nodes: [embedded] }}\nroutes:\n  - {{ path: /x, platform: slak, upstream: a }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("did you mean 'slack'"), "{e}");
+        let e = parse(&format!(
+            "{MIN}upstreams:\n  a: {{ kind: grpc, nodes: [embedded] }}\nroutes:\n  - {{ path: /x, platform: slack, upstream: a, secrets: {{ signing_secrt: x }} }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("did you mean 'signing_secret'"), "{e}");
+    }
+}

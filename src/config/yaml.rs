@@ -1,0 +1,336 @@
+//! Loading YAML files that operators edit by hand: the config and every policy.
+//!
+//! One loader for all of them, so every file gets the same treatment:
+//! unknown keys are errors, `${VAR}` / `${VAR:-default}` are read from the
+//! environment, durations read like `30s`, and every error names
+//! `file:line:col`, says what was expected, and suggests the closest known
+//! key for a typo (`ipRnage` → `did you mean ipRange?`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use serde::Deserialize;
+
+/// An error in a file an operator wrote, located where it can be fixed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FileError {
+    /// The file, as the operator named it.
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl FileError {
+    /// An error about the file as a whole (unreadable, semantic check).
+    pub fn whole(path: &Path, message: impl Into<String>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error at a position found by [`locate`] (falls back to the whole file).
+    pub fn at(path: &Path, pos: Option<(usize, usize)>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            line: pos.map(|p| p.0),
+            column: pos.map(|p| p.1),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and parses a YAML file into `T`.
+pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FileError::whole(path, format!("cannot read: {e}")))?;
+    parse_str(path, &text)
+}
+
+/// Parses YAML `text` (read from `path`) into `T`.
+pub fn parse_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let loc = e.location();
+        FileError {
+            path: path.to_path_buf(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            message: explain(&e.to_string()),
+        }
+    })
+}
+
+/// Finds the 1-based line and column of the first occurrence of `needle` in
+/// `text`, for semantic errors found after parsing.
+pub fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    let offset = text.find(needle)?;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    Some((line, column))
+}
+
+/// Rewrites serde_yaml's message: drops its own position suffix (we print
+/// `file:line:col` in front) and adds a did-you-mean for unknown keys.
+fn explain(raw: &str) -> String {
+    let msg = match raw.rfind(" at line ") {
+        Some(i) => &raw[..i],
+        None => raw,
+    };
+    let msg = msg.trim_end_matches(',');
+    for (marker, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if let Some(rest) = msg.strip_prefix(marker) {
+            if let Some((name, expected)) = rest.split_once('`') {
+                let candidates = parse_expected(expected);
+                let mut out = format!("unknown {what} '{name}'");
+                if let Some(best) = did_you_mean(name, candidates.iter().map(String::as_str)) {
+                    out.push_str(&format!(" (did you mean '{best}'?)"));
+                }
+                if !candidates.is_empty() {
+                    out.push_str(&format!("; expected one of: {}", candidates.join(", ")));
+                }
+                return out;
+            }
+        }
+    }
+    msg.to_string()
+}
+
+/// Extracts the names from serde's ", expected one of `a`, `b`" tail.
+fn parse_expected(tail: &str) -> Vec<String> {
+    tail.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The candidate closest to `name` by edit distance, if it is plausibly a typo.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance with adjacent transpositions counting as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev2 = vec![0usize; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(prev2[j - 2] + 1);
+            }
+        }
+        prev2 = std::mem::replace(&mut prev, cur);
+    }
+    prev[b.len()]
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` from the environment.
+///
+/// An unset variable without a default is an error, so a missing secret is
+/// caught at load time rather than shipped as an empty string.
+pub fn expand_env(raw: &str) -> Result<String, String> {
+    expand_with(raw, |name| std::env::var(name).ok())
+}
+
+fn expand_with(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated '${{' in {raw:?}; expected ${{VAR}} or ${{VAR:-default}}"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("invalid variable name '{name}' in ${{...}}"));
+        }
+        match (lookup(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses a duration written like `30s`, `5m`, `24h`, `1h30m` or `250ms`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim())
+        .map_err(|_| format!("invalid duration '{raw}'; expected a number and a unit, like 30s, 5m or 24h"))
+}
+
+/// A string with `${VAR}` references expanded; use it for every string an
+/// operator writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvString(pub String);
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw).map(EnvString).map_err(D::Error::custom)
+    }
+}
+
+impl std::ops::Deref for EnvString {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EnvString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A duration written like `30s`; a bare number is seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => {
+                let t = expand_env(&t).map_err(D::Error::custom)?;
+                parse_duration(&t).map(HumanDuration).map_err(D::Error::custom)
+            }
+        }
+    }
+}
+
+impl From<HumanDuration> for Duration {
+    fn from(d: HumanDuration) -> Duration {
+        d.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[allow(dead_code)]
+        name: EnvString,
+        #[serde(default, rename = "ipRange")]
+        #[allow(dead_code)]
+        ip_range: Option<String>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        window: Option<HumanDuration>,
+    }
+
+    fn err(text: &str) -> FileError {
+        parse_str::<Sample>(Path::new("policies/abac.yaml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_key_names_position_and_suggestion() {
+        let e = err("name: x\nipRnage: 10.0.0.0/8\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.column, Some(1));
+        assert!(e.message.contains("unknown key 'ipRnage' (did you mean 'ipRange'?)"), "{e}");
+        assert!(e.to_string().starts_with("policies/abac.yaml:2:1: unknown key"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let e = err("name: x\nwindow: 30 parsecs\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("invalid duration '30 parsecs'"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        for (raw, secs) in [("30s", 30), ("5m", 300), ("24h", 86400), ("1h30m", 5400)] {
+            assert_eq!(parse_duration(raw), Ok(Duration::from_secs(secs)));
+        }
+        let s: Sample = parse_str(Path::new("x"), "name: a\nwindow: 45\n").unwrap();
+        assert_eq!(s.window, Some(HumanDuration(Duration::from_secs(45))));
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = |n: &str| (n == "SET").then(|| "value".to_string());
+        assert_eq!(expand_with("a ${SET} b", env).unwrap(), "a value b");
+        assert_eq!(expand_with("${UNSET:-dflt}", env).unwrap(), "dflt");
+        assert_eq!(expand_with("${UNSET:-}", env).unwrap(), "");
+        assert_eq!(expand_with("${SET:-dflt}", env).unwrap(), "value");
+        assert!(expand_with("${UNSET}", env).unwrap_err().contains("UNSET is not set"));
+        assert!(expand_with("${OPEN", env).unwrap_err().contains("unterminated"));
+        assert!(expand_with("${a b}", env).unwrap_err().contains("invalid variable name"));
+    }
+
+    #[test]
+    fn unset_variable_is_located_error() {
+        let e = err("name: ${MOLTGATE_TEST_SURELY_UNSET}\n");
+        assert_eq!(e.line, Some(1), "{e}");
+        assert!(e.message.contains("MOLTGATE_TEST_SURELY_UNSET is not set"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let e = err("name: [unclosed\n");
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("ipRnage", ["time", "ipRange", "deviceType"]), Some("ipRange"));
+        assert_eq!(did_you_mean("zzzzzz", ["time", "ipRange"]), None);
+        assert_eq!(locate("a: 1\n  bb: 2\n", "bb"), Some((2, 3)));
+    }
+}

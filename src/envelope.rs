@@ -1,0 +1,109 @@
+//! Building the one `Envelope` every platform's message becomes.
+//!
+//! All platforms go through [`build`], so the conversation key, the command
+//! and the ids are derived the same way everywhere.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::platform::PlatformMessage;
+use crate::proto::v1::{Content, Conversation, Envelope, Sender};
+
+/// The leading command of `text`: `"/backup now"` → `"backup"`,
+/// `"/start@my_bot"` → `"start"`. Empty when the text is not a command.
+pub fn command_of(text: &str) -> String {
+    let Some(rest) = text.trim_start().strip_prefix('/') else {
+        return String::new();
+    };
+    let word = rest.split(|c: char| c.is_whitespace()).next().unwrap_or("");
+    let word = word.split('@').next().unwrap_or("");
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        word.to_ascii_lowercase()
+    } else {
+        String::new()
+    }
+}
+
+/// The conversation key: a group is keyed by its room (and thread); a
+/// private chat by the sender. Identity linking may replace the private key
+/// with the person's.
+pub fn conversation_key(platform: &str, msg: &PlatformMessage) -> String {
+    if msg.chat_type == "private" || msg.room_id.is_empty() {
+        format!("{platform}:dm:{}", msg.sender_id)
+    } else if msg.thread_id.is_empty() {
+        format!("{platform}:room:{}", msg.room_id)
+    } else {
+        format!("{platform}:room:{}:thread:{}", msg.room_id, msg.thread_id)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds the Envelope for a verified message on `route`.
+pub fn build(platform: &str, route: &str, msg: &PlatformMessage, roles: Vec<String>, device_type: String) -> Envelope {
+    Envelope {
+        id: uuid::Uuid::new_v4().to_string(),
+        platform: platform.to_string(),
+        platform_message_id: msg.message_id.clone(),
+        tenant: msg.tenant.clone(),
+        sender: Some(Sender {
+            id: msg.sender_id.clone(),
+            name: msg.sender_name.clone(),
+            person_id: String::new(),
+            roles,
+            device_type,
+            attributes: msg.attributes.clone().into_iter().collect(),
+        }),
+        conversation: Some(Conversation {
+            id: conversation_key(platform, msg),
+            room_id: msg.room_id.clone(),
+            thread_id: msg.thread_id.clone(),
+            chat_type: msg.chat_type.clone(),
+        }),
+        content: Some(Content {
+            text: msg.text.clone(),
+            attachments: Vec::new(),
+            mentions: msg.mentions.clone(),
+            command: command_of(&msg.text),
+        }),
+        received_at: now_millis(),
+        context: None,
+        verdict: None,
+        route: route.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        assert_eq!(command_of("/backup now"), "backup");
+        assert_eq!(command_of("  /start@my_bot"), "start");
+        assert_eq!(command_of("/Reboot"), "reboot");
+        assert_eq!(command_of("hello /x"), "");
+        assert_eq!(command_of("/"), "");
+        assert_eq!(command_of("/../etc"), "");
+    }
+
+    #[test]
+    fn conversation_keys() {
+        let mut m = PlatformMessage {
+            sender_id: "u1".into(),
+            room_id: "c1".into(),
+            chat_type: "group".into(),
+            ..Default::default()
+        };
+        assert_eq!(conversation_key("slack", &m), "slack:room:c1");
+        m.thread_id = "t".into();
+        assert_eq!(conversation_key("slack", &m), "slack:room:c1:thread:t");
+        m.chat_type = "private".into();
+        assert_eq!(conversation_key("slack", &m), "slack:dm:u1");
+    }
+}

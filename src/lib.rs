@@ -1,0 +1,20 @@
+//! moltgate: an edge reverse proxy and policy gateway for chat bots and AI
+//! assistants, built on Pingora.
+//!
+//! The modules follow the path of one message (see `ARCHITECTURE.md`):
+//! [`server`] (Pingora glue) ─▶ [`pipeline`] ─▶ [`platform`] (verify, parse)
+//! ─▶ [`policy`] ─▶ [`envelope`] ─▶ [`upstream`] (the AI cluster) ─▶ replies.
+#![warn(missing_docs)]
+
+pub mod assistant;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod observe;
+pub mod pipeline;
+pub mod platform;
+pub mod policy;
+pub mod proto;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,153 @@
+//! Prometheus metrics, all prefixed `moltgate_`.
+//!
+//! One registry per gateway (not the global default), so tests can run
+//! several gateways in one process and `/metrics` shows only ours. Every
+//! label is bounded: routes and upstream nodes come from config, outcomes
+//! and reasons are fixed strings, and policy rule ids come from policy files.
+//! No label ever carries request content.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The gateway's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, platform and outcome.
+    pub requests: IntCounterVec,
+    /// End-to-end latency of handled messages.
+    pub message_latency: HistogramVec,
+    /// Requests refused for malformed, oversized, forged or unauthenticated input.
+    pub rejections: IntCounterVec,
+    /// 1 when an upstream node is healthy, 0 when not.
+    pub node_healthy: IntGaugeVec,
+    /// Calls attempted per node, by result.
+    pub upstream_attempts: IntCounterVec,
+    /// Failed calls per node, by reason.
+    pub upstream_failures: IntCounterVec,
+    /// Policy reloads by result.
+    pub policy_reloads: IntCounterVec,
+    /// Policy decisions by stage, decision and the rule that made it.
+    pub policy_decisions: IntCounterVec,
+    /// DLP findings by rule, action and direction.
+    pub dlp_findings: IntCounterVec,
+    /// Redeliveries recognised and not forwarded again, by platform.
+    pub duplicates: IntCounterVec,
+    /// Verified platform events that were acknowledged but not forwarded.
+    pub ignored_events: IntCounterVec,
+    /// Replies sent through platform APIs, by platform and result.
+    pub writebacks: IntCounterVec,
+    /// Conversations held in the context cache.
+    pub context_entries: IntGauge,
+    /// Context cache lookups by result (hit, miss) and evictions.
+    pub context_events: IntCounterVec,
+    /// Seconds an upstream call took until `accepted`.
+    pub accept_latency: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(format!("moltgate_{name}"), help), labels)
+                .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("registering {name}: {e}"));
+            c
+        };
+        let requests = counter("requests_total", "Requests by route, platform and outcome.", &["route", "platform", "outcome"]);
+        let rejections = counter("rejections_total", "Requests refused as bad input, by route and reason.", &["route", "reason"]);
+        let upstream_attempts = counter("upstream_attempts_total", "Calls to upstream nodes, by result.", &["upstream", "node", "result"]);
+        let upstream_failures = counter("upstream_failures_total", "Failed upstream calls, by reason.", &["upstream", "node", "reason"]);
+        let policy_reloads = counter("policy_reload_total", "Policy reloads by result.", &["result"]);
+        let policy_decisions = counter("policy_decisions_total", "Policy decisions by stage, decision and rule.", &["stage", "decision", "rule"]);
+        let dlp_findings = counter("dlp_findings_total", "DLP findings by rule, action and direction.", &["rule", "action", "direction"]);
+        let duplicates = counter("duplicate_messages_total", "Redeliveries recognised and not forwarded again.", &["platform"]);
+        let ignored_events = counter("ignored_events_total", "Verified events acknowledged but not forwarded.", &["platform", "reason"]);
+        let writebacks = counter("writeback_total", "Replies sent through platform APIs, by result.", &["platform", "result"]);
+        let context_events = counter("context_events_total", "Context cache hits, misses and evictions.", &["event"]);
+
+        let message_latency = HistogramVec::new(
+            HistogramOpts::new("moltgate_message_latency_seconds", "Time from request to answer for handled messages.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["platform"],
+        )
+        .unwrap_or_else(|e| unreachable!("latency histogram: {e}"));
+        let accept_latency = Histogram::with_opts(
+            HistogramOpts::new("moltgate_upstream_accept_seconds", "Time until an upstream node accepted a message.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+        )
+        .unwrap_or_else(|e| unreachable!("accept histogram: {e}"));
+        let node_healthy = IntGaugeVec::new(
+            Opts::new("moltgate_upstream_node_healthy", "1 when the upstream node passes health checks."),
+            &["upstream", "node"],
+        )
+        .unwrap_or_else(|e| unreachable!("node gauge: {e}"));
+        let context_entries = IntGauge::new("moltgate_context_entries", "Conversations held in the context cache.")
+            .unwrap_or_else(|e| unreachable!("context gauge: {e}"));
+        for m in [
+            Box::new(message_latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(accept_latency.clone()),
+            Box::new(node_healthy.clone()),
+            Box::new(context_entries.clone()),
+        ] {
+            registry
+                .register(m)
+                .unwrap_or_else(|e| unreachable!("registering: {e}"));
+        }
+        Self {
+            registry,
+            requests,
+            message_latency,
+            rejections,
+            node_healthy,
+            upstream_attempts,
+            upstream_failures,
+            policy_reloads,
+            policy_decisions,
+            dlp_findings,
+            duplicates,
+            ignored_events,
+            writebacks,
+            context_entries,
+            context_events,
+            accept_latency,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["/v1/messages", "generic", "answered"]).inc();
+        m.message_latency.with_label_values(&["generic"]).observe(0.01);
+        let text = m.render();
+        assert!(text.contains("moltgate_requests_total{outcome=\"answered\",platform=\"generic\",route=\"/v1/messages\"} 1"), "{text}");
+        assert!(text.contains("moltgate_message_latency_seconds_bucket"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            assert!(line.starts_with("moltgate_"), "{line}");
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The contract every chat-platform adapter implements.
+//!
+//! An adapter is pure: it never opens a socket. It turns a fully read webhook
+//! request into a verified [`Inbound`], and it describes (as [`ApiCall`]s) how
+//! a reply goes back. The pipeline owns everything with side effects: dedupe,
+//! policies, forwarding, and `crate::writeback`, which executes the calls with
+//! retries and caches access tokens. Keeping adapters pure is what lets every
+//! platform be tested against its published vectors without a network.
+//!
+//! This file depends only on external crates so that an adapter can be built
+//! and tested on its own.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+
+/// A webhook request as an adapter sees it: routed, with the whole body read.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookRequest<'a> {
+    /// The HTTP method.
+    pub method: &'a Method,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The raw body, exactly as received (signatures cover these bytes).
+    pub body: &'a [u8],
+    /// The gateway's clock, injected so replay windows are testable.
+    pub now: SystemTime,
+}
+
+impl<'a> WebhookRequest<'a> {
+    /// A header's value, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A query parameter, percent-decoded (`+` is a space). First one wins.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+        })
+    }
+
+    /// Seconds since the Unix epoch, per the injected clock.
+    pub fn now_secs(&self) -> i64 {
+        unix_secs(self.now)
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+pub fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Decodes `%XX` escapes and `+`; `None` if the result is not UTF-8 or an escape is broken.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Checks that `timestamp` (Unix seconds) is within `window` of `now`.
+///
+/// Every platform that signs a timestamp uses this, so the replay window has
+/// one implementation.
+pub fn check_replay_window(timestamp: i64, now: i64, window: Duration) -> Result<(), Rejection> {
+    let skew = now.abs_diff(timestamp);
+    if skew > window.as_secs() {
+        return Err(Rejection::Stale {
+            skew_secs: skew,
+            window_secs: window.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+/// An HTTP answer produced by an adapter or the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// `Content-Type` of the body; empty when there is no body.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl WebhookResponse {
+    /// 200 with a JSON body.
+    pub fn json(value: &serde_json::Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    /// 200 with a plain-text body.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "text/plain; charset=utf-8",
+            body: Bytes::from(text.into()),
+        }
+    }
+
+    /// 200 with an XML body.
+    pub fn xml(xml: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "application/xml",
+            body: Bytes::from(xml.into()),
+        }
+    }
+
+    /// 200 with an empty body.
+    pub fn empty() -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "",
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// Why an adapter refused a request. Every variant maps to a 4xx, and
+/// [`Rejection::kind`] is a bounded metric label. Messages never carry
+/// secrets or expected signatures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A required header, query parameter or field is absent.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// The signature, token or key did not verify.
+    #[error("signature check failed: {0}")]
+    BadSignature(&'static str),
+    /// The signed timestamp is outside the replay window.
+    #[error("timestamp is {skew_secs}s from now; the replay window is {window_secs}s")]
+    Stale {
+        /// How far the timestamp is from the gateway's clock.
+        skew_secs: u64,
+        /// The allowed window.
+        window_secs: u64,
+    },
+    /// The body or a field could not be parsed.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Decryption failed (bad key, padding or receive id).
+    #[error("decryption failed: {0}")]
+    Decrypt(&'static str),
+    /// The method is not one the platform uses on this route.
+    #[error("method not allowed")]
+    Method,
+}
+
+impl Rejection {
+    /// The HTTP status this rejection answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::BadSignature(_) | Rejection::Stale { .. } => StatusCode::UNAUTHORIZED,
+            Rejection::Missing(_) | Rejection::Malformed(_) | Rejection::Decrypt(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// A short, bounded label for metrics and audit lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Missing(_) => "missing_field",
+            Rejection::BadSignature(_) => "bad_signature",
+            Rejection::Stale { .. } => "stale_timestamp",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::Decrypt(_) => "decrypt_failed",
+            Rejection::Method => "method_not_allowed",
+        }
+    }
+}
+
+/// A verified message in platform-neutral form. The pipeline turns it into
+/// an `Envelope`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlatformMessage {
+    /// The platform's message or event id: the dedupe key.
+    pub message_id: String,
+    /// Workspace, team, corp or tenant id, when the platform has one.
+    pub tenant: String,
+    /// The platform's user id of the sender.
+    pub sender_id: String,
+    /// Display name of the sender, when known.
+    pub sender_name: String,
+    /// Chat, channel or conversation id.
+    pub room_id: String,
+    /// Thread id within the room, when the message is in a thread.
+    pub thread_id: String,
+    /// `private` or `group` (or `channel`).
+    pub chat_type: String,
+    /// The message text, with platform mention markup removed.
+    pub text: String,
+    /// User ids mentioned in the message.
+    pub mentions: Vec<String>,
+    /// Extra platform attributes worth passing on (bounded, no secrets).
+    pub attributes: BTreeMap<String, String>,
+    /// Opaque data the same adapter needs to reply (chat id, thread, token…).
+    pub reply_to: serde_json::Value,
+}
+
+/// What a verified webhook request turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// The adapter answers by itself (URL challenge, PING). Never forwarded.
+    Answer {
+        /// What to send back.
+        response: WebhookResponse,
+        /// A bounded label for the audit line, e.g. `url_verification`.
+        event: &'static str,
+    },
+    /// Verified, but not forwarded: the bot's own message, an edit we do not
+    /// handle, an unsupported event type. Acknowledged so the platform stops.
+    Skip {
+        /// The acknowledgement.
+        response: WebhookResponse,
+        /// A bounded label for metrics and audit, e.g. `bot_message`.
+        reason: &'static str,
+    },
+    /// A message for the assistant.
+    Message(Box<PlatformMessage>),
+}
+
+/// Where an access token goes on an API call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPlacement {
+    /// `Authorization: Bearer <token>`.
+    BearerHeader,
+    /// `?<name>=<token>` appended to the URL.
+    QueryParam(&'static str),
+}
+
+/// How to obtain (and cache) an access token for API calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenSource {
+    /// Cache key; unique per app credentials (never the secret itself).
+    pub cache_key: String,
+    /// The call that fetches the token.
+    pub fetch: ApiCall,
+    /// JSON pointer to the token in the fetch response, e.g. `/tenant_access_token`.
+    pub token_pointer: &'static str,
+    /// JSON pointer to its lifetime in seconds, e.g. `/expire`.
+    pub expires_in_pointer: &'static str,
+    /// Where the token goes on the call that needs it.
+    pub placement: TokenPlacement,
+}
+
+/// One HTTP call to a platform API, described rather than performed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiCall {
+    /// HTTP method.
+    pub method: Method,
+    /// Absolute URL, built from the route's `api_base`.
+    pub url: String,
+    /// Extra headers (for example a bot token). `Content-Type` included.
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: Bytes,
+    /// Access token to fetch and attach first, if the API needs one.
+    pub auth: Option<Box<TokenSource>>,
+    /// JSON pointer and expected value that mark success in a 200 answer,
+    /// for APIs that report errors in the body (`/ok` = true, `/errcode` = 0).
+    pub success: Option<(&'static str, serde_json::Value)>,
+}
+
+impl ApiCall {
+    /// A JSON POST with no auth.
+    pub fn post_json(url: String, body: &serde_json::Value) -> Self {
+        Self {
+            method: Method::POST,
+            url,
+            headers: vec![("content-type".into(), "application/json; charset=utf-8".into())],
+            body: Bytes::from(body.to_string()),
+            auth: None,
+            success: None,
+        }
+    }
+}
+
+/// A body rewritten for passthrough after a policy stage changed it, with
+/// the headers that must replace the originals (new signature, timestamp).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resealed {
+    /// The new raw body.
+    pub body: Bytes,
+    /// Headers to set on the proxied request.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The per-platform behaviour the pipeline drives.
+pub trait PlatformAdapter: Send + Sync {
+    /// Platform name: `feishu`, `wecom`, `dingtalk`, `slack`, `discord`, `telegram`.
+    fn platform(&self) -> &'static str;
+
+    /// Methods this platform uses on its webhook route.
+    fn methods(&self) -> &'static [Method] {
+        &[Method::POST]
+    }
+
+    /// Verifies authenticity (signature, token, replay window), decrypts and
+    /// parses. Must never panic, whatever the bytes.
+    fn receive(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection>;
+
+    /// The webhook response that carries `text` as the reply, when the
+    /// platform allows inline replies.
+    fn inline_reply(&self, msg: &PlatformMessage, text: &str, now: SystemTime) -> Option<WebhookResponse>;
+
+    /// The acknowledgement when the reply goes through the API instead (or
+    /// there is nothing to say inline).
+    fn ack(&self, msg: &PlatformMessage) -> WebhookResponse;
+
+    /// The API calls that deliver `text` as a reply to `msg`.
+    fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection>;
+
+    /// Rewrites the original request so that it carries `text` instead of the
+    /// message's text, re-signed or re-encrypted with the route's secrets.
+    /// `None` when the scheme cannot be re-signed (Discord): the pipeline then
+    /// refuses rather than pass unmasked content.
+    fn reseal(&self, req: &WebhookRequest<'_>, msg: &PlatformMessage, text: &str) -> Option<Resealed>;
+
+    /// How long redeliveries of one message id must be recognised: at least
+    /// the platform's retry window.
+    fn dedupe_ttl(&self) -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+
+    /// How long the platform waits for the webhook response before it treats
+    /// the delivery as failed. Routes may override it.
+    fn default_deadline(&self) -> Duration {
+        Duration::from_secs(3)
+    }
+}
+
+/// Reads one secret from a route's `secrets`, required.
+pub fn required_secret<'s>(
+    secrets: &'s BTreeMap<String, String>,
+    platform: &str,
+    name: &'static str,
+) -> Result<&'s str, String> {
+    match secrets.get(name).map(String::as_str) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(format!("platform {platform} needs secret `{name}`")),
+    }
+}
+
+/// Reads one optional secret; empty counts as absent.
+pub fn optional_secret<'s>(secrets: &'s BTreeMap<String, String>, name: &str) -> Option<&'s str> {
+    secrets.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}

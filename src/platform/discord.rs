@@ -1,0 +1,693 @@
+//! Discord interactions adapter.
+//!
+//! Discord delivers slash commands as signed interactions: Ed25519 over the
+//! timestamp header plus the raw body, with Discord's public key. Discord
+//! probes the endpoint with forged signatures and expects 401, and it waits
+//! 3 s for the response, which can carry the reply (type 4) or defer it
+//! (type 5) to a follow-up through the interaction webhook. We only hold the
+//! public key, so a modified body can never be re-signed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use http::Method;
+use serde_json::{json, Value};
+
+use super::adapter::{
+    check_replay_window, optional_secret, required_secret, ApiCall, Inbound, PlatformAdapter,
+    PlatformMessage, Rejection, Resealed, WebhookRequest, WebhookResponse,
+};
+use super::telegram::split_utf16;
+
+/// Discord's API base when a route sets none.
+pub const DEFAULT_API_BASE: &str = "https://discord.com";
+/// How far `X-Signature-Timestamp` may be from the gateway's clock.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
+/// Header carrying the hex Ed25519 signature.
+pub const SIGNATURE_HEADER: &str = "x-signature-ed25519";
+/// Header carrying the signed timestamp.
+pub const TIMESTAMP_HEADER: &str = "x-signature-timestamp";
+/// Discord's limit on a message's `content`. Counted in UTF-16 units, which
+/// never undercounts characters.
+pub const MAX_CONTENT: usize = 2000;
+
+/// Verifies and parses Discord interactions and describes replies.
+pub struct DiscordAdapter {
+    public_key: VerifyingKey,
+    application_id: Option<String>,
+    api_base: String,
+    replay_window: Duration,
+}
+
+impl DiscordAdapter {
+    /// Builds the adapter from a route's secrets (`public_key` hex, optional `application_id`).
+    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+        let public_key = parse_public_key(required_secret(secrets, "discord", "public_key")?)?;
+        let application_id = optional_secret(secrets, "application_id").map(str::to_string);
+        if let Some(id) = &application_id {
+            if !is_snowflake(id) {
+                return Err("platform discord: secret `application_id` must be numeric".into());
+            }
+        }
+        Ok(Self {
+            public_key,
+            application_id,
+            api_base: api_base
+                .unwrap_or(DEFAULT_API_BASE)
+                .trim_end_matches('/')
+                .to_string(),
+            replay_window: REPLAY_WINDOW,
+        })
+    }
+
+    /// Replaces the replay window (tests use it to accept old vectors).
+    pub fn with_replay_window(mut self, window: Duration) -> Self {
+        self.replay_window = window;
+        self
+    }
+}
+
+/// Parses the application's public key from its 64-character hex form.
+pub fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("platform discord: `public_key` must be 32 bytes of hex")?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "platform discord: `public_key` is not a valid Ed25519 key".to_string())
+}
+
+/// Verifies `signature_hex` over `timestamp + body`. Every failure, including
+/// a garbled signature, is `BadSignature` (401), as Discord requires.
+pub fn verify(
+    key: &VerifyingKey,
+    timestamp: &str,
+    body: &[u8],
+    signature_hex: &str,
+) -> Result<(), Rejection> {
+    let bytes: [u8; 64] = hex::decode(signature_hex.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Rejection::BadSignature(
+            "discord signature is not 64 bytes of hex",
+        ))?;
+    let signature = Signature::from_bytes(&bytes);
+    let mut message = Vec::with_capacity(timestamp.len() + body.len());
+    message.extend_from_slice(timestamp.as_bytes());
+    message.extend_from_slice(body);
+    // Strict: refuses small-order keys and non-canonical signatures, like libsodium.
+    key.verify_strict(&message, &signature)
+        .map_err(|_| Rejection::BadSignature("discord ed25519 signature mismatch"))
+}
+
+fn is_snowflake(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Interaction tokens go into a URL path: allow only URL-safe characters.
+fn is_safe_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 512
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn skip(response: WebhookResponse, reason: &'static str) -> Inbound {
+    Inbound::Skip { response, reason }
+}
+
+fn str_at<'v>(value: &'v Value, pointer: &str) -> Option<&'v str> {
+    value.pointer(pointer).and_then(Value::as_str)
+}
+
+/// Renders an option value as text: strings as-is, numbers and booleans in JSON form.
+fn option_value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(value.to_string()),
+        _ => None,
+    }
+}
+
+/// Walks (sub)command options: subcommand names extend `command`, values
+/// become words of the text, user and mentionable values are mentions.
+fn collect_options(
+    options: &Value,
+    command: &mut String,
+    words: &mut Vec<String>,
+    mentions: &mut Vec<String>,
+) {
+    for option in options.as_array().into_iter().flatten() {
+        let kind = option.get("type").and_then(Value::as_u64).unwrap_or(0);
+        // 1 = SUB_COMMAND, 2 = SUB_COMMAND_GROUP.
+        if kind == 1 || kind == 2 {
+            if let Some(name) = option.get("name").and_then(Value::as_str) {
+                command.push(' ');
+                command.push_str(name);
+            }
+            if let Some(nested) = option.get("options") {
+                collect_options(nested, command, words, mentions);
+            }
+            continue;
+        }
+        let Some(text) = option.get("value").and_then(option_value_text) else {
+            continue;
+        };
+        // 6 = USER, 9 = MENTIONABLE.
+        if kind == 6 || kind == 9 {
+            mentions.push(text.clone());
+        }
+        words.push(text);
+    }
+}
+
+/// Parses a verified interaction body into what the pipeline should do with it.
+pub fn parse_interaction(body: &[u8]) -> Result<Inbound, Rejection> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
+    let kind = value
+        .get("type")
+        .and_then(Value::as_u64)
+        .ok_or(Rejection::Missing("type"))?;
+    match kind {
+        1 => Ok(Inbound::Answer {
+            response: WebhookResponse::json(&json!({ "type": 1 })),
+            event: "ping",
+        }),
+        2 => parse_command(&value),
+        // Components: acknowledge without changing the message, so Discord
+        // shows no error.
+        3 => Ok(skip(
+            WebhookResponse::json(&json!({ "type": 6 })),
+            "component_interaction",
+        )),
+        _ => Ok(skip(WebhookResponse::empty(), "unsupported_interaction")),
+    }
+}
+
+fn parse_command(value: &Value) -> Result<Inbound, Rejection> {
+    let id = str_at(value, "/id")
+        .filter(|s| is_snowflake(s))
+        .ok_or(Rejection::Missing("id"))?;
+    let token = str_at(value, "/token")
+        .filter(|s| is_safe_token(s))
+        .ok_or(Rejection::Missing("token"))?;
+    let application_id = str_at(value, "/application_id")
+        .filter(|s| is_snowflake(s))
+        .ok_or(Rejection::Missing("application_id"))?;
+    let data = value
+        .get("data")
+        .filter(|d| d.is_object())
+        .ok_or(Rejection::Missing("data"))?;
+    let name = str_at(data, "/name")
+        .filter(|s| !s.is_empty())
+        .ok_or(Rejection::Missing("data.name"))?;
+    // In a guild the user is under `member`, in a DM directly under `user`.
+    let user = value
+        .pointer("/member/user")
+        .or_else(|| value.get("user"))
+        .ok_or(Rejection::Missing("user"))?;
+    if user.get("bot").and_then(Value::as_bool) == Some(true) {
+        return Ok(skip(WebhookResponse::empty(), "bot_message"));
+    }
+    let sender_id = str_at(user, "/id").ok_or(Rejection::Missing("user.id"))?;
+    let sender_name = str_at(user, "/global_name")
+        .or_else(|| str_at(user, "/username"))
+        .unwrap_or("");
+    let channel_id = str_at(value, "/channel_id")
+        .or_else(|| str_at(value, "/channel/id"))
+        .unwrap_or("");
+    // Channel types 10, 11, 12 are threads.
+    let in_thread = matches!(
+        value.pointer("/channel/type").and_then(Value::as_u64),
+        Some(10..=12)
+    );
+    let guild_id = str_at(value, "/guild_id").unwrap_or("");
+    let chat_type = match (
+        guild_id.is_empty(),
+        value.get("context").and_then(Value::as_u64),
+    ) {
+        (false, _) => "group",
+        // Context 2 is a group DM.
+        (true, Some(2)) => "group",
+        (true, _) => "private",
+    };
+
+    let mut command = name.to_string();
+    let mut words = Vec::new();
+    let mut mentions = Vec::new();
+    collect_options(
+        data.get("options").unwrap_or(&Value::Null),
+        &mut command,
+        &mut words,
+        &mut mentions,
+    );
+    // A message context-menu command (data.type 3) acts on the target message's text.
+    if data.get("type").and_then(Value::as_u64) == Some(3) {
+        let target = str_at(data, "/target_id").unwrap_or("");
+        if let Some(content) = data
+            .pointer("/resolved/messages")
+            .and_then(|m| m.get(target))
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+        {
+            words.push(content.to_string());
+        }
+    }
+    let text = if words.is_empty() {
+        format!("/{command}")
+    } else {
+        words.join(" ")
+    };
+
+    let mut attributes = BTreeMap::new();
+    attributes.insert("command".to_string(), command);
+    Ok(Inbound::Message(Box::new(PlatformMessage {
+        message_id: id.to_string(),
+        tenant: guild_id.to_string(),
+        sender_id: sender_id.to_string(),
+        sender_name: sender_name.to_string(),
+        room_id: channel_id.to_string(),
+        thread_id: if in_thread {
+            channel_id.to_string()
+        } else {
+            String::new()
+        },
+        chat_type: chat_type.to_string(),
+        text,
+        mentions,
+        attributes,
+        reply_to: json!({ "application_id": application_id, "token": token }),
+    })))
+}
+
+/// The message payload for `content`; AI output never pings anyone.
+fn content_payload(content: &str) -> Value {
+    json!({ "content": content, "allowed_mentions": { "parse": [] } })
+}
+
+impl PlatformAdapter for DiscordAdapter {
+    fn platform(&self) -> &'static str {
+        "discord"
+    }
+
+    fn receive(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
+        if req.method != Method::POST {
+            return Err(Rejection::Method);
+        }
+        // Absent headers are failed signatures too: Discord expects 401.
+        let signature = req
+            .header(SIGNATURE_HEADER)
+            .ok_or(Rejection::BadSignature("missing X-Signature-Ed25519"))?;
+        let timestamp = req
+            .header(TIMESTAMP_HEADER)
+            .ok_or(Rejection::BadSignature("missing X-Signature-Timestamp"))?;
+        verify(&self.public_key, timestamp, req.body, signature)?;
+        let ts: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| Rejection::Malformed("X-Signature-Timestamp is not a number".into()))?;
+        check_replay_window(ts, req.now_secs(), self.replay_window)?;
+        parse_interaction(req.body)
+    }
+
+    fn inline_reply(
+        &self,
+        _msg: &PlatformMessage,
+        text: &str,
+        _now: SystemTime,
+    ) -> Option<WebhookResponse> {
+        // Too long or empty for one message: defer and use follow-ups.
+        if text.is_empty() || text.encode_utf16().count() > MAX_CONTENT {
+            return None;
+        }
+        Some(WebhookResponse::json(
+            &json!({ "type": 4, "data": content_payload(text) }),
+        ))
+    }
+
+    fn ack(&self, _msg: &PlatformMessage) -> WebhookResponse {
+        // DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "thinking…" until the follow-up.
+        WebhookResponse::json(&json!({ "type": 5 }))
+    }
+
+    fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
+        let token = str_at(&msg.reply_to, "/token")
+            .filter(|s| is_safe_token(s))
+            .ok_or(Rejection::Missing("token"))?;
+        let application_id = self
+            .application_id
+            .as_deref()
+            .or_else(|| str_at(&msg.reply_to, "/application_id"))
+            .filter(|s| is_snowflake(s))
+            .ok_or(Rejection::Missing("application_id"))?;
+        let url = format!(
+            "{}/api/v10/webhooks/{application_id}/{token}",
+            self.api_base
+        );
+        Ok(split_utf16(text, MAX_CONTENT)
+            .into_iter()
+            .map(|part| ApiCall::post_json(url.clone(), &content_payload(part)))
+            .collect())
+    }
+
+    fn reseal(
+        &self,
+        _req: &WebhookRequest<'_>,
+        _msg: &PlatformMessage,
+        _text: &str,
+    ) -> Option<Resealed> {
+        // Only Discord holds the private key.
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::slack::tests::{at, headers, vectors};
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+    use http::HeaderMap;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn vector_keys() -> (SigningKey, String) {
+        let v = &vectors()["discord"]["rfc8032_test1"];
+        let secret: [u8; 32] = hex::decode(v["secret_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        (
+            SigningKey::from_bytes(&secret),
+            v["public_key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn adapter() -> DiscordAdapter {
+        let (_, public) = vector_keys();
+        let secrets = BTreeMap::from([
+            ("public_key".to_string(), public),
+            ("application_id".to_string(), "123456".to_string()),
+        ]);
+        DiscordAdapter::new(&secrets, Some("http://127.0.0.1:9")).unwrap()
+    }
+
+    fn signed(body: &str, ts: u64) -> HeaderMap {
+        let (key, _) = vector_keys();
+        let ts = ts.to_string();
+        let sig = key.sign(format!("{ts}{body}").as_bytes());
+        headers(&[
+            (TIMESTAMP_HEADER, &ts),
+            (SIGNATURE_HEADER, &hex::encode(sig.to_bytes())),
+        ])
+    }
+
+    fn receive_with(h: &HeaderMap, body: &[u8], now: u64) -> Result<Inbound, Rejection> {
+        adapter().receive(&WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: h,
+            body,
+            now: at(now),
+        })
+    }
+
+    fn receive(body: &Value) -> Result<Inbound, Rejection> {
+        let body = body.to_string();
+        receive_with(&signed(&body, NOW), body.as_bytes(), NOW)
+    }
+
+    fn message(body: &Value) -> PlatformMessage {
+        match receive(body).unwrap() {
+            Inbound::Message(m) => *m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn command(extra: Value) -> Value {
+        let mut v = json!({
+            "id":"1100","application_id":"123456","type":2,"token":"tok-EN_1.x",
+            "guild_id":"77","channel_id":"88","channel":{"id":"88","type":0},
+            "member":{"user":{"id":"42","username":"ann","global_name":"Ann"}},
+            "data":{"id":"5","name":"ask","type":1,
+                    "options":[{"name":"question","type":3,"value":"why is the sky blue"}]}
+        });
+        if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, val) in extra {
+                obj.insert(k.clone(), val.clone());
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn rfc8032_vector_verifies_and_signs() {
+        let v = &vectors()["discord"]["rfc8032_test1"];
+        let (key, public) = vector_keys();
+        let public = parse_public_key(&public).unwrap();
+        let sig = v["signature"].as_str().unwrap();
+        assert_eq!(hex::encode(key.sign(b"").to_bytes()), sig);
+        verify(&public, "", b"", sig).unwrap();
+        assert_eq!(
+            verify(&public, "", b"x", sig).unwrap_err().kind(),
+            "bad_signature"
+        );
+    }
+
+    #[test]
+    fn signed_ping_vector_is_answered() {
+        let v = &vectors()["discord"]["ping_signed_with_test1_key"];
+        let (ts, body, sig) = (
+            v["timestamp"].as_str().unwrap(),
+            v["body"].as_str().unwrap(),
+            v["signature"].as_str().unwrap(),
+        );
+        let (key, _) = vector_keys();
+        assert_eq!(
+            hex::encode(key.sign(format!("{ts}{body}").as_bytes()).to_bytes()),
+            sig
+        );
+        let h = headers(&[(TIMESTAMP_HEADER, ts), (SIGNATURE_HEADER, sig)]);
+        let now: u64 = ts.parse().unwrap();
+        match receive_with(&h, body.as_bytes(), now).unwrap() {
+            Inbound::Answer { response, event } => {
+                assert_eq!(event, "ping");
+                assert_eq!(response.status, http::StatusCode::OK);
+                assert_eq!(response.content_type, "application/json");
+                assert_eq!(&response.body[..], br#"{"type":1}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Stale, then forged: both 401.
+        let err = receive_with(&h, body.as_bytes(), now + 301).unwrap_err();
+        assert_eq!(err.kind(), "stale_timestamp");
+        assert_eq!(err.status(), http::StatusCode::UNAUTHORIZED);
+        let err = receive_with(&h, br#"{"type":1}"#, now).unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn forged_and_garbled_signatures_are_401() {
+        let body = command(json!({})).to_string();
+        let good = signed(&body, NOW);
+        let ts = NOW.to_string();
+        let other = SigningKey::from_bytes(&[7u8; 32]);
+        let forged = hex::encode(other.sign(format!("{ts}{body}").as_bytes()).to_bytes());
+        let cases = vec![
+            headers(&[(TIMESTAMP_HEADER, &ts), (SIGNATURE_HEADER, &forged)]),
+            headers(&[(TIMESTAMP_HEADER, &ts), (SIGNATURE_HEADER, "zz")]),
+            headers(&[(TIMESTAMP_HEADER, &ts), (SIGNATURE_HEADER, "abcd")]),
+            headers(&[(TIMESTAMP_HEADER, &ts)]),
+            headers(&[(SIGNATURE_HEADER, &forged)]),
+            // Valid signature, different timestamp header.
+            headers(&[
+                (TIMESTAMP_HEADER, &(NOW + 1).to_string()),
+                (SIGNATURE_HEADER, good[SIGNATURE_HEADER].to_str().unwrap()),
+            ]),
+        ];
+        for h in cases {
+            let err = receive_with(&h, body.as_bytes(), NOW).unwrap_err();
+            assert_eq!(err.status(), http::StatusCode::UNAUTHORIZED, "{err:?}");
+        }
+        let err = adapter()
+            .receive(&WebhookRequest {
+                method: &Method::GET,
+                query: None,
+                headers: &good,
+                body: body.as_bytes(),
+                now: at(NOW),
+            })
+            .unwrap_err();
+        assert_eq!(err, Rejection::Method);
+    }
+
+    #[test]
+    fn bad_keys_are_config_errors() {
+        for key in ["", "zz", "abcd"] {
+            let secrets = BTreeMap::from([("public_key".to_string(), key.to_string())]);
+            let err = DiscordAdapter::new(&secrets, None).err().unwrap();
+            assert!(err.contains("public_key"), "{err}");
+        }
+        let (_, public) = vector_keys();
+        let secrets = BTreeMap::from([
+            ("public_key".to_string(), public),
+            ("application_id".to_string(), "../x".to_string()),
+        ]);
+        assert!(DiscordAdapter::new(&secrets, None).is_err());
+    }
+
+    #[test]
+    fn malformed_bodies_are_rejected() {
+        let bodies = [
+            "".to_string(),
+            "{".to_string(),
+            "[]".to_string(),
+            r#"{"type":"2"}"#.to_string(),
+            command(json!({"token":"../../x"})).to_string(),
+            command(json!({"id":"abc"})).to_string(),
+            command(json!({"data":"x"})).to_string(),
+            command(json!({"member":null})).to_string(),
+        ];
+        for body in bodies {
+            let err = receive_with(&signed(&body, NOW), body.as_bytes(), NOW).unwrap_err();
+            assert!(
+                matches!(err, Rejection::Malformed(_) | Rejection::Missing(_)),
+                "{body}: {err:?}"
+            );
+        }
+        let body = [0xffu8, 0, 1];
+        let _ = parse_interaction(&body).unwrap_err();
+    }
+
+    #[test]
+    fn slash_command_becomes_a_message() {
+        let m = message(&command(json!({})));
+        assert_eq!(m.message_id, "1100");
+        assert_eq!(m.tenant, "77");
+        assert_eq!(m.sender_id, "42");
+        assert_eq!(m.sender_name, "Ann");
+        assert_eq!(m.room_id, "88");
+        assert_eq!(m.thread_id, "");
+        assert_eq!(m.chat_type, "group");
+        assert_eq!(m.text, "why is the sky blue");
+        assert_eq!(m.attributes["command"], "ask");
+        assert_eq!(
+            m.reply_to,
+            json!({"application_id":"123456","token":"tok-EN_1.x"})
+        );
+    }
+
+    #[test]
+    fn subcommands_users_dms_threads_and_context_menus() {
+        let m = message(&command(json!({
+            "guild_id": null, "member": null, "context": 1,
+            "user":{"id":"42","username":"ann"},
+            "channel":{"id":"99","type":11}, "channel_id":"99",
+            "data":{"name":"todo","type":1,"options":[{"name":"add","type":1,"options":[
+                {"name":"item","type":3,"value":"milk"},{"name":"count","type":4,"value":2},
+                {"name":"for","type":6,"value":"555"}]}]}
+        })));
+        assert_eq!(m.attributes["command"], "todo add");
+        assert_eq!(m.text, "milk 2 555");
+        assert_eq!(m.mentions, vec!["555"]);
+        assert_eq!(m.chat_type, "private");
+        assert_eq!(m.sender_name, "ann");
+        assert_eq!(m.thread_id, "99");
+
+        let m = message(&command(json!({"data":{"name":"help","type":1}})));
+        assert_eq!(m.text, "/help");
+
+        let m = message(&command(
+            json!({"data":{"name":"Summarize","type":3,"target_id":"9",
+            "resolved":{"messages":{"9":{"id":"9","content":"long text"}}}}}),
+        ));
+        assert_eq!(m.text, "long text");
+    }
+
+    #[test]
+    fn other_interactions_are_skipped() {
+        match receive(&json!({"type":3,"id":"1","token":"t"})).unwrap() {
+            Inbound::Skip { response, reason } => {
+                assert_eq!(reason, "component_interaction");
+                assert_eq!(&response.body[..], br#"{"type":6}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        for t in [4, 5, 99] {
+            assert!(matches!(
+                receive(&json!({"type":t})).unwrap(),
+                Inbound::Skip {
+                    reason: "unsupported_interaction",
+                    ..
+                }
+            ));
+        }
+        let bot = command(json!({"member":{"user":{"id":"1","bot":true}}}));
+        assert!(matches!(
+            receive(&bot).unwrap(),
+            Inbound::Skip {
+                reason: "bot_message",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn replies_inline_deferred_and_follow_up() {
+        let a = adapter();
+        let m = message(&command(json!({})));
+        let inline = a.inline_reply(&m, "blue light", at(NOW)).unwrap();
+        let v: Value = serde_json::from_slice(&inline.body).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":4,"data":{"content":"blue light","allowed_mentions":{"parse":[]}}})
+        );
+        assert!(a.inline_reply(&m, &"x".repeat(2001), at(NOW)).is_none());
+        assert_eq!(&a.ack(&m).body[..], br#"{"type":5}"#);
+
+        let calls = a.reply_calls(&m, "blue light").unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].method, Method::POST);
+        assert_eq!(
+            calls[0].url,
+            "http://127.0.0.1:9/api/v10/webhooks/123456/tok-EN_1.x"
+        );
+        let v: Value = serde_json::from_slice(&calls[0].body).unwrap();
+        assert_eq!(v["content"], "blue light");
+        assert!(calls[0].auth.is_none());
+        // Long replies become several follow-ups.
+        let calls = a.reply_calls(&m, &"é".repeat(4500)).unwrap();
+        assert_eq!(calls.len(), 3);
+
+        // Without a configured application id, the interaction's is used.
+        let (_, public) = vector_keys();
+        let secrets = BTreeMap::from([("public_key".to_string(), public)]);
+        let bare = DiscordAdapter::new(&secrets, None).unwrap();
+        let calls = bare.reply_calls(&m, "x").unwrap();
+        assert_eq!(
+            calls[0].url,
+            "https://discord.com/api/v10/webhooks/123456/tok-EN_1.x"
+        );
+        let mut evil = m.clone();
+        evil.reply_to = json!({"application_id":"1","token":"a/../../b"});
+        assert!(bare.reply_calls(&evil, "x").is_err());
+    }
+
+    #[test]
+    fn reseal_is_refused() {
+        let body = command(json!({})).to_string();
+        let h = signed(&body, NOW);
+        let req = WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &h,
+            body: body.as_bytes(),
+            now: at(NOW),
+        };
+        let m = message(&command(json!({})));
+        assert!(adapter().reseal(&req, &m, "masked").is_none());
+    }
+}

@@ -1,0 +1,666 @@
+//! Telegram Bot API webhook adapter.
+//!
+//! Telegram authenticates webhooks only by echoing the `secret_token` given
+//! to `setWebhook` in a header; there is no signature or timestamp, so the
+//! check is a constant-time comparison and dedupe on `update_id` is what
+//! stops replays. A webhook response may carry one Bot API call, which is how
+//! a reply within the deadline goes back inline.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use http::Method;
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::adapter::{
+    optional_secret, required_secret, ApiCall, Inbound, PlatformAdapter, PlatformMessage,
+    Rejection, Resealed, WebhookRequest, WebhookResponse,
+};
+
+/// Telegram's API base when a route sets none.
+pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
+/// Header that carries the webhook's secret token.
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+/// Telegram's limit on a message's text, in UTF-16 code units.
+pub const MAX_TEXT: usize = 4096;
+
+/// Verifies and parses Telegram updates and describes replies.
+pub struct TelegramAdapter {
+    secret_token: String,
+    bot_token: Option<String>,
+    api_base: String,
+}
+
+impl TelegramAdapter {
+    /// Builds the adapter from a route's secrets (`secret_token`, optional `bot_token`).
+    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+        let secret_token = required_secret(secrets, "telegram", "secret_token")?;
+        let valid = secret_token.len() <= 256
+            && secret_token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(
+                "platform telegram: secret `secret_token` must be 1-256 of A-Z a-z 0-9 _ -".into(),
+            );
+        }
+        Ok(Self {
+            secret_token: secret_token.to_string(),
+            // Optional: a passthrough route never calls the API itself.
+            bot_token: optional_secret(secrets, "bot_token").map(str::to_string),
+            api_base: api_base
+                .unwrap_or(DEFAULT_API_BASE)
+                .trim_end_matches('/')
+                .to_string(),
+        })
+    }
+}
+
+/// Compares the presented secret token with the configured one in constant time.
+pub fn verify_secret_token(expected: &str, presented: &str) -> Result<(), Rejection> {
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
+        return Err(Rejection::BadSignature("telegram secret token mismatch"));
+    }
+    Ok(())
+}
+
+/// Splits `text` into pieces of at most `max_units` UTF-16 code units, on
+/// character boundaries. Empty text gives no pieces.
+pub fn split_utf16(text: &str, max_units: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut units = 0;
+    for (i, c) in text.char_indices() {
+        if units + c.len_utf16() > max_units && i > start {
+            parts.extend(text.get(start..i));
+            start = i;
+            units = 0;
+        }
+        units += c.len_utf16();
+    }
+    if start < text.len() {
+        parts.extend(text.get(start..));
+    }
+    parts
+}
+
+/// An id that Telegram sends as a number (or, defensively, a string), as text.
+fn id_text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::Number(n) => n.as_i64().map(|n| n.to_string()),
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn skip(reason: &'static str) -> Inbound {
+    Inbound::Skip {
+        response: WebhookResponse::empty(),
+        reason,
+    }
+}
+
+fn display_name(user: &Value) -> String {
+    let first = user.get("first_name").and_then(Value::as_str).unwrap_or("");
+    let last = user.get("last_name").and_then(Value::as_str).unwrap_or("");
+    let name = format!("{first} {last}");
+    let name = name.trim();
+    if name.is_empty() {
+        user.get("username")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// The field of a message that carries its text: `text`, or `caption` on media.
+fn text_field(message: &Value) -> Option<(&'static str, &'static str)> {
+    if message.get("text").is_some() {
+        Some(("text", "entities"))
+    } else if message.get("caption").is_some() {
+        Some(("caption", "caption_entities"))
+    } else {
+        None
+    }
+}
+
+/// Mentioned users: `@username` mentions by name, `text_mention` by id.
+fn mentions(message: &Value, text: &str, entities_key: &str) -> Vec<String> {
+    let units: Vec<u16> = text.encode_utf16().collect();
+    let mut out = Vec::new();
+    for entity in message
+        .get(entities_key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match entity.get("type").and_then(Value::as_str) {
+            Some("mention") => {
+                let offset = entity.get("offset").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let length = entity.get("length").and_then(Value::as_u64).unwrap_or(0) as usize;
+                if let Some(slice) = offset
+                    .checked_add(length)
+                    .and_then(|end| units.get(offset..end))
+                {
+                    out.push(String::from_utf16_lossy(slice));
+                }
+            }
+            Some("text_mention") => out.extend(id_text(entity.pointer("/user/id"))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Parses an update body into what the pipeline should do with it.
+pub fn parse_update(body: &[u8]) -> Result<Inbound, Rejection> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
+    let update_id = id_text(value.get("update_id")).ok_or(Rejection::Missing("update_id"))?;
+    let (kind, message, callback) = if let Some(m) = value.get("message") {
+        ("message", m, None)
+    } else if let Some(m) = value.get("edited_message") {
+        ("edited_message", m, None)
+    } else if let Some(cb) = value.get("callback_query") {
+        // Callbacks from inline-mode messages have no chat to answer in.
+        match cb.get("message") {
+            Some(m) => ("callback_query", m, Some(cb)),
+            None => return Ok(skip("inline_callback")),
+        }
+    } else {
+        return Ok(skip("unsupported_update"));
+    };
+    if !message.is_object() {
+        return Err(Rejection::Malformed(format!("{kind} is not an object")));
+    }
+    let from = callback
+        .and_then(|cb| cb.get("from"))
+        .or_else(|| message.get("from"))
+        .ok_or(Rejection::Missing("from"))?;
+    if from.get("is_bot").and_then(Value::as_bool) == Some(true) {
+        return Ok(skip("bot_message"));
+    }
+    let sender_id = id_text(from.get("id")).ok_or(Rejection::Missing("from.id"))?;
+    let chat = message.get("chat").ok_or(Rejection::Missing("chat"))?;
+    let chat_id = chat
+        .get("id")
+        .filter(|id| id_text(Some(id)).is_some())
+        .ok_or(Rejection::Missing("chat.id"))?;
+    let chat_type = match chat.get("type").and_then(Value::as_str) {
+        Some("group") | Some("supergroup") => "group",
+        Some("channel") => "channel",
+        _ => "private",
+    };
+    let (text, mentions) = match callback {
+        Some(cb) => (
+            cb.get("data")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            Vec::new(),
+        ),
+        None => match text_field(message) {
+            Some((field, entities)) => {
+                let text = message.get(field).and_then(Value::as_str).unwrap_or("");
+                (text.to_string(), self::mentions(message, text, entities))
+            }
+            None => (String::new(), Vec::new()),
+        },
+    };
+    if text.is_empty() {
+        return Ok(skip("no_text"));
+    }
+    let thread = message.get("message_thread_id").and_then(Value::as_i64);
+    let mut reply_to = json!({ "chat_id": chat_id });
+    if let Some(thread) = thread {
+        reply_to["message_thread_id"] = Value::from(thread);
+    }
+    let mut attributes = BTreeMap::new();
+    attributes.insert("update_type".to_string(), kind.to_string());
+    if let Some(id) = id_text(message.get("message_id")) {
+        attributes.insert("telegram_message_id".to_string(), id);
+    }
+    if let Some(cb) = callback {
+        if let Some(id) = cb.get("id").and_then(Value::as_str) {
+            reply_to["callback_query_id"] = Value::from(id);
+        }
+    }
+    Ok(Inbound::Message(Box::new(PlatformMessage {
+        message_id: update_id,
+        tenant: String::new(),
+        sender_id,
+        sender_name: display_name(from),
+        room_id: id_text(Some(chat_id)).unwrap_or_default(),
+        thread_id: thread.map(|t| t.to_string()).unwrap_or_default(),
+        chat_type: chat_type.to_string(),
+        text,
+        mentions,
+        attributes,
+        reply_to,
+    })))
+}
+
+/// The `sendMessage` parameters that reply with `text`.
+fn send_message(msg: &PlatformMessage, text: &str) -> Result<Map<String, Value>, Rejection> {
+    let chat_id = msg
+        .reply_to
+        .get("chat_id")
+        .ok_or(Rejection::Missing("chat_id"))?;
+    let mut params = Map::new();
+    params.insert("chat_id".into(), chat_id.clone());
+    params.insert("text".into(), Value::from(text));
+    if let Some(thread) = msg.reply_to.get("message_thread_id") {
+        params.insert("message_thread_id".into(), thread.clone());
+    }
+    Ok(params)
+}
+
+/// Keeps only entities that still cover the same characters in the new text,
+/// so a leading `/command` survives masking and nothing points past the end.
+fn retain_entities(entities: &mut Value, old: &str, new: &str) {
+    let old: Vec<u16> = old.encode_utf16().collect();
+    let new: Vec<u16> = new.encode_utf16().collect();
+    if let Some(list) = entities.as_array_mut() {
+        list.retain(|e| {
+            let offset = e.get("offset").and_then(Value::as_u64).unwrap_or(u64::MAX) as usize;
+            let length = e.get("length").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let Some(end) = offset.checked_add(length) else {
+                return false;
+            };
+            matches!((old.get(offset..end), new.get(offset..end)), (Some(a), Some(b)) if a == b)
+        });
+    }
+}
+
+impl PlatformAdapter for TelegramAdapter {
+    fn platform(&self) -> &'static str {
+        "telegram"
+    }
+
+    fn receive(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
+        if req.method != Method::POST {
+            return Err(Rejection::Method);
+        }
+        let presented = req
+            .header(SECRET_HEADER)
+            .ok_or(Rejection::Missing("X-Telegram-Bot-Api-Secret-Token"))?;
+        verify_secret_token(&self.secret_token, presented)?;
+        parse_update(req.body)
+    }
+
+    fn inline_reply(
+        &self,
+        msg: &PlatformMessage,
+        text: &str,
+        _now: SystemTime,
+    ) -> Option<WebhookResponse> {
+        if text.is_empty() || text.encode_utf16().count() > MAX_TEXT {
+            return None;
+        }
+        let mut params = send_message(msg, text).ok()?;
+        params.insert("method".into(), Value::from("sendMessage"));
+        Some(WebhookResponse::json(&Value::Object(params)))
+    }
+
+    fn ack(&self, _msg: &PlatformMessage) -> WebhookResponse {
+        WebhookResponse::empty()
+    }
+
+    fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
+        let token = self
+            .bot_token
+            .as_deref()
+            .ok_or(Rejection::Missing("bot_token"))?;
+        let url = format!("{}/bot{token}/sendMessage", self.api_base);
+        split_utf16(text, MAX_TEXT)
+            .into_iter()
+            .map(|part| {
+                let params = send_message(msg, part)?;
+                let mut call = ApiCall::post_json(url.clone(), &Value::Object(params));
+                call.success = Some(("/ok", Value::Bool(true)));
+                Ok(call)
+            })
+            .collect()
+    }
+
+    fn reseal(
+        &self,
+        req: &WebhookRequest<'_>,
+        _msg: &PlatformMessage,
+        text: &str,
+    ) -> Option<Resealed> {
+        let mut value: Value = serde_json::from_slice(req.body).ok()?;
+        let update = value.as_object_mut()?;
+        if let Some(cb) = update.get_mut("callback_query") {
+            cb.as_object_mut()?.insert("data".into(), Value::from(text));
+        } else {
+            let key = if update.contains_key("message") {
+                "message"
+            } else {
+                "edited_message"
+            };
+            let message = update.get_mut(key)?;
+            let (field, entities) = text_field(message)?;
+            let message = message.as_object_mut()?;
+            let old = message.get(field)?.as_str()?.to_string();
+            message.insert(field.into(), Value::from(text));
+            if let Some(list) = message.get_mut(entities) {
+                retain_entities(list, &old, text);
+            }
+        }
+        Some(Resealed {
+            body: serde_json::to_vec(&value).ok()?.into(),
+            headers: vec![(SECRET_HEADER.into(), self.secret_token.clone())],
+        })
+    }
+
+    fn dedupe_ttl(&self) -> Duration {
+        // Telegram keeps redelivering an unacknowledged update for up to a day.
+        Duration::from_secs(24 * 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::slack::tests::{at, headers, vectors};
+    use super::*;
+    use http::HeaderMap;
+
+    const SECRET: &str = "s3cr3t_token-1";
+
+    fn adapter() -> TelegramAdapter {
+        let secrets = BTreeMap::from([
+            ("secret_token".to_string(), SECRET.to_string()),
+            ("bot_token".to_string(), "123:ABC".to_string()),
+        ]);
+        TelegramAdapter::new(&secrets, Some("http://127.0.0.1:9/")).unwrap()
+    }
+
+    fn receive_with(h: &HeaderMap, body: &[u8]) -> Result<Inbound, Rejection> {
+        adapter().receive(&WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: h,
+            body,
+            now: at(0),
+        })
+    }
+
+    fn receive(body: &str) -> Result<Inbound, Rejection> {
+        receive_with(&headers(&[(SECRET_HEADER, SECRET)]), body.as_bytes())
+    }
+
+    fn message(body: &str) -> PlatformMessage {
+        match receive(body).unwrap() {
+            Inbound::Message(m) => *m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn skip_reason(body: &str) -> &'static str {
+        match receive(body).unwrap() {
+            Inbound::Skip { reason, .. } => reason,
+            other => panic!("expected a skip, got {other:?}"),
+        }
+    }
+
+    fn sample() -> String {
+        vectors()["telegram"]["sample_update"]["body"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn published_sample_update_parses() {
+        let m = message(&sample());
+        assert_eq!(m.message_id, "10000");
+        assert_eq!(m.sender_id, "1111111");
+        assert_eq!(m.sender_name, "Test Test Lastname");
+        assert_eq!(m.room_id, "1111111");
+        assert_eq!(m.chat_type, "private");
+        assert_eq!(m.thread_id, "");
+        assert_eq!(m.text, "/start");
+        assert_eq!(m.attributes["update_type"], "message");
+        assert_eq!(m.attributes["telegram_message_id"], "1365");
+        assert_eq!(m.reply_to, json!({"chat_id":1111111}));
+    }
+
+    #[test]
+    fn secret_token_is_checked() {
+        let body = sample();
+        for h in [
+            headers(&[(SECRET_HEADER, "s3cr3t_token-2")]),
+            headers(&[(SECRET_HEADER, "s3cr3t_token-1x")]),
+            headers(&[(SECRET_HEADER, "")]),
+        ] {
+            let err = receive_with(&h, body.as_bytes()).unwrap_err();
+            assert_eq!(err.kind(), "bad_signature");
+            assert!(!err.to_string().contains(SECRET));
+        }
+        let err = receive_with(&HeaderMap::new(), body.as_bytes()).unwrap_err();
+        assert_eq!(err.kind(), "missing_field");
+        let err = adapter()
+            .receive(&WebhookRequest {
+                method: &Method::GET,
+                query: None,
+                headers: &headers(&[(SECRET_HEADER, SECRET)]),
+                body: body.as_bytes(),
+                now: at(0),
+            })
+            .unwrap_err();
+        assert_eq!(err, Rejection::Method);
+        verify_secret_token(SECRET, SECRET).unwrap();
+        assert!(verify_secret_token("", "").is_err());
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let bad = BTreeMap::from([("secret_token".to_string(), "has space".to_string())]);
+        assert!(TelegramAdapter::new(&bad, None).is_err());
+        let err = TelegramAdapter::new(&BTreeMap::new(), None).err().unwrap();
+        assert!(err.contains("secret_token"));
+    }
+
+    #[test]
+    fn malformed_updates_are_rejected() {
+        for body in [
+            "",
+            "{",
+            "[]",
+            "{}",
+            r#"{"update_id":1,"message":"x"}"#,
+            r#"{"update_id":1,"message":{"text":"x","chat":{"id":1}}}"#,
+            r#"{"update_id":1,"message":{"text":"x","from":{"id":1}}}"#,
+            r#"{"update_id":1,"message":{"text":"x","from":{"id":1},"chat":{"id":[]}}}"#,
+            r#"{"update_id":{},"message":{}}"#,
+        ] {
+            let err = receive(body).unwrap_err();
+            assert!(
+                matches!(err, Rejection::Malformed(_) | Rejection::Missing(_)),
+                "{body}: {err:?}"
+            );
+        }
+        let _ = parse_update(&[0xff, 0x00, 0x7b]).unwrap_err();
+    }
+
+    #[test]
+    fn groups_threads_edits_callbacks_and_mentions() {
+        let m = message(
+            r#"{"update_id":5,"message":{"message_id":9,"message_thread_id":77,
+            "from":{"id":2,"is_bot":false,"first_name":"Bo"},
+            "chat":{"id":-1001,"type":"supergroup"},
+            "text":"@mybot héllo","entities":[{"type":"mention","offset":0,"length":6},
+            {"type":"text_mention","offset":7,"length":5,"user":{"id":31}},
+            {"type":"mention","offset":999,"length":5}]}}"#,
+        );
+        assert_eq!(m.chat_type, "group");
+        assert_eq!(m.thread_id, "77");
+        assert_eq!(m.room_id, "-1001");
+        assert_eq!(m.text, "@mybot héllo");
+        assert_eq!(m.mentions, vec!["@mybot", "31"]);
+        assert_eq!(m.reply_to, json!({"chat_id":-1001,"message_thread_id":77}));
+
+        let m = message(
+            r#"{"update_id":6,"edited_message":{"message_id":9,"from":{"id":2},
+            "chat":{"id":3,"type":"private"},"text":"fixed"}}"#,
+        );
+        assert_eq!(m.attributes["update_type"], "edited_message");
+        assert_eq!(m.text, "fixed");
+
+        let m = message(
+            r#"{"update_id":7,"message":{"message_id":9,"from":{"id":2},
+            "chat":{"id":3,"type":"channel"},"photo":[],"caption":"a cat"}}"#,
+        );
+        assert_eq!(m.text, "a cat");
+        assert_eq!(m.chat_type, "channel");
+
+        let m = message(
+            r#"{"update_id":8,"callback_query":{"id":"cb1","from":{"id":4,"username":"zed"},
+            "message":{"message_id":9,"message_thread_id":5,"chat":{"id":3,"type":"group"},"text":"pick"},
+            "data":"choice_a"}}"#,
+        );
+        assert_eq!(m.text, "choice_a");
+        assert_eq!(m.sender_id, "4");
+        assert_eq!(m.sender_name, "zed");
+        assert_eq!(m.thread_id, "5");
+        assert_eq!(m.reply_to["callback_query_id"], "cb1");
+    }
+
+    #[test]
+    fn unsupported_and_bot_updates_are_skipped() {
+        assert_eq!(
+            skip_reason(r#"{"update_id":1,"poll":{}}"#),
+            "unsupported_update"
+        );
+        assert_eq!(
+            skip_reason(
+                r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":1},"inline_message_id":"i"}}"#
+            ),
+            "inline_callback"
+        );
+        assert_eq!(
+            skip_reason(
+                r#"{"update_id":1,"message":{"from":{"id":1,"is_bot":true},"chat":{"id":1},"text":"me"}}"#
+            ),
+            "bot_message"
+        );
+        assert_eq!(
+            skip_reason(
+                r#"{"update_id":1,"message":{"from":{"id":1},"chat":{"id":1},"sticker":{}}}"#
+            ),
+            "no_text"
+        );
+    }
+
+    #[test]
+    fn inline_reply_and_send_message() {
+        let a = adapter();
+        let m = message(
+            r#"{"update_id":5,"message":{"message_id":9,"message_thread_id":77,
+            "from":{"id":2},"chat":{"id":-1001,"type":"supergroup"},"text":"hi"}}"#,
+        );
+        let inline = a.inline_reply(&m, "hello", at(0)).unwrap();
+        assert_eq!(inline.content_type, "application/json");
+        let v: Value = serde_json::from_slice(&inline.body).unwrap();
+        assert_eq!(
+            v,
+            json!({"method":"sendMessage","chat_id":-1001,"text":"hello","message_thread_id":77})
+        );
+        assert!(a
+            .inline_reply(&m, &"x".repeat(MAX_TEXT + 1), at(0))
+            .is_none());
+        assert_eq!(a.ack(&m), WebhookResponse::empty());
+
+        let calls = a.reply_calls(&m, "hello").unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].method, Method::POST);
+        assert_eq!(calls[0].url, "http://127.0.0.1:9/bot123:ABC/sendMessage");
+        let v: Value = serde_json::from_slice(&calls[0].body).unwrap();
+        assert_eq!(
+            v,
+            json!({"chat_id":-1001,"text":"hello","message_thread_id":77})
+        );
+        assert_eq!(calls[0].success, Some(("/ok", Value::Bool(true))));
+        // Long replies are split on character boundaries.
+        let calls = a.reply_calls(&m, &"😀".repeat(3000)).unwrap();
+        assert_eq!(calls.len(), 2);
+
+        let secrets = BTreeMap::from([("secret_token".to_string(), "x".to_string())]);
+        let bare = TelegramAdapter::new(&secrets, None).unwrap();
+        assert_eq!(
+            bare.reply_calls(&m, "x").unwrap_err(),
+            Rejection::Missing("bot_token")
+        );
+    }
+
+    #[test]
+    fn split_utf16_respects_limits() {
+        assert!(split_utf16("", 10).is_empty());
+        assert_eq!(split_utf16("abcde", 2), vec!["ab", "cd", "e"]);
+        assert_eq!(split_utf16("😀😀", 3), vec!["😀", "😀"]);
+        // A character wider than the limit still makes progress.
+        assert_eq!(split_utf16("😀a", 1), vec!["😀", "a"]);
+    }
+
+    #[test]
+    fn reseal_round_trips() {
+        let a = adapter();
+        let body = r#"{"update_id":5,"message":{"message_id":9,"from":{"id":2},"chat":{"id":3},
+            "text":"/pay 4111111111111111","entities":[{"type":"bot_command","offset":0,"length":4},
+            {"type":"code","offset":5,"length":16}]}}"#;
+        let h = headers(&[(SECRET_HEADER, SECRET)]);
+        let req = WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &h,
+            body: body.as_bytes(),
+            now: at(0),
+        };
+        let m = message(body);
+        let sealed = a.reseal(&req, &m, "/pay ****").unwrap();
+        assert_eq!(
+            sealed.headers,
+            vec![(SECRET_HEADER.to_string(), SECRET.to_string())]
+        );
+        assert!(!String::from_utf8_lossy(&sealed.body).contains("4111"));
+        let got = match receive_with(&h, &sealed.body).unwrap() {
+            Inbound::Message(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got.text, "/pay ****");
+        let v: Value = serde_json::from_slice(&sealed.body).unwrap();
+        assert_eq!(
+            v["message"]["entities"],
+            json!([{"type":"bot_command","offset":0,"length":4}])
+        );
+
+        // Callback data and captions are resealed too.
+        for (body, text) in [
+            (
+                r#"{"update_id":8,"callback_query":{"id":"c","from":{"id":4},"message":{"chat":{"id":3}},"data":"secret"}}"#,
+                "masked",
+            ),
+            (
+                r#"{"update_id":9,"edited_message":{"from":{"id":4},"chat":{"id":3},"caption":"secret"}}"#,
+                "masked",
+            ),
+        ] {
+            let req = WebhookRequest {
+                body: body.as_bytes(),
+                ..req
+            };
+            let m = message(body);
+            let sealed = a.reseal(&req, &m, text).unwrap();
+            match receive_with(&h, &sealed.body).unwrap() {
+                Inbound::Message(got) => assert_eq!(got.text, text),
+                other => panic!("{other:?}"),
+            }
+        }
+        let req = WebhookRequest { body: b"[]", ..req };
+        assert!(a.reseal(&req, &m, "x").is_none());
+    }
+}

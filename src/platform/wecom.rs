@@ -1,0 +1,1073 @@
+//! WeCom (企业微信) self-built app callbacks.
+//!
+//! WeCom verifies the callback URL with a signed, encrypted `echostr` (GET),
+//! then POSTs encrypted XML messages signed in the query string. The cipher
+//! and signature live in [`super::wxcrypt`], shared with DingTalk; this module
+//! owns the XML handling (which refuses DOCTYPE and entities, because the XML
+//! comes from the network), the message mapping, the passive encrypted reply
+//! and the `message/send` fallback.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::Method;
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use super::adapter::{
+    check_replay_window, optional_secret, required_secret, unix_secs, ApiCall, Inbound,
+    PlatformAdapter, PlatformMessage, Rejection, Resealed, TokenPlacement, TokenSource,
+    WebhookRequest, WebhookResponse,
+};
+use super::wxcrypt::{self, WxCrypt};
+
+/// Default API base URL.
+pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
+/// Default replay window on the signed `timestamp` query parameter.
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Nesting deeper than any WeCom message is refused rather than walked.
+const MAX_XML_DEPTH: usize = 16;
+/// Bounds the work a hostile document can cause.
+const MAX_XML_ELEMENTS: usize = 512;
+
+/// One direct child of an XML document's root element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XmlField {
+    /// Element name.
+    pub name: String,
+    /// Its text and CDATA content, entities resolved (nested elements ignored).
+    pub text: String,
+    /// Byte range of the element's content in the source, for in-place rewrites.
+    pub span: Range<usize>,
+}
+
+/// A flat view of a WeCom XML document: the root's direct children, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XmlFields(pub Vec<XmlField>);
+
+impl XmlFields {
+    /// The text of the first child named `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.field(name).map(|f| f.text.as_str())
+    }
+
+    /// The first child named `name`.
+    pub fn field(&self, name: &str) -> Option<&XmlField> {
+        self.0.iter().find(|f| f.name == name)
+    }
+}
+
+fn xml_err(what: &str) -> Rejection {
+    Rejection::Malformed(format!("xml: {what}"))
+}
+
+/// Parses WeCom XML into its root's children. Refuses DOCTYPE (and with it
+/// every entity definition) and any entity other than the five predefined
+/// ones and character references.
+pub fn parse_xml(xml: &str) -> Result<XmlFields, Rejection> {
+    let mut reader = Reader::from_str(xml);
+    let pos = |r: &Reader<&[u8]>| usize::try_from(r.buffer_position()).unwrap_or(usize::MAX);
+    let mut fields = Vec::new();
+    let mut depth = 0usize;
+    let mut elements = 0usize;
+    let mut root_seen = false;
+    let mut current: Option<(String, String, usize)> = None;
+    loop {
+        let before = pos(&reader);
+        let event = reader
+            .read_event()
+            .map_err(|_| xml_err("not well-formed"))?;
+        match event {
+            Event::DocType(_) => return Err(xml_err("DOCTYPE is not allowed")),
+            Event::Start(e) | Event::Empty(e) if depth == 0 && root_seen => {
+                let _ = e;
+                return Err(xml_err("more than one root element"));
+            }
+            Event::Start(e) => {
+                elements += 1;
+                if elements > MAX_XML_ELEMENTS || depth >= MAX_XML_DEPTH {
+                    return Err(xml_err("too large"));
+                }
+                if depth == 1 {
+                    let name = std::str::from_utf8(e.name().as_ref())
+                        .map_err(|_| xml_err("name is not UTF-8"))?
+                        .to_string();
+                    current = Some((name, String::new(), pos(&reader)));
+                }
+                root_seen = true;
+                depth += 1;
+            }
+            Event::Empty(e) => {
+                elements += 1;
+                if elements > MAX_XML_ELEMENTS {
+                    return Err(xml_err("too large"));
+                }
+                if depth == 1 {
+                    let name = std::str::from_utf8(e.name().as_ref())
+                        .map_err(|_| xml_err("name is not UTF-8"))?
+                        .to_string();
+                    let at = pos(&reader);
+                    fields.push(XmlField {
+                        name,
+                        text: String::new(),
+                        span: at..at,
+                    });
+                }
+                root_seen = true;
+            }
+            Event::End(_) => {
+                depth = depth.checked_sub(1).ok_or_else(|| xml_err("unbalanced"))?;
+                if depth == 1 {
+                    if let Some((name, text, start)) = current.take() {
+                        fields.push(XmlField {
+                            name,
+                            text,
+                            span: start..before,
+                        });
+                    }
+                }
+            }
+            Event::Text(t) => {
+                let text = t.decode().map_err(|_| xml_err("text is not UTF-8"))?;
+                if depth == 2 {
+                    if let Some((_, buf, _)) = current.as_mut() {
+                        buf.push_str(&text);
+                    }
+                } else if depth == 0 && !text.trim().is_empty() {
+                    return Err(xml_err("text outside the root element"));
+                }
+            }
+            Event::CData(c) => {
+                let text = c.decode().map_err(|_| xml_err("CDATA is not UTF-8"))?;
+                if depth == 2 {
+                    if let Some((_, buf, _)) = current.as_mut() {
+                        buf.push_str(&text);
+                    }
+                } else if depth == 0 {
+                    return Err(xml_err("CDATA outside the root element"));
+                }
+            }
+            Event::GeneralRef(r) => {
+                let ch = match r
+                    .resolve_char_ref()
+                    .map_err(|_| xml_err("bad character reference"))?
+                {
+                    Some(ch) => ch,
+                    None => match r.as_ref() {
+                        b"lt" => '<',
+                        b"gt" => '>',
+                        b"amp" => '&',
+                        b"apos" => '\'',
+                        b"quot" => '"',
+                        _ => return Err(xml_err("entities are not allowed")),
+                    },
+                };
+                if depth == 0 {
+                    return Err(xml_err("text outside the root element"));
+                }
+                if depth == 2 {
+                    if let Some((_, buf, _)) = current.as_mut() {
+                        buf.push(ch);
+                    }
+                }
+            }
+            Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !root_seen || depth != 0 {
+        return Err(xml_err("no complete root element"));
+    }
+    Ok(XmlFields(fields))
+}
+
+/// Wraps `text` in CDATA, splitting any `]]>` so the text cannot end the section.
+pub fn cdata(text: &str) -> String {
+    format!("<![CDATA[{}]]>", text.replace("]]>", "]]]]><![CDATA[>"))
+}
+
+/// The inner plaintext of a passive text reply.
+pub fn text_reply_xml(to_user: &str, from: &str, create_time: i64, content: &str) -> String {
+    format!(
+        "<xml><ToUserName>{}</ToUserName><FromUserName>{}</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>{}</Content></xml>",
+        cdata(to_user),
+        cdata(from),
+        cdata(content)
+    )
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A base64 query value survives a sender that did not escape `+`.
+fn b64_query_param(req: &WebhookRequest<'_>, name: &'static str) -> Result<String, Rejection> {
+    Ok(req
+        .query_param(name)
+        .ok_or(Rejection::Missing(name))?
+        .replace(' ', "+"))
+}
+
+/// Signature parameters from the query string.
+struct Signed {
+    signature: String,
+    timestamp: String,
+    nonce: String,
+}
+
+/// A WeCom app route.
+#[derive(Debug, Clone)]
+pub struct WecomAdapter {
+    token: String,
+    crypt: WxCrypt,
+    corp_id: String,
+    agent_id: Option<String>,
+    corp_secret: Option<String>,
+    api_base: String,
+    replay_window: Duration,
+}
+
+impl WecomAdapter {
+    /// Builds the adapter from the route's secrets (`token`, `encoding_aes_key`,
+    /// `corp_id`; `agent_id` and `corp_secret` for the `message/send` fallback).
+    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+        let token = required_secret(secrets, "wecom", "token")?.to_string();
+        let key = required_secret(secrets, "wecom", "encoding_aes_key")?;
+        let crypt = WxCrypt::from_encoding_aes_key(key)
+            .map_err(|e| format!("platform wecom secret `encoding_aes_key`: {e}"))?;
+        let corp_id = required_secret(secrets, "wecom", "corp_id")?.to_string();
+        Ok(Self {
+            token,
+            crypt,
+            corp_id,
+            agent_id: optional_secret(secrets, "agent_id").map(str::to_string),
+            corp_secret: optional_secret(secrets, "corp_secret").map(str::to_string),
+            api_base: api_base
+                .unwrap_or(DEFAULT_API_BASE)
+                .trim_end_matches('/')
+                .to_string(),
+            replay_window: DEFAULT_REPLAY_WINDOW,
+        })
+    }
+
+    /// Replaces the replay window (tests use it with old vector timestamps).
+    pub fn with_replay_window(mut self, window: Duration) -> Self {
+        self.replay_window = window;
+        self
+    }
+
+    /// Checks `msg_signature` and decrypts `encrypt` (no replay check: pure,
+    /// so published vectors with old timestamps can be tested).
+    pub fn verify_and_decrypt(
+        &self,
+        signature: &str,
+        timestamp: &str,
+        nonce: &str,
+        encrypt: &str,
+    ) -> Result<Vec<u8>, Rejection> {
+        if !wxcrypt::verify_signature(&self.token, timestamp, nonce, encrypt, signature) {
+            return Err(Rejection::BadSignature("msg_signature"));
+        }
+        Ok(self.crypt.decrypt(encrypt, &self.corp_id)?)
+    }
+
+    /// The passive encrypted reply envelope for `reply_xml`; `random` is the
+    /// 16-byte cipher prefix (random in production).
+    pub fn encrypt_reply(
+        &self,
+        reply_xml: &str,
+        timestamp: &str,
+        nonce: &str,
+        random: &[u8; 16],
+    ) -> String {
+        let encrypt = self
+            .crypt
+            .encrypt(reply_xml.as_bytes(), &self.corp_id, random);
+        let signature = wxcrypt::msg_signature(&self.token, timestamp, nonce, &encrypt);
+        format!(
+            "<xml><Encrypt>{}</Encrypt><MsgSignature>{}</MsgSignature><TimeStamp>{timestamp}</TimeStamp><Nonce>{}</Nonce></xml>",
+            cdata(&encrypt),
+            cdata(&signature),
+            cdata(nonce)
+        )
+    }
+
+    fn signed(&self, req: &WebhookRequest<'_>) -> Result<Signed, Rejection> {
+        let signature = req
+            .query_param("msg_signature")
+            .ok_or(Rejection::Missing("msg_signature"))?;
+        let timestamp = req
+            .query_param("timestamp")
+            .ok_or(Rejection::Missing("timestamp"))?;
+        let nonce = req
+            .query_param("nonce")
+            .ok_or(Rejection::Missing("nonce"))?;
+        Ok(Signed {
+            signature,
+            timestamp,
+            nonce,
+        })
+    }
+
+    fn check_time(&self, req: &WebhookRequest<'_>, timestamp: &str) -> Result<(), Rejection> {
+        let ts: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| Rejection::Malformed("timestamp is not a number".into()))?;
+        check_replay_window(ts, req.now_secs(), self.replay_window)
+    }
+
+    /// Verifies, decrypts and parses a POSTed message: (outer, inner plaintext, inner fields).
+    fn open_post(
+        &self,
+        req: &WebhookRequest<'_>,
+    ) -> Result<(XmlFields, String, XmlFields), Rejection> {
+        let signed = self.signed(req)?;
+        let body = std::str::from_utf8(req.body)
+            .map_err(|_| Rejection::Malformed("body is not UTF-8".into()))?;
+        let outer = parse_xml(body)?;
+        let encrypt = outer.get("Encrypt").ok_or(Rejection::Missing("Encrypt"))?;
+        let plain =
+            self.verify_and_decrypt(&signed.signature, &signed.timestamp, &signed.nonce, encrypt)?;
+        self.check_time(req, &signed.timestamp)?;
+        let plain = String::from_utf8(plain)
+            .map_err(|_| Rejection::Malformed("plaintext is not UTF-8".into()))?;
+        let inner = parse_xml(&plain)?;
+        Ok((outer, plain, inner))
+    }
+
+    fn verify_url(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
+        let signed = self.signed(req)?;
+        let echostr = b64_query_param(req, "echostr")?;
+        let plain = self.verify_and_decrypt(
+            &signed.signature,
+            &signed.timestamp,
+            &signed.nonce,
+            &echostr,
+        )?;
+        self.check_time(req, &signed.timestamp)?;
+        let plain = String::from_utf8(plain)
+            .map_err(|_| Rejection::Malformed("echostr is not UTF-8".into()))?;
+        Ok(Inbound::Answer {
+            response: WebhookResponse::text(plain),
+            event: "url_verification",
+        })
+    }
+
+    /// Maps a decrypted inner message to an [`Inbound`].
+    pub fn parse_message(&self, inner: &XmlFields) -> Result<Inbound, Rejection> {
+        let skip = |reason| Inbound::Skip {
+            response: WebhookResponse::empty(),
+            reason,
+        };
+        match inner.get("MsgType").ok_or(Rejection::Missing("MsgType"))? {
+            "text" => {}
+            "event" => return Ok(skip("event")),
+            _ => return Ok(skip("unsupported_msg_type")),
+        }
+        let from = inner
+            .get("FromUserName")
+            .filter(|s| !s.is_empty())
+            .ok_or(Rejection::Missing("FromUserName"))?;
+        let msg_id = inner
+            .get("MsgId")
+            .filter(|s| !s.is_empty())
+            .ok_or(Rejection::Missing("MsgId"))?;
+        let content = inner.get("Content").ok_or(Rejection::Missing("Content"))?;
+        let agent_id = inner.get("AgentID").unwrap_or_default();
+        let mut attributes = BTreeMap::new();
+        if !agent_id.is_empty() {
+            attributes.insert("agent_id".to_string(), agent_id.to_string());
+        }
+        if let Some(t) = inner.get("CreateTime") {
+            attributes.insert("create_time".to_string(), t.to_string());
+        }
+        Ok(Inbound::Message(Box::new(PlatformMessage {
+            message_id: msg_id.to_string(),
+            tenant: inner.get("ToUserName").unwrap_or(&self.corp_id).to_string(),
+            sender_id: from.to_string(),
+            sender_name: String::new(),
+            // An app conversation is the one-to-one chat between the user and the app.
+            room_id: from.to_string(),
+            thread_id: String::new(),
+            chat_type: "private".to_string(),
+            text: content.trim().to_string(),
+            mentions: Vec::new(),
+            attributes,
+            reply_to: serde_json::json!({ "user": from, "agent_id": agent_id }),
+        })))
+    }
+
+    /// Passthrough rewrite: the new body plus the new query string
+    /// (`msg_signature`, `timestamp`, `nonce`), since WeCom signs in the query.
+    pub fn reseal_with_query(
+        &self,
+        req: &WebhookRequest<'_>,
+        text: &str,
+    ) -> Option<(Resealed, String)> {
+        let (outer, plain, inner) = self.open_post(req).ok()?;
+        let content = inner.field("Content")?;
+        let new_plain = format!(
+            "{}{}{}",
+            plain.get(..content.span.start)?,
+            cdata(text),
+            plain.get(content.span.end..)?
+        );
+        let body = std::str::from_utf8(req.body).ok()?;
+        let enc_field = outer.field("Encrypt")?;
+        let encrypt = self.crypt.encrypt(
+            new_plain.as_bytes(),
+            &self.corp_id,
+            &wxcrypt::random_prefix(),
+        );
+        let new_body = format!(
+            "{}{}{}",
+            body.get(..enc_field.span.start)?,
+            cdata(&encrypt),
+            body.get(enc_field.span.end..)?
+        );
+        let timestamp = unix_secs(req.now).to_string();
+        let nonce = wxcrypt::random_nonce();
+        let signature = wxcrypt::msg_signature(&self.token, &timestamp, &nonce, &encrypt);
+        let query = format!("msg_signature={signature}&timestamp={timestamp}&nonce={nonce}");
+        Some((
+            Resealed {
+                body: Bytes::from(new_body),
+                headers: Vec::new(),
+            },
+            query,
+        ))
+    }
+
+    fn token_source(&self) -> Result<TokenSource, Rejection> {
+        let secret = self
+            .corp_secret
+            .as_deref()
+            .ok_or(Rejection::Missing("corp_secret"))?;
+        let url = format!(
+            "{}/cgi-bin/gettoken?corpid={}&corpsecret={}",
+            self.api_base,
+            percent_encode(&self.corp_id),
+            percent_encode(secret)
+        );
+        Ok(TokenSource {
+            cache_key: format!(
+                "wecom:{}:{}",
+                self.corp_id,
+                self.agent_id.as_deref().unwrap_or("")
+            ),
+            fetch: ApiCall {
+                method: Method::GET,
+                url,
+                headers: Vec::new(),
+                body: Bytes::new(),
+                auth: None,
+                success: Some(("/errcode", serde_json::json!(0))),
+            },
+            token_pointer: "/access_token",
+            expires_in_pointer: "/expires_in",
+            placement: TokenPlacement::QueryParam("access_token"),
+        })
+    }
+}
+
+impl PlatformAdapter for WecomAdapter {
+    fn platform(&self) -> &'static str {
+        "wecom"
+    }
+
+    fn methods(&self) -> &'static [Method] {
+        &[Method::GET, Method::POST]
+    }
+
+    fn receive(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
+        match *req.method {
+            Method::GET => self.verify_url(req),
+            Method::POST => {
+                let (_, _, inner) = self.open_post(req)?;
+                self.parse_message(&inner)
+            }
+            _ => Err(Rejection::Method),
+        }
+    }
+
+    fn inline_reply(
+        &self,
+        msg: &PlatformMessage,
+        text: &str,
+        now: SystemTime,
+    ) -> Option<WebhookResponse> {
+        let user = msg.reply_to.get("user")?.as_str()?;
+        let now = unix_secs(now);
+        let reply = text_reply_xml(user, &self.corp_id, now, text);
+        let xml = self.encrypt_reply(
+            &reply,
+            &now.to_string(),
+            &wxcrypt::random_nonce(),
+            &wxcrypt::random_prefix(),
+        );
+        Some(WebhookResponse::xml(xml))
+    }
+
+    fn ack(&self, _msg: &PlatformMessage) -> WebhookResponse {
+        WebhookResponse::empty()
+    }
+
+    fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
+        let user = msg
+            .reply_to
+            .get("user")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or(Rejection::Missing("reply_to.user"))?;
+        let agent_id = msg
+            .reply_to
+            .get("agent_id")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .or(self.agent_id.as_deref())
+            .ok_or(Rejection::Missing("agent_id"))?;
+        let agent: serde_json::Value = agent_id
+            .parse::<u64>()
+            .map(Into::into)
+            .map_err(|_| Rejection::Malformed("agent_id is not a number".into()))?;
+        let body = serde_json::json!({
+            "touser": user,
+            "msgtype": "text",
+            "agentid": agent,
+            "text": { "content": text },
+        });
+        let mut call = ApiCall::post_json(format!("{}/cgi-bin/message/send", self.api_base), &body);
+        call.auth = Some(Box::new(self.token_source()?));
+        call.success = Some(("/errcode", serde_json::json!(0)));
+        Ok(vec![call])
+    }
+
+    /// The proxied request must carry a new query signature, which
+    /// [`Resealed`] cannot express yet: see [`WecomAdapter::reseal_with_query`].
+    /// Until the contract carries a query, refuse (fail closed).
+    fn reseal(
+        &self,
+        _req: &WebhookRequest<'_>,
+        _msg: &PlatformMessage,
+        _text: &str,
+    ) -> Option<Resealed> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+    use std::time::UNIX_EPOCH;
+
+    fn s<'a>(v: &'a serde_json::Value, ptr: &str) -> &'a str {
+        v.pointer(ptr)
+            .and_then(|x| x.as_str())
+            .unwrap_or_else(|| panic!("vector {ptr}"))
+    }
+
+    fn adapter(v: &serde_json::Value, sample: &str) -> WecomAdapter {
+        let mut secrets = BTreeMap::new();
+        secrets.insert(
+            "token".to_string(),
+            s(v, &format!("/wecom/{sample}/token")).to_string(),
+        );
+        secrets.insert(
+            "encoding_aes_key".to_string(),
+            s(v, &format!("/wecom/{sample}/encoding_aes_key")).to_string(),
+        );
+        secrets.insert(
+            "corp_id".to_string(),
+            s(v, &format!("/wecom/{sample}/corp_id")).to_string(),
+        );
+        secrets.insert("corp_secret".to_string(), "s3cr&t".to_string());
+        secrets.insert("agent_id".to_string(), "1000002".to_string());
+        WecomAdapter::new(&secrets, Some("http://127.0.0.1:9/")).unwrap()
+    }
+
+    fn at(ts: &str) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(ts.parse().unwrap())
+    }
+
+    fn req<'a>(
+        method: &'a Method,
+        query: &'a str,
+        headers: &'a HeaderMap,
+        body: &'a [u8],
+        now: SystemTime,
+    ) -> WebhookRequest<'a> {
+        WebhookRequest {
+            method,
+            query: Some(query),
+            headers,
+            body,
+            now,
+        }
+    }
+
+    fn enc_q(v: &str) -> String {
+        percent_encode(v)
+    }
+
+    #[test]
+    fn new_names_missing_secret() {
+        let err = WecomAdapter::new(&BTreeMap::new(), None).unwrap_err();
+        assert!(err.contains("`token`"), "{err}");
+        let mut secrets = BTreeMap::new();
+        secrets.insert("token".to_string(), "t".to_string());
+        secrets.insert("encoding_aes_key".to_string(), "bad".to_string());
+        assert!(WecomAdapter::new(&secrets, None)
+            .unwrap_err()
+            .contains("encoding_aes_key"));
+    }
+
+    #[test]
+    fn verify_url_official_and_legacy_samples() {
+        let v = vectors();
+        let h = HeaderMap::new();
+        for sample in ["official_sample", "legacy_sample"] {
+            let a = adapter(&v, sample);
+            let p = format!("/wecom/{sample}/verify_url");
+            let ts = s(&v, &format!("{p}/timestamp"));
+            let q = format!(
+                "msg_signature={}&timestamp={ts}&nonce={}&echostr={}",
+                s(&v, &format!("{p}/msg_signature")),
+                s(&v, &format!("{p}/nonce")),
+                enc_q(s(&v, &format!("{p}/echostr")))
+            );
+            let got = a.receive(&req(&Method::GET, &q, &h, b"", at(ts))).unwrap();
+            assert_eq!(
+                got,
+                Inbound::Answer {
+                    response: WebhookResponse::text(s(&v, &format!("{p}/reply"))),
+                    event: "url_verification"
+                }
+            );
+            // Unescaped '+' in the echostr is tolerated.
+            let raw_plus = q
+                .replace("%2B", "+")
+                .replace("%2F", "/")
+                .replace("%3D", "=");
+            assert!(a
+                .receive(&req(&Method::GET, &raw_plus, &h, b"", at(ts)))
+                .is_ok());
+            // Stale: the published timestamps are years old.
+            let stale = a
+                .receive(&req(&Method::GET, &q, &h, b"", SystemTime::now()))
+                .unwrap_err();
+            assert_eq!(stale.kind(), "stale_timestamp");
+            let wide = a
+                .clone()
+                .with_replay_window(Duration::from_secs(u32::MAX as u64 * 4));
+            assert!(wide
+                .receive(&req(&Method::GET, &q, &h, b"", SystemTime::now()))
+                .is_ok());
+            // Forged signature.
+            let forged = q.replace(s(&v, &format!("{p}/msg_signature")), &"0".repeat(40));
+            assert_eq!(
+                a.receive(&req(&Method::GET, &forged, &h, b"", at(ts)))
+                    .unwrap_err(),
+                Rejection::BadSignature("msg_signature")
+            );
+        }
+    }
+
+    fn official_message_query(v: &serde_json::Value) -> String {
+        let p = "/wecom/official_sample/message";
+        format!(
+            "msg_signature={}&timestamp={}&nonce={}",
+            s(v, &format!("{p}/msg_signature")),
+            s(v, &format!("{p}/timestamp")),
+            s(v, &format!("{p}/nonce"))
+        )
+    }
+
+    #[test]
+    fn official_message_maps_to_platform_message() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let h = HeaderMap::new();
+        let body = s(&v, "/wecom/official_sample/message/body_xml");
+        let ts = s(&v, "/wecom/official_sample/message/timestamp");
+        let q = official_message_query(&v);
+        let Inbound::Message(m) = a
+            .receive(&req(&Method::POST, &q, &h, body.as_bytes(), at(ts)))
+            .unwrap()
+        else {
+            panic!("not a message")
+        };
+        assert_eq!(m.message_id, "1456453720");
+        assert_eq!(m.sender_id, "ChenJiaShun");
+        assert_eq!(m.room_id, "ChenJiaShun");
+        assert_eq!(m.tenant, "ww1436e0e65a779aee");
+        assert_eq!(m.text, "你好");
+        assert_eq!(m.chat_type, "private");
+        assert_eq!(
+            m.attributes.get("agent_id").map(String::as_str),
+            Some("1000002")
+        );
+        // The inner plaintext of the vector parses to the same fields.
+        let inner = parse_xml(s(&v, "/wecom/official_sample/message/plaintext")).unwrap();
+        assert_eq!(inner.get("Content"), Some("你好"));
+
+        // Legacy sample: CDATA fields.
+        let l = adapter(&v, "legacy_sample");
+        let p = "/wecom/legacy_sample/message";
+        let body = format!("<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName><Encrypt><![CDATA[{}]]></Encrypt></xml>", s(&v, &format!("{p}/encrypt")));
+        let q = format!(
+            "msg_signature={}&timestamp={}&nonce={}",
+            s(&v, &format!("{p}/msg_signature")),
+            s(&v, &format!("{p}/timestamp")),
+            s(&v, &format!("{p}/nonce"))
+        );
+        let Inbound::Message(m) = l
+            .receive(&req(
+                &Method::POST,
+                &q,
+                &h,
+                body.as_bytes(),
+                at(s(&v, &format!("{p}/timestamp"))),
+            ))
+            .unwrap()
+        else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            (m.sender_id.as_str(), m.text.as_str()),
+            ("mycreate", "hello")
+        );
+        assert_eq!(
+            m.attributes.get("agent_id").map(String::as_str),
+            Some("218")
+        );
+    }
+
+    #[test]
+    fn post_rejections() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let h = HeaderMap::new();
+        let body = s(&v, "/wecom/official_sample/message/body_xml");
+        let ts = s(&v, "/wecom/official_sample/message/timestamp");
+        let q = official_message_query(&v);
+        let now = at(ts);
+        let kind = |q: &str, body: &[u8], now| {
+            a.receive(&req(&Method::POST, q, &h, body, now))
+                .unwrap_err()
+                .kind()
+        };
+        assert_eq!(
+            kind(&q, body.as_bytes(), SystemTime::now()),
+            "stale_timestamp"
+        );
+        assert_eq!(
+            kind(&q.replace("nonce=", "nonce=1"), body.as_bytes(), now),
+            "bad_signature"
+        );
+        assert_eq!(
+            kind("timestamp=1&nonce=2", body.as_bytes(), now),
+            "missing_field"
+        );
+        assert_eq!(kind(&q, b"\xff\xfe", now), "malformed");
+        assert_eq!(
+            kind(&q, b"<xml><ToUserName>x</ToUserName></xml>", now),
+            "missing_field"
+        );
+        assert_eq!(kind(&q, &body.as_bytes()[..50], now), "malformed");
+        let junk: Vec<u8> = (0..300).map(|_| rand::random()).collect();
+        assert!(a.receive(&req(&Method::POST, &q, &h, &junk, now)).is_err());
+        assert_eq!(
+            a.receive(&req(&Method::PUT, &q, &h, body.as_bytes(), now))
+                .unwrap_err(),
+            Rejection::Method
+        );
+        // Wrong receive id: a correctly signed message for another corp.
+        let other =
+            WxCrypt::from_encoding_aes_key("6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt").unwrap();
+        let enc = other.encrypt(
+            b"<xml><MsgType>text</MsgType></xml>",
+            "wwSOMEONEELSE",
+            &[1; 16],
+        );
+        let sig = wxcrypt::msg_signature("hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo", ts, "n", &enc);
+        let q2 = format!("msg_signature={sig}&timestamp={ts}&nonce=n");
+        let b2 = format!("<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>");
+        assert_eq!(
+            a.receive(&req(&Method::POST, &q2, &h, b2.as_bytes(), now))
+                .unwrap_err(),
+            Rejection::Decrypt("receive id does not match")
+        );
+        // Truncated base64 in a correctly signed body.
+        let cut = &enc[..enc.len() - 5];
+        let sig = wxcrypt::msg_signature("hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo", ts, "n", cut);
+        let q3 = format!("msg_signature={sig}&timestamp={ts}&nonce=n");
+        let b3 = format!("<xml><Encrypt>{cut}</Encrypt></xml>");
+        assert_eq!(kind(&q3, b3.as_bytes(), now), "decrypt_failed");
+    }
+
+    /// A signed, encrypted POST for the official-sample route carrying `inner`.
+    fn signed_post(a: &WecomAdapter, inner: &str, ts: &str) -> (String, String) {
+        let enc = a.crypt.encrypt(inner.as_bytes(), &a.corp_id, &[3; 16]);
+        let sig = wxcrypt::msg_signature(&a.token, ts, "42", &enc);
+        (
+            format!("msg_signature={sig}&timestamp={ts}&nonce=42"),
+            format!("<xml><ToUserName><![CDATA[{}]]></ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt><AgentID><![CDATA[1000002]]></AgentID></xml>", a.corp_id),
+        )
+    }
+
+    #[test]
+    fn event_and_unsupported_types_are_skipped() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let h = HeaderMap::new();
+        let now = SystemTime::now();
+        let ts = unix_secs(now).to_string();
+        for (inner, reason) in [
+            ("<xml><FromUserName>u</FromUserName><MsgType>event</MsgType><Event>enter_agent</Event></xml>", "event"),
+            ("<xml><FromUserName>u</FromUserName><MsgType>image</MsgType><MsgId>1</MsgId></xml>", "unsupported_msg_type"),
+        ] {
+            let (q, b) = signed_post(&a, inner, &ts);
+            assert_eq!(
+                a.receive(&req(&Method::POST, &q, &h, b.as_bytes(), now)).unwrap(),
+                Inbound::Skip { response: WebhookResponse::empty(), reason }
+            );
+        }
+        let (q, b) = signed_post(&a, "<xml><MsgType>text</MsgType></xml>", &ts);
+        assert_eq!(
+            a.receive(&req(&Method::POST, &q, &h, b.as_bytes(), now))
+                .unwrap_err()
+                .kind(),
+            "missing_field"
+        );
+    }
+
+    #[test]
+    fn xml_parser_refuses_doctype_and_entities() {
+        let bomb = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><xml><Content>&lol2;</Content></xml>"#;
+        assert_eq!(parse_xml(bomb).unwrap_err().kind(), "malformed");
+        let xxe = r#"<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml><Content>&e;</Content></xml>"#;
+        assert!(parse_xml(xxe).is_err());
+        assert!(parse_xml("<xml><Content>&e;</Content></xml>").is_err());
+        let ok = parse_xml("<?xml version=\"1.0\"?>\n<xml>\n<Content>a &lt;&amp;&#x4e2d;&#25991; <![CDATA[<b>]]></Content><!-- c --><E/><N><i>x</i>y</N></xml>\n").unwrap();
+        assert_eq!(ok.get("Content"), Some("a <&中文 <b>"));
+        assert_eq!(ok.get("E"), Some(""));
+        assert_eq!(ok.get("N"), Some("y"));
+        for bad in [
+            "",
+            "text",
+            "<xml>",
+            "<xml></other>",
+            "<a/><b/>",
+            "<xml/>trailing",
+            "<xml></xml><xml></xml>",
+            "<xml><![CDATA[x",
+        ] {
+            assert!(parse_xml(bad).is_err(), "{bad:?}");
+        }
+        let deep = format!("<xml>{}{}</xml>", "<a>".repeat(40), "</a>".repeat(40));
+        assert!(parse_xml(&deep).is_err());
+        assert_eq!(cdata("a]]>b"), "<![CDATA[a]]]]><![CDATA[>b]]>");
+        assert_eq!(
+            parse_xml(&format!("<xml><C>{}</C></xml>", cdata("x]]>y")))
+                .unwrap()
+                .get("C"),
+            Some("x]]>y")
+        );
+    }
+
+    #[test]
+    fn encrypt_reply_matches_vector() {
+        let v = vectors();
+        let p = "/wecom/encrypt_reply";
+        let mut secrets = BTreeMap::new();
+        for (k, f) in [
+            ("token", "token"),
+            ("encoding_aes_key", "encoding_aes_key"),
+            ("corp_id", "corp_id"),
+        ] {
+            secrets.insert(k.to_string(), s(&v, &format!("{p}/{f}")).to_string());
+        }
+        let a = WecomAdapter::new(&secrets, None).unwrap();
+        let random: [u8; 16] = s(&v, &format!("{p}/random")).as_bytes().try_into().unwrap();
+        let xml = a.encrypt_reply(
+            s(&v, &format!("{p}/reply_xml")),
+            s(&v, &format!("{p}/timestamp")),
+            s(&v, &format!("{p}/nonce")),
+            &random,
+        );
+        let f = parse_xml(&xml).unwrap();
+        assert_eq!(f.get("Encrypt"), Some(s(&v, &format!("{p}/encrypt"))));
+        assert_eq!(
+            f.get("MsgSignature"),
+            Some(s(&v, &format!("{p}/msg_signature")))
+        );
+        assert_eq!(f.get("TimeStamp"), Some(s(&v, &format!("{p}/timestamp"))));
+        assert_eq!(f.get("Nonce"), Some(s(&v, &format!("{p}/nonce"))));
+        assert_eq!(
+            xml,
+            format!(
+                "<xml><Encrypt><![CDATA[{}]]></Encrypt><MsgSignature><![CDATA[{}]]></MsgSignature><TimeStamp>{}</TimeStamp><Nonce><![CDATA[{}]]></Nonce></xml>",
+                s(&v, &format!("{p}/encrypt")),
+                s(&v, &format!("{p}/msg_signature")),
+                s(&v, &format!("{p}/timestamp")),
+                s(&v, &format!("{p}/nonce"))
+            )
+        );
+    }
+
+    #[test]
+    fn inline_reply_decrypts_to_text_message() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let msg = PlatformMessage {
+            reply_to: serde_json::json!({"user": "ChenJiaShun", "agent_id": "1000002"}),
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        let resp = a.inline_reply(&msg, "hi ]]> there", now).unwrap();
+        assert_eq!(resp.content_type, "application/xml");
+        let outer = parse_xml(std::str::from_utf8(&resp.body).unwrap()).unwrap();
+        let ts = outer.get("TimeStamp").unwrap();
+        assert_eq!(ts, unix_secs(now).to_string());
+        let plain = a
+            .verify_and_decrypt(
+                outer.get("MsgSignature").unwrap(),
+                ts,
+                outer.get("Nonce").unwrap(),
+                outer.get("Encrypt").unwrap(),
+            )
+            .unwrap();
+        let inner = parse_xml(std::str::from_utf8(&plain).unwrap()).unwrap();
+        assert_eq!(inner.get("ToUserName"), Some("ChenJiaShun"));
+        assert_eq!(inner.get("FromUserName"), Some("ww1436e0e65a779aee"));
+        assert_eq!(inner.get("MsgType"), Some("text"));
+        assert_eq!(inner.get("Content"), Some("hi ]]> there"));
+        assert_eq!(a.ack(&msg), WebhookResponse::empty());
+        assert!(a
+            .inline_reply(&PlatformMessage::default(), "x", now)
+            .is_none());
+    }
+
+    #[test]
+    fn reply_calls_use_message_send_with_cached_token() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let msg = PlatformMessage {
+            reply_to: serde_json::json!({"user": "ChenJiaShun", "agent_id": "1000002"}),
+            ..Default::default()
+        };
+        let calls = a.reply_calls(&msg, "hello").unwrap();
+        assert_eq!(calls.len(), 1);
+        let c = &calls[0];
+        assert_eq!(c.method, Method::POST);
+        assert_eq!(c.url, "http://127.0.0.1:9/cgi-bin/message/send");
+        assert_eq!(c.success, Some(("/errcode", serde_json::json!(0))));
+        assert!(c
+            .headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("application/json")));
+        let body: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"touser": "ChenJiaShun", "msgtype": "text", "agentid": 1000002, "text": {"content": "hello"}})
+        );
+        let auth = c.auth.as_ref().unwrap();
+        assert_eq!(auth.fetch.method, Method::GET);
+        assert_eq!(
+            auth.fetch.url,
+            "http://127.0.0.1:9/cgi-bin/gettoken?corpid=ww1436e0e65a779aee&corpsecret=s3cr%26t"
+        );
+        assert_eq!(auth.token_pointer, "/access_token");
+        assert_eq!(auth.expires_in_pointer, "/expires_in");
+        assert_eq!(auth.placement, TokenPlacement::QueryParam("access_token"));
+        assert!(!auth.cache_key.contains("s3cr"));
+        // Without corp_secret there is no API path.
+        let mut secrets = BTreeMap::new();
+        secrets.insert("token".to_string(), "t".to_string());
+        secrets.insert(
+            "encoding_aes_key".to_string(),
+            "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt".to_string(),
+        );
+        secrets.insert("corp_id".to_string(), "c".to_string());
+        let bare = WecomAdapter::new(&secrets, None).unwrap();
+        assert_eq!(
+            bare.reply_calls(&msg, "x").unwrap_err(),
+            Rejection::Missing("corp_secret")
+        );
+        assert_eq!(
+            a.reply_calls(&PlatformMessage::default(), "x").unwrap_err(),
+            Rejection::Missing("reply_to.user")
+        );
+    }
+
+    #[test]
+    fn reseal_round_trip() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let h = HeaderMap::new();
+        let body = s(&v, "/wecom/official_sample/message/body_xml");
+        let ts = s(&v, "/wecom/official_sample/message/timestamp");
+        let q = official_message_query(&v);
+        let r = req(&Method::POST, &q, &h, body.as_bytes(), at(ts));
+        let Inbound::Message(m) = a.receive(&r).unwrap() else {
+            panic!()
+        };
+        assert!(
+            a.reseal(&r, &m, "x").is_none(),
+            "contract cannot carry the query yet"
+        );
+        let later = at(ts) + Duration::from_secs(7);
+        let r_later = WebhookRequest { now: later, ..r };
+        let (sealed, new_q) = a.reseal_with_query(&r_later, "你好 ****").unwrap();
+        assert!(sealed.headers.is_empty());
+        assert!(new_q.contains(&format!("timestamp={}", unix_secs(later))));
+        let r2 = req(&Method::POST, &new_q, &h, &sealed.body, later);
+        let Inbound::Message(m2) = a.receive(&r2).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m2.text, "你好 ****");
+        assert_eq!(
+            (m2.message_id.as_str(), m2.sender_id.as_str()),
+            ("1456453720", "ChenJiaShun")
+        );
+        // The rest of the outer body is preserved.
+        let outer = parse_xml(std::str::from_utf8(&sealed.body).unwrap()).unwrap();
+        assert_eq!(outer.get("AgentID"), Some("1000002"));
+        // A forged original is not resealed.
+        let forged = req(
+            &Method::POST,
+            "msg_signature=00&timestamp=1&nonce=1",
+            &h,
+            body.as_bytes(),
+            at(ts),
+        );
+        assert!(a.reseal_with_query(&forged, "x").is_none());
+    }
+
+    #[test]
+    fn percent_encoding_is_reversible() {
+        let s = "a b&c=d/é+";
+        assert_eq!(
+            super::super::adapter::percent_decode(&percent_encode(s)).unwrap(),
+            s
+        );
+    }
+
+    fn vectors() -> serde_json::Value {
+        super::super::wxcrypt::vectors()
+    }
+}

@@ -1,0 +1,1051 @@
+//! Data-loss prevention: finds card numbers, ID numbers, phone numbers,
+//! secrets and operator keywords in message text, and blocks, masks or alerts.
+//!
+//! DLP runs on every message in both directions (before the AI sees a user's
+//! text, and before an assistant's reply is written back), so its cost is paid
+//! on every request. The design keeps the common case to one pass:
+//!
+//! * every keyword, plus the trigger literals of the regex patterns (`AKIA`,
+//!   `-----BEGIN`, `@`, ...), lives in one Aho-Corasick automaton; a pattern
+//!   whose trigger never appears is never run;
+//! * numeric patterns (cards, IDs, phones) are triggered by a cheap scan for
+//!   runs of ASCII digits, and then run only on the windows around those runs;
+//! * regexes are compiled once, in [`DlpPolicy::from_yaml`].
+//!
+//! Triggers are derived from each regex's syntax tree, so they are sound: a
+//! pattern is skipped only when it provably cannot match.
+//!
+//! Regex dialect: in DLP patterns `\d` means ASCII `[0-9]` and `\b`/`\B` are
+//! ASCII word boundaries, so a number written right after Chinese text
+//! (`手机13812345678`) is still found (with Unicode boundaries it would not be,
+//! since CJK characters are word characters). Set `unicode: true` on a pattern
+//! to compile it exactly as written instead.
+//!
+//! Findings carry the rule name, byte offsets and action, never the matched
+//! value, so they can go into `Envelope.verdict`, logs and metrics.
+
+mod mask;
+mod validators;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use regex::Regex;
+use regex_syntax::hir::{Class, Hir, HirKind, Look};
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::config::yaml::{locate, parse_str, FileError};
+
+pub use mask::MaskSpec;
+pub use validators::Validator;
+
+/// Which way a message is travelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From a platform user towards the AI cluster.
+    Ingress,
+    /// From the AI cluster back to the platform (the assistant's reply).
+    Egress,
+}
+
+impl Direction {
+    fn bit(self) -> u8 {
+        match self {
+            Direction::Ingress => INGRESS,
+            Direction::Egress => EGRESS,
+        }
+    }
+}
+
+const INGRESS: u8 = 1;
+const EGRESS: u8 = 2;
+const BOTH: u8 = INGRESS | EGRESS;
+
+/// What a finding does to the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Refuse the message.
+    Block,
+    /// Replace the matched characters before forwarding.
+    Mask,
+    /// Forward unchanged, but record the finding.
+    Alert,
+}
+
+impl Action {
+    /// The lowercase name used in the policy file, JSON output and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Block => "block",
+            Action::Mask => "mask",
+            Action::Alert => "alert",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The directions a rule applies to, as written in the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DirectionSpec {
+    Ingress,
+    Egress,
+    #[default]
+    Both,
+}
+
+impl DirectionSpec {
+    fn bits(self) -> u8 {
+        match self {
+            DirectionSpec::Ingress => INGRESS,
+            DirectionSpec::Egress => EGRESS,
+            DirectionSpec::Both => BOTH,
+        }
+    }
+}
+
+// Regexes and keywords are plain strings, not EnvString: `${` is ordinary
+// regex syntax and must not be read as an environment variable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatternSpec {
+    regex: String,
+    #[serde(default)]
+    validate: Option<Validator>,
+    action: Action,
+    #[serde(default)]
+    direction: DirectionSpec,
+    #[serde(default)]
+    mask: Option<MaskSpec>,
+    #[serde(default)]
+    unicode: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeywordSpec {
+    words: Vec<String>,
+    action: Action,
+    #[serde(default)]
+    direction: DirectionSpec,
+    #[serde(default)]
+    case_insensitive: bool,
+    #[serde(default)]
+    mask: Option<MaskSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DlpFile {
+    #[serde(default)]
+    patterns: Ordered<PatternSpec>,
+    #[serde(default)]
+    keywords: Ordered<KeywordSpec>,
+}
+
+/// A YAML map kept in file order, so "the first blocking rule" means what the
+/// operator sees, and duplicate names are refused with a position.
+#[derive(Debug)]
+struct Ordered<T>(Vec<(String, T)>);
+
+impl<T> Default for Ordered<T> {
+    fn default() -> Self {
+        Ordered(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from rule name to rule")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Ordered(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if out.iter().any(|(n, _)| *n == name) {
+                        return Err(A::Error::custom(format!("duplicate rule name '{name}'")));
+                    }
+                    let value = map.next_value()?;
+                    out.push((name, value));
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// One DLP hit: which rule, where (byte offsets into the scanned text), and what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The rule name from the policy file (the finding's `type`).
+    pub rule: Arc<str>,
+    /// Byte offset of the first matched byte.
+    pub start: usize,
+    /// Byte offset one past the last matched byte.
+    pub end: usize,
+    /// The rule's action.
+    pub action: Action,
+}
+
+/// The result of scanning one text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DlpOutcome {
+    /// Every finding, ordered by position (then by rule order in the file).
+    pub findings: Vec<Finding>,
+    /// The text with every `mask` finding applied; `None` when nothing was masked.
+    pub masked: Option<String>,
+    /// The rule of the first `block` finding, if any: the message must be refused.
+    pub blocked_by: Option<Arc<str>>,
+}
+
+impl DlpOutcome {
+    /// Whether a `block` rule matched.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked_by.is_some()
+    }
+
+    /// The text to forward: the masked text if anything was masked, else `original`.
+    pub fn text<'a>(&'a self, original: &'a str) -> &'a str {
+        self.masked.as_deref().unwrap_or(original)
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: Arc<str>,
+    action: Action,
+    dirs: u8,
+    mask: MaskSpec,
+}
+
+/// How a pattern decides whether it needs to run at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// One of its literals (in the shared automaton) must appear.
+    Literals,
+    /// At least `min` ASCII digits must appear; with `max_len`, within that
+    /// many bytes, and the regex then runs only on those windows.
+    Digits { min: usize, max_len: Option<usize> },
+    /// No usable trigger: runs on every text.
+    Always,
+}
+
+#[derive(Debug)]
+struct Pattern {
+    rule: usize,
+    regex: Regex,
+    validator: Option<Validator>,
+    trigger: Trigger,
+}
+
+#[derive(Debug)]
+enum AcTarget {
+    /// A keyword; `exact` holds the word when the automaton folds case but this rule must not.
+    Keyword { rule: usize, exact: Option<Box<[u8]>> },
+    /// A trigger literal of a pattern.
+    Trigger { pattern: usize },
+}
+
+/// A compiled `dlp.yaml`: all regexes and the keyword automaton built, ready to scan.
+#[derive(Debug, Default)]
+pub struct DlpPolicy {
+    rules: Vec<Rule>,
+    patterns: Vec<Pattern>,
+    automaton: Option<AhoCorasick>,
+    targets: Vec<AcTarget>,
+}
+
+/// Above this many automaton bytes a DFA costs more to build and hold than it
+/// saves in scanning; the contiguous NFA is used instead.
+const DFA_MAX_PATTERN_BYTES: usize = 64 * 1024;
+
+impl DlpPolicy {
+    /// A policy with no rules (no `dlp.yaml`): every scan finds nothing.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Parses and compiles `dlp.yaml`; `path` is only used in error messages.
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Self, FileError> {
+        let file: DlpFile = parse_str(path, text)?;
+        let at = |name: &str| locate(text, &format!("{name}:")).or_else(|| locate(text, name));
+        let mut policy = DlpPolicy::default();
+        let mut literals: Vec<Vec<u8>> = Vec::new();
+        let mut case_fold = false;
+
+        for (name, spec) in &file.patterns.0 {
+            check_mask(path, &at, name, spec.action, spec.mask.as_ref())?;
+            check_unique(path, &at, &policy.rules, name)?;
+            let source = if spec.unicode { spec.regex.clone() } else { ascii_dialect(&spec.regex) };
+            let regex = Regex::new(&source).map_err(|e| {
+                // Report the operator's own pattern, not our rewrite of it.
+                let shown = Regex::new(&spec.regex).err().unwrap_or(e);
+                FileError::at(path, at(name), format!("pattern '{name}': invalid regex: {shown}"))
+            })?;
+            let pattern_index = policy.patterns.len();
+            let (trigger, lits) = derive_trigger(&source);
+            for lit in lits {
+                literals.push(lit);
+                policy.targets.push(AcTarget::Trigger { pattern: pattern_index });
+            }
+            policy.rules.push(Rule {
+                name: Arc::from(name.as_str()),
+                action: spec.action,
+                dirs: spec.direction.bits(),
+                mask: spec.mask.unwrap_or_default(),
+            });
+            policy.patterns.push(Pattern {
+                rule: policy.rules.len() - 1,
+                regex,
+                validator: spec.validate,
+                trigger,
+            });
+        }
+
+        let any_ci = file.keywords.0.iter().any(|(_, k)| k.case_insensitive);
+        for (name, spec) in &file.keywords.0 {
+            check_mask(path, &at, name, spec.action, spec.mask.as_ref())?;
+            check_unique(path, &at, &policy.rules, name)?;
+            if spec.words.is_empty() {
+                return Err(FileError::at(path, at(name), format!("keywords '{name}': 'words' is empty")));
+            }
+            let rule = policy.rules.len();
+            for word in &spec.words {
+                if word.is_empty() {
+                    return Err(FileError::at(path, at(name), format!("keywords '{name}': empty word")));
+                }
+                let exact = (any_ci && !spec.case_insensitive).then(|| Box::from(word.as_bytes()));
+                literals.push(word.as_bytes().to_vec());
+                policy.targets.push(AcTarget::Keyword { rule, exact });
+            }
+            case_fold |= spec.case_insensitive;
+            policy.rules.push(Rule {
+                name: Arc::from(name.as_str()),
+                action: spec.action,
+                dirs: spec.direction.bits(),
+                mask: spec.mask.unwrap_or_default(),
+            });
+        }
+
+        if !literals.is_empty() {
+            let total: usize = literals.iter().map(Vec::len).sum();
+            let kind = (total <= DFA_MAX_PATTERN_BYTES).then_some(AhoCorasickKind::DFA);
+            let automaton = AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .ascii_case_insensitive(case_fold)
+                .kind(kind)
+                .build(&literals)
+                .map_err(|e| FileError::whole(path, format!("cannot build keyword automaton: {e}")))?;
+            policy.automaton = Some(automaton);
+        }
+        Ok(policy)
+    }
+
+    /// The rule names in file order (patterns, then keywords): the bounded
+    /// label set for metrics.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| &*r.name)
+    }
+
+    /// Whether the policy has no rules at all.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Scans `text` with the rules that apply to `direction`.
+    pub fn scan(&self, text: &str, direction: Direction) -> DlpOutcome {
+        self.scan_dirs(text, direction.bit())
+    }
+
+    fn scan_dirs(&self, text: &str, dirs: u8) -> DlpOutcome {
+        let mut findings = Vec::new();
+        let mut fired: Vec<bool> = Vec::new();
+        let applies = |rule: usize| self.rules[rule].dirs & dirs != 0;
+
+        if let Some(ac) = &self.automaton {
+            let bytes = text.as_bytes();
+            for m in ac.find_overlapping_iter(text) {
+                match &self.targets[m.pattern().as_usize()] {
+                    AcTarget::Keyword { rule, exact } => {
+                        if !applies(*rule) || exact.as_deref().is_some_and(|w| bytes.get(m.start()..m.end()) != Some(w)) {
+                            continue;
+                        }
+                        self.push(&mut findings, *rule, m.start(), m.end());
+                    }
+                    AcTarget::Trigger { pattern } => {
+                        if fired.is_empty() {
+                            fired = vec![false; self.patterns.len()];
+                        }
+                        fired[*pattern] = true;
+                    }
+                }
+            }
+        }
+
+        let mut digits: Option<Vec<usize>> = None;
+        for (i, p) in self.patterns.iter().enumerate() {
+            if !applies(p.rule) {
+                continue;
+            }
+            match p.trigger {
+                Trigger::Literals if fired.get(i).copied().unwrap_or(false) => self.run(&mut findings, p, text, 0),
+                Trigger::Literals => {}
+                Trigger::Always => self.run(&mut findings, p, text, 0),
+                Trigger::Digits { min, max_len } => {
+                    let positions = digits.get_or_insert_with(|| digit_positions(text.as_bytes()));
+                    if positions.len() < min {
+                        continue;
+                    }
+                    match max_len {
+                        None => self.run(&mut findings, p, text, 0),
+                        Some(len) => {
+                            for (s, e) in windows(text, positions, min, len) {
+                                self.run(&mut findings, p, &text[s..e], s);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.finish(text, findings)
+    }
+
+    fn run(&self, findings: &mut Vec<Finding>, p: &Pattern, hay: &str, base: usize) {
+        for m in p.regex.find_iter(hay) {
+            if p.validator.is_none_or(|v| v.check(m.as_str())) {
+                self.push(findings, p.rule, base + m.start(), base + m.end());
+            }
+        }
+    }
+
+    fn push(&self, findings: &mut Vec<Finding>, rule: usize, start: usize, end: usize) {
+        let r = &self.rules[rule];
+        findings.push(Finding { rule: r.name.clone(), start, end, action: r.action });
+    }
+
+    fn finish(&self, text: &str, mut findings: Vec<Finding>) -> DlpOutcome {
+        if findings.is_empty() {
+            return DlpOutcome::default();
+        }
+        let order = |name: &Arc<str>| self.rules.iter().position(|r| Arc::ptr_eq(&r.name, name));
+        findings.sort_by_cached_key(|f| (f.start, f.end, order(&f.rule)));
+        let blocked_by = findings.iter().find(|f| f.action == Action::Block).map(|f| f.rule.clone());
+        let ranges: Vec<mask::MaskRange> = findings
+            .iter()
+            .filter(|f| f.action == Action::Mask)
+            .filter_map(|f| {
+                let rule = self.rules.iter().find(|r| Arc::ptr_eq(&r.name, &f.rule))?;
+                rule.mask.range(text, f.start, f.end)
+            })
+            .collect();
+        let masked = (!ranges.is_empty()).then(|| mask::apply(text, ranges));
+        DlpOutcome { findings, masked, blocked_by }
+    }
+}
+
+fn check_mask(
+    path: &Path,
+    at: &dyn Fn(&str) -> Option<(usize, usize)>,
+    name: &str,
+    action: Action,
+    mask: Option<&MaskSpec>,
+) -> Result<(), FileError> {
+    if mask.is_some() && action != Action::Mask {
+        return Err(FileError::at(
+            path,
+            at(name),
+            format!("rule '{name}': 'mask' options need 'action: mask' (it is '{action}')"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_unique(
+    path: &Path,
+    at: &dyn Fn(&str) -> Option<(usize, usize)>,
+    rules: &[Rule],
+    name: &str,
+) -> Result<(), FileError> {
+    if rules.iter().any(|r| &*r.name == name) {
+        return Err(FileError::at(
+            path,
+            at(name),
+            format!("rule name '{name}' is used twice; pattern and keyword names share one namespace"),
+        ));
+    }
+    Ok(())
+}
+
+/// Formats one line of `moltgate dlp scan` output:
+/// `{"line":N,"findings":[{"type":..,"start":..,"end":..,"action":..}],"masked":"..."}`.
+///
+/// Every rule applies, whatever its direction. `masked` is the line with the
+/// `mask` findings applied; `block` and `alert` findings are listed but their
+/// text is left as it was, so the output shows exactly what masking would forward.
+pub fn scan_line_json(policy: &DlpPolicy, line_no: usize, line: &str) -> String {
+    let outcome = policy.scan_dirs(line, BOTH);
+    let mut out = format!("{{\"line\":{line_no},\"findings\":[");
+    for (i, f) in outcome.findings.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"type\":{},\"start\":{},\"end\":{},\"action\":\"{}\"}}",
+            serde_json::Value::String(f.rule.to_string()),
+            f.start,
+            f.end,
+            f.action
+        ));
+    }
+    out.push_str("],\"masked\":");
+    out.push_str(&serde_json::Value::String(outcome.text(line).to_string()).to_string());
+    out.push('}');
+    out
+}
+
+/// Rewrites `\d` to `[0-9]` and `\b`/`\B` to their ASCII forms (see the
+/// module doc), leaving escapes, classes and everything else as written.
+fn ascii_dialect(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars().peekable();
+    let mut depth = 0usize;
+    let mut class_open = false;
+    while let Some(c) = chars.next() {
+        let opened = class_open;
+        class_open = false;
+        match c {
+            '\\' => match chars.next() {
+                Some('d') if depth > 0 => out.push_str("0-9"),
+                Some('d') => out.push_str("[0-9]"),
+                Some(b @ ('b' | 'B')) if depth == 0 && chars.peek() != Some(&'{') => {
+                    out.push_str("(?-u:\\");
+                    out.push(b);
+                    out.push(')');
+                }
+                Some(other) => {
+                    out.push('\\');
+                    out.push(other);
+                }
+                None => out.push('\\'),
+            },
+            '[' => {
+                depth += 1;
+                out.push('[');
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+                class_open = true;
+            }
+            ']' if depth > 0 && !opened => {
+                depth -= 1;
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Works out a pattern's trigger and the literals it needs in the automaton.
+/// Anything the analysis cannot prove falls back to [`Trigger::Always`].
+fn derive_trigger(source: &str) -> (Trigger, Vec<Vec<u8>>) {
+    let Ok(hir) = regex_syntax::Parser::new().parse(source) else {
+        return (Trigger::Always, Vec::new());
+    };
+    let lits = required_literals(&hir).filter(|l| l.set.iter().all(|s| !s.is_empty()));
+    let min_len = lits.as_ref().map_or(0, |l| l.set.iter().map(Vec::len).min().unwrap_or(0));
+    let digits = min_digits(&hir);
+    // Windows are exact only when the regex looks at nothing but ASCII word
+    // boundaries: slices are cut where those see the same thing.
+    let windowable = hir.properties().look_set().iter().all(|l| {
+        matches!(
+            l,
+            Look::WordAscii
+                | Look::WordAsciiNegate
+                | Look::WordStartAscii
+                | Look::WordEndAscii
+                | Look::WordStartHalfAscii
+                | Look::WordEndHalfAscii
+        )
+    });
+    let max_len = hir.properties().maximum_len().filter(|_| windowable);
+    // Preference: digit windows (regex runs on a few bytes), then a literal of
+    // two or more bytes, then a bare digit count, then a one-byte literal.
+    if digits >= 4 && max_len.is_some() {
+        return (Trigger::Digits { min: digits, max_len }, Vec::new());
+    }
+    if let Some(l) = lits.filter(|_| min_len >= 2 || digits < 4) {
+        return (Trigger::Literals, l.set);
+    }
+    if digits >= 4 {
+        return (Trigger::Digits { min: digits, max_len }, Vec::new());
+    }
+    (Trigger::Always, Vec::new())
+}
+
+/// Literals of which every match contains at least one; `exact` when the
+/// node matches exactly one of them and nothing else.
+struct Lits {
+    set: Vec<Vec<u8>>,
+    exact: bool,
+}
+
+const MAX_LITERALS: usize = 64;
+const MAX_CLASS_CHARS: usize = 8;
+
+fn required_literals(hir: &Hir) -> Option<Lits> {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => Some(Lits { set: vec![Vec::new()], exact: true }),
+        HirKind::Literal(lit) => Some(Lits { set: vec![lit.0.to_vec()], exact: true }),
+        HirKind::Class(class) => class_literals(class).map(|set| Lits { set, exact: true }),
+        HirKind::Capture(cap) => required_literals(&cap.sub),
+        HirKind::Repetition(rep) if rep.min == 0 => None,
+        HirKind::Repetition(rep) => {
+            let mut lits = required_literals(&rep.sub)?;
+            lits.exact &= rep.max == Some(1) && rep.min == 1;
+            Some(lits)
+        }
+        HirKind::Alternation(alts) => {
+            let mut set = Vec::new();
+            let mut exact = true;
+            for alt in alts {
+                let l = required_literals(alt)?;
+                exact &= l.exact;
+                set.extend(l.set);
+                if set.len() > MAX_LITERALS {
+                    return None;
+                }
+            }
+            Some(Lits { set, exact })
+        }
+        HirKind::Concat(parts) => {
+            let mut best: Option<Vec<Vec<u8>>> = None;
+            let mut run: Vec<Vec<u8>> = vec![Vec::new()];
+            let mut all_exact = true;
+            let consider = |cand: Vec<Vec<u8>>, best: &mut Option<Vec<Vec<u8>>>| {
+                let score = |s: &Vec<Vec<u8>>| (s.iter().map(Vec::len).min().unwrap_or(0), usize::MAX - s.len());
+                if best.as_ref().is_none_or(|b| score(&cand) > score(b)) {
+                    *best = Some(cand);
+                }
+            };
+            for part in parts {
+                match required_literals(part) {
+                    Some(l) if l.exact && run.len() * l.set.len() <= MAX_LITERALS => {
+                        run = run
+                            .iter()
+                            .flat_map(|a| l.set.iter().map(move |b| [a.as_slice(), b].concat()))
+                            .collect();
+                    }
+                    Some(l) => {
+                        all_exact = false;
+                        consider(std::mem::replace(&mut run, vec![Vec::new()]), &mut best);
+                        if l.exact {
+                            run = l.set;
+                        } else {
+                            consider(l.set, &mut best);
+                        }
+                    }
+                    None => {
+                        all_exact = false;
+                        consider(std::mem::replace(&mut run, vec![Vec::new()]), &mut best);
+                    }
+                }
+            }
+            if all_exact {
+                return Some(Lits { set: run, exact: true });
+            }
+            consider(run, &mut best);
+            best.map(|set| Lits { set, exact: false })
+        }
+    }
+}
+
+fn class_literals(class: &Class) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    match class {
+        Class::Unicode(c) => {
+            for r in c.iter() {
+                for ch in r.start()..=r.end() {
+                    out.push(ch.to_string().into_bytes());
+                    if out.len() > MAX_CLASS_CHARS {
+                        return None;
+                    }
+                }
+            }
+        }
+        Class::Bytes(c) => {
+            for r in c.iter() {
+                for b in r.start()..=r.end() {
+                    out.push(vec![b]);
+                    if out.len() > MAX_CLASS_CHARS {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The fewest ASCII digits any match must contain.
+fn min_digits(hir: &Hir) -> usize {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => 0,
+        HirKind::Literal(lit) => lit.0.iter().filter(|b| b.is_ascii_digit()).count(),
+        HirKind::Class(Class::Unicode(c)) => {
+            usize::from(!c.ranges().is_empty() && c.iter().all(|r| r.start() >= '0' && r.end() <= '9'))
+        }
+        HirKind::Class(Class::Bytes(c)) => {
+            usize::from(!c.ranges().is_empty() && c.iter().all(|r| r.start() >= b'0' && r.end() <= b'9'))
+        }
+        HirKind::Capture(cap) => min_digits(&cap.sub),
+        HirKind::Repetition(rep) => (rep.min as usize).saturating_mul(min_digits(&rep.sub)),
+        HirKind::Concat(parts) => parts.iter().map(min_digits).fold(0, usize::saturating_add),
+        HirKind::Alternation(alts) => alts.iter().map(min_digits).min().unwrap_or(0),
+    }
+}
+
+fn digit_positions(bytes: &[u8]) -> Vec<usize> {
+    bytes.iter().enumerate().filter(|(_, b)| b.is_ascii_digit()).map(|(i, _)| i).collect()
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// The slices a digit-triggered pattern must search: around every group of
+/// `min` digits that fits in `max_len` bytes (any match contains such a
+/// group), widened to cut points where an ASCII word boundary sees the same
+/// neighbour inside the slice as in the whole text, and merged.
+fn windows(text: &str, digits: &[usize], min: usize, max_len: usize) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut raw: Vec<(usize, usize)> = Vec::new();
+    for group in digits.windows(min) {
+        let (first, last) = (group[0], group[min - 1]);
+        if last - first >= max_len {
+            continue;
+        }
+        let start = (last + 1).saturating_sub(max_len);
+        let end = (first + max_len).min(bytes.len());
+        match raw.last_mut() {
+            Some(prev) if start <= prev.1 => prev.1 = prev.1.max(end),
+            _ => raw.push((start, end)),
+        }
+    }
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(raw.len());
+    for (mut start, mut end) in raw {
+        while start > 0 && (is_word_byte(bytes[start - 1]) || !text.is_char_boundary(start)) {
+            start -= 1;
+        }
+        while end < bytes.len() && (is_word_byte(bytes[end]) || !text.is_char_boundary(end)) {
+            end += 1;
+        }
+        match out.last_mut() {
+            Some(prev) if start <= prev.1 => prev.1 = prev.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = include_str!("../../../tests/fixtures/seed/dlp.yaml");
+    const SHIPPED: &str = include_str!("../../../policies/dlp.yaml");
+
+    fn load(text: &str) -> DlpPolicy {
+        DlpPolicy::from_yaml(Path::new("policies/dlp.yaml"), text).unwrap()
+    }
+
+    fn err(text: &str) -> FileError {
+        DlpPolicy::from_yaml(Path::new("policies/dlp.yaml"), text).unwrap_err()
+    }
+
+    fn types(o: &DlpOutcome) -> Vec<&str> {
+        o.findings.iter().map(|f| &*f.rule).collect()
+    }
+
+    fn shipped() -> DlpPolicy {
+        load(SHIPPED)
+    }
+
+    #[test]
+    fn seed_loads_and_enforces() {
+        let p = load(SEED);
+        assert_eq!(p.rule_names().collect::<Vec<_>>(), ["credit_card", "id_card", "internal"]);
+        let o = p.scan("card 4111 1111 1111 1111 ok", Direction::Ingress);
+        assert_eq!(types(&o), ["credit_card"]);
+        assert_eq!(o.masked.as_deref(), Some("card ******************* ok"));
+        assert!(!o.is_blocked());
+        let o = p.scan("身份证11010519491231002X", Direction::Ingress);
+        assert_eq!(o.blocked_by.as_deref(), Some("id_card"));
+        let o = p.scan("这是机密 Confidential", Direction::Egress);
+        assert_eq!(types(&o), ["internal"], "seed keywords are case-sensitive by default");
+        assert_eq!((o.findings[0].start, o.findings[0].end, o.findings[0].action), (6, 12, Action::Alert));
+        assert_eq!(o.masked, None);
+    }
+
+    #[test]
+    fn shipped_policy_covers_every_category() {
+        let p = shipped();
+        let cases = [
+            ("pay with 4111-1111-1111-1111 please", "credit_card"),
+            ("卡号6212345678901232", "credit_card"),
+            ("amex 378282246310005", "credit_card"),
+            ("身份证号11010519491231002X。", "id_card"),
+            ("手机13812341234", "cn_mobile"),
+            ("call +86 13812341234", "cn_mobile"),
+            ("mail alice.smith+x@example.co.uk now", "email"),
+            ("key AKIAIOSFODNN7EXAMPLE here", "aws_access_key"),
+            ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "private_key"),
+            ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNz", "private_key"),
+            ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_token"),
+            ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstu", "github_token"),
+            ("xoxb-1234567890-abcdefghij", "slack_token"),
+            ("OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwxyz012345", "openai_key"),
+            ("sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKL", "openai_key"),
+            ("sk_live_abcdefghijklmnop1234", "stripe_secret_key"),
+            ("AIzaSyA-1234567890abcdefghijklmnopqrstu", "google_api_key"),
+            ("这是内部资料", "internal"),
+            ("CONFIDENTIAL draft", "internal"),
+        ];
+        for (text, rule) in cases {
+            let o = p.scan(text, Direction::Ingress);
+            assert_eq!(types(&o), [rule], "{text}");
+        }
+    }
+
+    #[test]
+    fn phone_partial_mask_and_card_suffix() {
+        let p = shipped();
+        let o = p.scan("我的手机13812341234，卡4111 1111 1111 1111", Direction::Egress);
+        assert_eq!(o.masked.as_deref(), Some("我的手机138****1234，卡***************1111"));
+        let f = &o.findings[0];
+        assert_eq!((&*f.rule, f.start, f.end, f.action), ("cn_mobile", 12, 23, Action::Mask));
+        let o = p.scan("mail bob@example.com", Direction::Ingress);
+        assert_eq!(o.masked.as_deref(), Some("mail b**************"));
+    }
+
+    #[test]
+    fn number_shaped_noise_passes_untouched() {
+        let p = shipped();
+        for text in [
+            "订单号 4111111111111112 已发货",
+            "order 2023112412345678 shipped",
+            "ts=1732201234567 elapsed=1732201234",
+            "tracking 110105194912310021",
+            "0000 0000 0000 0000",
+            "build 20240115093000123456",
+            "version 1.2.3 at 2024-01-15 09:30:00",
+            "risk-assessment-report-for-the-quarter",
+            "14012345678901",
+        ] {
+            let o = p.scan(text, Direction::Ingress);
+            assert!(o.findings.is_empty(), "{text}: {:?}", o.findings);
+            assert_eq!(o.text(text), text);
+        }
+    }
+
+    #[test]
+    fn directions_and_actions() {
+        let p = load(
+            "patterns:\n  in_only: { regex: 'IN-\\d{4}', action: block, direction: ingress }\n  \
+             out_only: { regex: 'OUT-\\d{4}', action: mask, direction: egress }\n\
+             keywords:\n  both: { words: [secret], action: alert }\n",
+        );
+        let text = "IN-1234 OUT-5678 secret";
+        let i = p.scan(text, Direction::Ingress);
+        assert_eq!(types(&i), ["in_only", "both"]);
+        assert_eq!(i.blocked_by.as_deref(), Some("in_only"));
+        assert_eq!(i.masked, None);
+        let e = p.scan(text, Direction::Egress);
+        assert_eq!(types(&e), ["out_only", "both"]);
+        assert!(!e.is_blocked());
+        assert_eq!(e.text(text), "IN-1234 ******** secret");
+    }
+
+    #[test]
+    fn keyword_case_folding_is_per_rule() {
+        let p = load(
+            "keywords:\n  ci: { words: [Project X], action: alert, case_insensitive: true }\n  \
+             cs: { words: [TopSecret], action: mask, mask: { char: '#' } }\n",
+        );
+        let o = p.scan("project x and topsecret and TopSecret", Direction::Ingress);
+        assert_eq!(types(&o), ["ci", "cs"]);
+        assert_eq!(o.findings[1].start, 28);
+        assert_eq!(o.masked.as_deref(), Some("project x and topsecret and #########"));
+    }
+
+    #[test]
+    fn overlapping_keywords_all_reported_and_masks_merge() {
+        let p = load("keywords:\n  a: { words: [内部资料, 资料], action: mask }\n  b: { words: [部资], action: alert }\n");
+        let o = p.scan("看内部资料吧", Direction::Ingress);
+        assert_eq!(types(&o), ["a", "b", "a"]);
+        assert_eq!(o.masked.as_deref(), Some("看****吧"));
+    }
+
+    #[test]
+    fn triggers_are_derived() {
+        let p = shipped();
+        let trig = |name: &str| {
+            let rule = p.rules.iter().position(|r| &*r.name == name).unwrap();
+            p.patterns.iter().find(|x| x.rule == rule).unwrap().trigger
+        };
+        assert_eq!(trig("credit_card"), Trigger::Digits { min: 13, max_len: Some(34) });
+        assert_eq!(trig("cn_mobile"), Trigger::Digits { min: 11, max_len: Some(15) });
+        assert!(matches!(trig("id_card"), Trigger::Digits { min: 17, max_len: Some(18) }));
+        for lit in ["email", "aws_access_key", "private_key", "github_token", "slack_token", "openai_key"] {
+            assert_eq!(trig(lit), Trigger::Literals, "{lit}");
+        }
+        let seed = load(SEED);
+        assert_eq!(seed.patterns[0].trigger, Trigger::Digits { min: 15, max_len: None });
+        let (t, lits) = derive_trigger(&ascii_dialect("(?i)akia[0-9A-Z]{16}"));
+        // 2 x 3 x 2 x 2: Unicode case folding adds the Kelvin sign to `k`.
+        assert_eq!((t, lits.len()), (Trigger::Literals, 24));
+        assert_eq!(derive_trigger(&ascii_dialect("^\\d{6}$")).0, Trigger::Digits { min: 6, max_len: None });
+        // Unicode `\d` also matches non-ASCII digits the digit scan does not count.
+        assert_eq!(derive_trigger("^\\d{6}$").0, Trigger::Always);
+        assert_eq!(derive_trigger("[a-z]+").0, Trigger::Always);
+    }
+
+    #[test]
+    fn ascii_dialect_rewrites_only_what_it_should() {
+        assert_eq!(ascii_dialect(r"\b\d{3}\B"), r"(?-u:\b)[0-9]{3}(?-u:\B)");
+        assert_eq!(ascii_dialect(r"[\dXx][^\d]"), r"[0-9Xx][^0-9]");
+        assert_eq!(ascii_dialect(r"\\d\b{start}[]\d]"), r"\\d\b{start}[]0-9]");
+        assert_eq!(ascii_dialect(r"[[:digit:]\d]\p{Han}"), r"[[:digit:]0-9]\p{Han}");
+    }
+
+    /// The prefilters must never change the answer: compare against running
+    /// every regex on the whole text.
+    #[test]
+    fn prefilter_matches_full_scan() {
+        let p = shipped();
+        let naive = |text: &str| -> Vec<(String, usize, usize)> {
+            let mut v = Vec::new();
+            for pat in &p.patterns {
+                for m in pat.regex.find_iter(text) {
+                    if pat.validator.is_none_or(|val| val.check(m.as_str())) {
+                        v.push((p.rules[pat.rule].name.to_string(), m.start(), m.end()));
+                    }
+                }
+            }
+            v.sort();
+            v
+        };
+        let pieces = [
+            "4111", "1111", " ", "-", "13812341234", "11010519491231002X", "机", "a", "x", "0", "7", "55", "@b.cn",
+            "AKIAIOSFODNN7EXAMPLE", "_", "5500000000000004", "６", "+86", "9",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..3000 {
+            let mut text = String::new();
+            let n = (seed % 12) as usize + 1;
+            for _ in 0..n {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let got: Vec<(String, usize, usize)> = {
+                let mut v: Vec<_> = p
+                    .scan_dirs(&text, BOTH)
+                    .findings
+                    .into_iter()
+                    .filter(|f| &*f.rule != "internal")
+                    .map(|f| (f.rule.to_string(), f.start, f.end))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(got, naive(&text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn scan_line_json_exact_output() {
+        let p = shipped();
+        assert_eq!(scan_line_json(&p, 1, "hello"), r#"{"line":1,"findings":[],"masked":"hello"}"#);
+        assert_eq!(
+            scan_line_json(&p, 2, "tel 13812341234 \"机密\""),
+            r#"{"line":2,"findings":[{"type":"cn_mobile","start":4,"end":15,"action":"mask"},{"type":"internal","start":17,"end":23,"action":"alert"}],"masked":"tel 138****1234 \"机密\""}"#
+        );
+        assert_eq!(
+            scan_line_json(&p, 3, "id 11010519491231002X"),
+            r#"{"line":3,"findings":[{"type":"id_card","start":3,"end":21,"action":"block"}],"masked":"id 11010519491231002X"}"#
+        );
+    }
+
+    #[test]
+    fn load_errors_are_located() {
+        let e = err("patterns:\n  card:\n    regex: 'x'\n    validte: luhn\n    action: mask\n");
+        assert_eq!((e.line, e.column), (Some(4), Some(5)), "{e}");
+        assert!(e.message.contains("validte") && e.message.contains("validate"), "{e}");
+
+        let e = err("patterns:\n  card: { regex: 'x', validate: lunh, action: mask }\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("lunh") && e.message.contains("luhn"), "{e}");
+
+        let e = err("patterns:\n  ok: { regex: 'a', action: alert }\n  broken: { regex: '(\\d', action: block }\n");
+        assert_eq!((e.line, e.column), (Some(3), Some(3)), "{e}");
+        assert!(e.message.contains("pattern 'broken': invalid regex"), "{e}");
+        assert!(!e.message.contains("?-u"), "shows the operator's pattern: {e}");
+
+        let e = err("patterns:\n  a: { regex: 'a', action: alert }\nkeywords:\n  a: { words: [b], action: alert }\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("used twice"), "{e}");
+
+        let e = err("keywords:\n  a: { words: [b], action: blok }\n");
+        assert!(e.message.contains("blok") && e.message.contains("block"), "{e}");
+
+        let e = err("keywords:\n  k: { words: [], action: alert }\n");
+        assert_eq!(e.line, Some(2), "{e}");
+
+        let e = err("keywords:\n  k: { words: [x], action: alert, mask: { keep_prefix: 1 } }\n");
+        assert!(e.message.contains("need 'action: mask'"), "{e}");
+
+        let e = err("patterns:\n  a: { regex: 'a', action: alert }\n  a: { regex: 'b', action: alert }\n");
+        assert!(e.message.contains("duplicate rule name 'a'"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn empty_policies_scan_clean() {
+        for text in ["", "patterns:\nkeywords:\n", "{}"] {
+            let p = load(text);
+            assert!(p.scan("4111111111111111 机密", Direction::Ingress).findings.is_empty());
+        }
+        assert!(DlpPolicy::empty().is_empty());
+    }
+
+    #[test]
+    fn unicode_opt_out_and_always_trigger() {
+        let p = load("patterns:\n  word: { regex: '\\bcode\\w+', action: alert, unicode: true }\n");
+        assert_eq!(p.patterns[0].trigger, Trigger::Literals);
+        assert_eq!(types(&p.scan("码codeword", Direction::Ingress)), Vec::<&str>::new());
+        assert_eq!(types(&p.scan("a codeword", Direction::Ingress)), ["word"]);
+        let p = load("patterns:\n  lower: { regex: '[a-z]{30}', action: alert }\n");
+        assert_eq!(p.patterns[0].trigger, Trigger::Always);
+        assert_eq!(types(&p.scan(&"q".repeat(31), Direction::Ingress)), ["lower"]);
+    }
+}

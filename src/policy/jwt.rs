@@ -1,0 +1,447 @@
+//! JWT authentication for the generic HTTP API (`jwt_validation` in
+//! `security_policy.yaml`).
+//!
+//! The key comes from `secret` for HS*, or from `public_key` (a PEM file) or
+//! `jwks` (a JWKS file) for RS*, ES* and EdDSA; files are resolved against the
+//! policies directory and read at load time, so verification never touches
+//! the disk. Claims `sub`, `roles`, `tenant` and `device_type` become subject
+//! attributes; every other scalar claim is kept for ABAC's `claims.<name>`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Deserialize;
+
+use crate::config::yaml::{locate, EnvString};
+use crate::config::FileError;
+
+/// `jwt_validation` as written in `security_policy.yaml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtValidationConfig {
+    /// Required `iss`.
+    #[serde(default)]
+    pub issuer: Option<EnvString>,
+    /// Accepted `aud` values (any one must match).
+    #[serde(default)]
+    pub audiences: Vec<EnvString>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway: u64,
+    /// Accepted algorithms; default HS256 with `secret`, else RS256.
+    #[serde(default)]
+    pub algorithms: Vec<EnvString>,
+    /// Shared secret for HS256/384/512.
+    #[serde(default)]
+    pub secret: Option<EnvString>,
+    /// PEM public key file for RS*/PS*/ES*/EdDSA.
+    #[serde(default)]
+    pub public_key: Option<EnvString>,
+    /// JWKS file (keys chosen by `kid`).
+    #[serde(default)]
+    pub jwks: Option<EnvString>,
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+/// Why a token was refused. The message is safe to send to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// Not a parseable JWT.
+    #[error("malformed token")]
+    Malformed,
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("wrong issuer")]
+    Issuer,
+    /// `aud` is not one of the configured audiences.
+    #[error("wrong audience")]
+    Audience,
+    /// The signature does not verify.
+    #[error("invalid signature")]
+    Signature,
+    /// The algorithm is not allowed, or no key matches the token's `kid`.
+    #[error("algorithm or key not accepted")]
+    Key,
+    /// A required claim (`sub`, `exp`) is missing or mistyped.
+    #[error("missing or invalid claim")]
+    Claims,
+    /// No key is configured, so nothing can verify (fail closed).
+    #[error("authentication is not configured")]
+    NotConfigured,
+}
+
+impl JwtError {
+    /// A bounded label for metrics and audit.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JwtError::Missing => "jwt_missing",
+            JwtError::Malformed => "jwt_malformed",
+            JwtError::Expired => "jwt_expired",
+            JwtError::NotYetValid => "jwt_not_yet_valid",
+            JwtError::Issuer => "jwt_issuer",
+            JwtError::Audience => "jwt_audience",
+            JwtError::Signature => "jwt_signature",
+            JwtError::Key => "jwt_key",
+            JwtError::Claims => "jwt_claims",
+            JwtError::NotConfigured => "jwt_not_configured",
+        }
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750).
+    pub fn www_authenticate(&self) -> String {
+        match self {
+            JwtError::Missing => r#"Bearer realm="moltgate""#.to_string(),
+            other => format!(r#"Bearer realm="moltgate", error="invalid_token", error_description="{other}""#),
+        }
+    }
+}
+
+/// The authenticated subject, from the token's claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// `sub`.
+    pub id: String,
+    /// `roles` (array or comma-separated string).
+    pub roles: Vec<String>,
+    /// `tenant`.
+    pub tenant: String,
+    /// `device_type`.
+    pub device_type: String,
+    /// Every scalar claim, stringified, for ABAC `claims.<name>`.
+    pub claims: BTreeMap<String, String>,
+}
+
+enum Keys {
+    None,
+    One(DecodingKey),
+    Set(Vec<(Option<String>, DecodingKey)>),
+}
+
+/// A compiled `jwt_validation`.
+pub struct JwtVerifier {
+    validation: Validation,
+    keys: Keys,
+    secret: Option<Vec<u8>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtVerifier {
+    /// Compiles `cfg`, read from `file` (whose text is `text`); key files are
+    /// resolved against `dir`.
+    pub fn new(cfg: &JwtValidationConfig, dir: &Path, file: &Path, text: &str) -> Result<Self, FileError> {
+        let at = |needle: &str, msg: String| FileError::at(file, locate(text, needle), msg);
+        let algorithms: Vec<Algorithm> = if cfg.algorithms.is_empty() {
+            vec![if cfg.secret.is_some() { Algorithm::HS256 } else { Algorithm::RS256 }]
+        } else {
+            cfg.algorithms
+                .iter()
+                .map(|a| {
+                    Algorithm::from_str(a).map_err(|_| {
+                        at(
+                            a,
+                            format!("unknown JWT algorithm '{a}'; expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let hmac = algorithms.iter().any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let asym = algorithms.iter().any(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        if hmac && asym {
+            return Err(at("algorithms", "jwt_validation.algorithms mixes HS* with public-key algorithms; use one family".into()));
+        }
+        let read = |p: &str| {
+            let path = dir.join(p);
+            std::fs::read(&path).map_err(|e| at(p, format!("cannot read {}: {e}", path.display())))
+        };
+        let keys = if hmac {
+            match &cfg.secret {
+                Some(s) if !s.is_empty() => Keys::One(DecodingKey::from_secret(s.as_bytes())),
+                _ => Keys::None,
+            }
+        } else if let Some(p) = &cfg.public_key {
+            let pem = read(p)?;
+            let alg = algorithms.first().copied().unwrap_or(Algorithm::RS256);
+            let key = match alg {
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            }
+            .map_err(|e| at(p, format!("public_key {p} is not a valid {alg:?} PEM public key: {e}")))?;
+            Keys::One(key)
+        } else if let Some(p) = &cfg.jwks {
+            let raw = read(p)?;
+            let set: JwkSet = serde_json::from_slice(&raw).map_err(|e| at(p, format!("jwks {p} is not a JWKS document: {e}")))?;
+            let keys = set
+                .keys
+                .iter()
+                .map(|k| {
+                    DecodingKey::from_jwk(k)
+                        .map(|d| (k.common.key_id.clone(), d))
+                        .map_err(|e| at(p, format!("jwks {p}: unusable key: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Keys::Set(keys)
+        } else {
+            Keys::None
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = cfg.leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &cfg.issuer {
+            validation.set_issuer(&[iss.0.as_str()]);
+        }
+        if cfg.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&cfg.audiences.iter().map(|a| a.0.as_str()).collect::<Vec<_>>());
+        }
+        Ok(Self {
+            validation,
+            keys,
+            secret: cfg.secret.as_ref().filter(|_| hmac).map(|s| s.as_bytes().to_vec()),
+            issuer: cfg.issuer.as_ref().map(|s| s.0.clone()),
+            audience: cfg.audiences.first().map(|s| s.0.clone()),
+        })
+    }
+
+    /// A verifier with no key: refuses every token.
+    pub fn unconfigured() -> Self {
+        Self {
+            validation: Validation::new(Algorithm::HS256),
+            keys: Keys::None,
+            secret: None,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    /// Verifies the `Authorization` header value and returns the subject.
+    pub fn verify(&self, authorization: Option<&str>) -> Result<Subject, JwtError> {
+        let token = authorization
+            .and_then(|h| {
+                let (scheme, rest) = h.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(JwtError::Missing)?;
+        let key = match &self.keys {
+            Keys::None => return Err(JwtError::NotConfigured),
+            Keys::One(k) => k,
+            Keys::Set(keys) => {
+                let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+                let found = match &header.kid {
+                    Some(kid) => keys.iter().find(|(k, _)| k.as_deref() == Some(kid.as_str())),
+                    None if keys.len() == 1 => keys.first(),
+                    None => None,
+                };
+                &found.ok_or(JwtError::Key)?.1
+            }
+        };
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, &self.validation)
+            .map_err(|e| map_error(e.kind()))?;
+        subject_from_claims(&data.claims)
+    }
+
+    /// The HS secret, when one is configured (for `moltgate token`).
+    pub fn hs_secret(&self) -> Option<&[u8]> {
+        self.secret.as_deref()
+    }
+
+    /// Mints an HS256 token for `sub` with extra claims, valid for `ttl_secs`.
+    /// Refuses when no HS secret is configured.
+    pub fn mint(&self, sub: &str, extra: &BTreeMap<String, serde_json::Value>, ttl_secs: u64) -> Result<String, String> {
+        let secret = self
+            .hs_secret()
+            .ok_or("no HS secret is configured in jwt_validation.secret; tokens for public-key algorithms must come from your identity provider")?;
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), sub.into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + ttl_secs as i64).into());
+        if let Some(iss) = &self.issuer {
+            claims.insert("iss".into(), iss.clone().into());
+        }
+        if let Some(aud) = &self.audience {
+            claims.insert("aud".into(), aud.clone().into());
+        }
+        for (k, v) in extra {
+            claims.insert(k.clone(), v.clone());
+        }
+        let alg = self.validation.algorithms.first().copied().unwrap_or(Algorithm::HS256);
+        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).map_err(|e| e.to_string())
+    }
+}
+
+fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> JwtError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => JwtError::Expired,
+        K::ImmatureSignature => JwtError::NotYetValid,
+        K::InvalidIssuer => JwtError::Issuer,
+        K::InvalidAudience => JwtError::Audience,
+        K::InvalidSignature => JwtError::Signature,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::InvalidKeyFormat | K::InvalidRsaKey(_) | K::InvalidEcdsaKey => {
+            JwtError::Key
+        }
+        K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) | K::InvalidSubject => JwtError::Claims,
+        _ => JwtError::Malformed,
+    }
+}
+
+fn subject_from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> Result<Subject, JwtError> {
+    use serde_json::Value;
+    let text = |k: &str| match claims.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    let id = text("sub");
+    if id.is_empty() {
+        return Err(JwtError::Claims);
+    }
+    let roles = match claims.get("roles") {
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::String(s)) => s.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
+        _ => Vec::new(),
+    };
+    let scalars = claims
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some((k.clone(), s.clone())),
+            Value::Number(n) => Some((k.clone(), n.to_string())),
+            Value::Bool(b) => Some((k.clone(), b.to_string())),
+            _ => None,
+        })
+        .collect();
+    Ok(Subject {
+        id,
+        roles,
+        tenant: text("tenant"),
+        device_type: text("device_type"),
+        claims: scalars,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(extra: &str) -> JwtVerifier {
+        let text = format!("issuer: auth.example.com\naudiences: [moltbot.api]\nleeway: 5\nsecret: s3cret\n{extra}");
+        let cfg: JwtValidationConfig = crate::config::yaml::parse_str(Path::new("p.yaml"), &text).unwrap();
+        JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), &text).unwrap()
+    }
+
+    fn token(secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    #[test]
+    fn valid_token_yields_subject() {
+        let v = verifier("");
+        let t = token(
+            b"s3cret",
+            serde_json::json!({"sub":"alice","iss":"auth.example.com","aud":"moltbot.api","exp":now()+60,"roles":["admin","user"],"tenant":"acme","device_type":"mobile","dept":"sre"}),
+        );
+        let s = v.verify(Some(&format!("Bearer {t}"))).unwrap();
+        assert_eq!(s.id, "alice");
+        assert_eq!(s.roles, vec!["admin", "user"]);
+        assert_eq!((s.tenant.as_str(), s.device_type.as_str()), ("acme", "mobile"));
+        assert_eq!(s.claims.get("dept").map(String::as_str), Some("sre"));
+    }
+
+    #[test]
+    fn refusals() {
+        let v = verifier("");
+        let good = serde_json::json!({"sub":"a","iss":"auth.example.com","aud":"moltbot.api","exp":now()+60});
+        let with = |k: &str, val: serde_json::Value| {
+            let mut c = good.clone();
+            c[k] = val;
+            format!("Bearer {}", token(b"s3cret", c))
+        };
+        assert_eq!(v.verify(None), Err(JwtError::Missing));
+        assert_eq!(v.verify(Some("Basic abc")), Err(JwtError::Missing));
+        assert_eq!(v.verify(Some("Bearer not.a.jwt")), Err(JwtError::Malformed));
+        assert_eq!(v.verify(Some(&with("exp", (now() - 3600).into()))), Err(JwtError::Expired));
+        assert_eq!(v.verify(Some(&with("iss", "evil".into()))), Err(JwtError::Issuer));
+        assert_eq!(v.verify(Some(&with("aud", "other".into()))), Err(JwtError::Audience));
+        assert_eq!(v.verify(Some(&with("nbf", (now() + 3600).into()))), Err(JwtError::NotYetValid));
+        let forged = format!("Bearer {}", token(b"wrong", good.clone()));
+        assert_eq!(v.verify(Some(&forged)), Err(JwtError::Signature));
+        assert_eq!(JwtVerifier::unconfigured().verify(Some(&forged)), Err(JwtError::NotConfigured));
+        assert!(JwtError::Expired.www_authenticate().contains(r#"error="invalid_token""#));
+    }
+
+    #[test]
+    fn alg_none_and_swapped_algorithms_are_refused() {
+        let v = verifier("");
+        // {"alg":"none"} with no signature.
+        let header = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, br#"{"alg":"none","typ":"JWT"}"#);
+        let body = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            serde_json::json!({"sub":"a","exp":now()+60}).to_string(),
+        );
+        assert!(v.verify(Some(&format!("Bearer {header}.{body}."))).is_err());
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &serde_json::json!({"sub":"a","iss":"auth.example.com","aud":"moltbot.api","exp":now()+60}),
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(Some(&format!("Bearer {hs512}"))), Err(JwtError::Key));
+    }
+
+    #[test]
+    fn mint_round_trips_and_refuses_without_secret() {
+        let v = verifier("");
+        let mut extra = BTreeMap::new();
+        extra.insert("roles".to_string(), serde_json::json!(["user"]));
+        let t = v.mint("bob", &extra, 60).unwrap();
+        let s = v.verify(Some(&format!("Bearer {t}"))).unwrap();
+        assert_eq!((s.id.as_str(), s.roles.clone()), ("bob", vec!["user".to_string()]));
+        assert!(JwtVerifier::unconfigured().mint("bob", &extra, 60).is_err());
+    }
+
+    #[test]
+    fn config_errors_are_located() {
+        let text = "secret: x\nalgorithms: [HS257]\n";
+        let cfg: JwtValidationConfig = crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
+        let e = JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), text).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let text = "public_key: missing.pem\nalgorithms: [RS256]\n";
+        let cfg: JwtValidationConfig = crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
+        let e = JwtVerifier::new(&cfg, Path::new("/nonexistent"), Path::new("p.yaml"), text).unwrap_err();
+        assert!(e.message.contains("cannot read"), "{e}");
+    }
+}

@@ -1,0 +1,1350 @@
+//! Rate limits: `rate_limiting` in `security_policy.yaml`, for the scopes `global`,
+//! `per_ip`, `per_user`, `per_tenant` and `per_route`.
+//!
+//! # Algorithm: a conservative sub-bucketed sliding window
+//!
+//! The promise is that no window of length `W`, wherever it starts, admits more than
+//! `max_requests` (the issue allows 1% over; this admits 0% over). The usual
+//! two-bucket sliding-window counter cannot promise that: it assumes the previous
+//! window's requests were spread evenly, so a burst at the end of one window followed by
+//! steady pressure admits almost `2 × max` in one real window (a test below shows it).
+//! GCRA does not fit either: with a burst of `max` it admits `max` at once and then one
+//! per `W / max`, about `2 × max` in a window.
+//!
+//! Each key keeps `BUCKETS + 1` counters, each `w = ceil(W / BUCKETS)` long. A request
+//! at time `t` in bucket `k` is admitted only if the sum of buckets `k - BUCKETS ..= k` is
+//! below `max`. That span reaches back to the start of bucket `k - BUCKETS`, which is at
+//! or before `t - W` because `BUCKETS × w ≥ W`. So every request admitted in `[t - W, t]`
+//! was counted when the last of them was admitted, and that one saw fewer than `max`:
+//! at most `max` in any closed window of length `W`. The exactness is bought with
+//! throughput, not memory: the counted span is up to `W + w`, so a client pushing
+//! steadily gets at least `max × BUCKETS / (BUCKETS + 1)` per `W` (≥ 98.4% with 64
+//! buckets). A sliding log would be exact without that loss but costs `max` timestamps
+//! per key; this costs `(BUCKETS + 1) × 4` bytes whatever `max` is.
+//!
+//! # Memory and concurrency
+//!
+//! Keyed scopes live in moka caches with a capacity (`max_tracked_keys`, default
+//! 100,000 per scope) and idle expiry one window long (an idle key's counters are all
+//! zero by then, so expiry loses nothing), so rotating source addresses cannot exhaust
+//! memory. IPv6 clients are keyed by their /64, since one subscriber gets a whole /64 and
+//! would otherwise have 2^64 fresh keys to rotate through. User and tenant keys longer
+//! than [`MAX_KEY_LEN`] are replaced by a keyed hash so a key costs bounded memory.
+//! Under capacity pressure moka's TinyLFU admission keeps busy keys and drops one-off
+//! ones; an evicted key restarts from zero, the price of bounded memory.
+//!
+//! Each key has its own small mutex, held for a few dozen instructions; a check locks the
+//! scopes that apply in one fixed order (global, route, tenant, user, IP), decides them
+//! all, and counts the request in every scope only if all admit it, so a refused request
+//! uses up no one's budget. The only lock every request shares is the `global` scope's.
+//!
+//! # Reloads
+//!
+//! [`RateLimiter::reconfigure`] builds the limiter for a new config and shares the
+//! counter stores of every scope whose window is unchanged (a changed `max_requests`
+//! keeps its counters; a changed window starts fresh because bucket widths differ). The
+//! result is meant to live in the atomically swapped policy set, so the request path takes
+//! no lock that a reload holds.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use serde::de::{Deserializer, Error as _};
+use serde::Deserialize;
+
+use crate::config::yaml::HumanDuration;
+
+/// Sub-buckets per window; the throughput given up is at most `1 / (BUCKETS + 1)`.
+pub const BUCKETS: usize = 64;
+
+/// Keys tracked per keyed scope when `max_tracked_keys` is not set.
+pub const DEFAULT_MAX_TRACKED_KEYS: u64 = 100_000;
+
+/// User and tenant keys longer than this are hashed so each key costs bounded memory.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Notice interval when no scope is configured.
+const DEFAULT_NOTICE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The `rate_limiting` section of `security_policy.yaml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitingConfig {
+    /// One budget shared by every request.
+    #[serde(default)]
+    pub global: Option<RateLimit>,
+    /// A budget per client IP (IPv6 per /64).
+    #[serde(default)]
+    pub per_ip: Option<RateLimit>,
+    /// A budget per authenticated user (JWT subject or `platform:user_id`).
+    #[serde(default)]
+    pub per_user: Option<RateLimit>,
+    /// A budget per tenant.
+    #[serde(default)]
+    pub per_tenant: Option<RateLimit>,
+    /// A budget per route, keyed by the route's configured path.
+    #[serde(default)]
+    pub per_route: BTreeMap<String, RateLimit>,
+    /// Keys remembered per keyed scope before the least useful are evicted.
+    #[serde(default)]
+    pub max_tracked_keys: Option<u64>,
+}
+
+/// One limit: at most `max_requests` in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(from = "RawRateLimit")]
+pub struct RateLimit {
+    /// The window length, like `60s`; between 1ms and a year.
+    pub window: HumanDuration,
+    /// Requests admitted per window; at least 1.
+    pub max_requests: u32,
+}
+
+/// The parsed form; each field validates itself so a bad value is reported at its own
+/// mapping rather than at the enclosing one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    window: WindowLen,
+    max_requests: MaxRequests,
+}
+
+impl From<RawRateLimit> for RateLimit {
+    fn from(raw: RawRateLimit) -> Self {
+        RateLimit {
+            window: raw.window.0,
+            max_requests: raw.max_requests.0,
+        }
+    }
+}
+
+struct WindowLen(HumanDuration);
+
+impl<'de> Deserialize<'de> for WindowLen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = HumanDuration::deserialize(d)?;
+        if w.0 < Duration::from_millis(1) {
+            return Err(D::Error::custom(format!(
+                "window must be at least 1ms, got {}",
+                humantime::format_duration(w.0)
+            )));
+        }
+        if w.0 > Duration::from_secs(366 * 86_400) {
+            return Err(D::Error::custom("window must be at most a year"));
+        }
+        Ok(WindowLen(w))
+    }
+}
+
+struct MaxRequests(u32);
+
+impl<'de> Deserialize<'de> for MaxRequests {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(D::Error::custom(
+                "max_requests must be at least 1 (remove the scope to disable it)",
+            )),
+            n => Ok(MaxRequests(n)),
+        }
+    }
+}
+
+/// What a request is counted under.
+#[derive(Debug, Clone, Copy)]
+pub struct RateKeys<'a> {
+    /// The client address (after trusted-proxy resolution).
+    pub ip: IpAddr,
+    /// The authenticated user, if known.
+    pub user: Option<&'a str>,
+    /// The tenant, if known.
+    pub tenant: Option<&'a str>,
+    /// The route's configured path.
+    pub route: &'a str,
+}
+
+/// A refusal: which scope ran out and when to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    /// `global`, `per_ip`, `per_user`, `per_tenant` or `per_route`; a bounded metric label.
+    pub scope: &'static str,
+    /// How long until this request would be admitted, if nothing else arrives.
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// `retry_after` in whole seconds, rounded up and at least 1, for a `Retry-After` header.
+    pub fn retry_after_secs(&self) -> u64 {
+        let d = self.retry_after;
+        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+    }
+}
+
+impl fmt::Display for Limited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limited by {} (retry after {}s)",
+            self.scope,
+            self.retry_after_secs()
+        )
+    }
+}
+
+impl std::error::Error for Limited {}
+
+/// The counters of one key: a ring of `BUCKETS + 1` sub-window counts.
+#[derive(Debug)]
+struct Window {
+    /// Index (since the limiter's epoch) of the newest bucket.
+    head: u64,
+    /// Sum of `counts`.
+    total: u64,
+    counts: [u32; BUCKETS + 1],
+}
+
+const RING: u64 = BUCKETS as u64 + 1;
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            head: 0,
+            total: 0,
+            counts: [0; BUCKETS + 1],
+        }
+    }
+
+    fn slot(i: u64) -> usize {
+        (i % RING) as usize
+    }
+
+    /// Moves the ring forward to bucket `k`, dropping buckets older than `k - BUCKETS`.
+    /// Time never runs backwards here: a caller whose `now` is older than another's that
+    /// already got the lock is counted in the newer bucket, which keeps the proof intact.
+    fn advance(&mut self, k: u64) {
+        if k <= self.head {
+            return;
+        }
+        if k - self.head >= RING {
+            self.counts = [0; BUCKETS + 1];
+            self.total = 0;
+        } else {
+            for i in self.head + 1..=k {
+                let s = Self::slot(i);
+                self.total -= u64::from(self.counts[s]);
+                self.counts[s] = 0;
+            }
+        }
+        self.head = k;
+    }
+
+    fn record(&mut self) {
+        let s = Self::slot(self.head);
+        self.counts[s] = self.counts[s].saturating_add(1);
+        self.total += 1;
+    }
+
+    /// Time from `t_ns` until enough old buckets have dropped out for one more request.
+    fn retry_after(&self, limit: u64, width_ns: u64, t_ns: u64) -> Duration {
+        // Buckets before the epoch never held anything, so start at 0.
+        let oldest = self.head.saturating_sub(BUCKETS as u64);
+        let mut remaining = self.total;
+        let mut at = self.head + 1;
+        for i in oldest..=self.head {
+            remaining -= u64::from(self.counts[Self::slot(i)]);
+            at = i + RING;
+            if remaining < limit {
+                break;
+            }
+        }
+        // Bucket `i` leaves the counted span when bucket `i + RING` begins.
+        let when = at.saturating_mul(width_ns);
+        Duration::from_nanos(when.saturating_sub(t_ns).max(1))
+    }
+}
+
+fn lock(m: &Mutex<Window>) -> MutexGuard<'_, Window> {
+    // A panic cannot happen while the lock is held, and a window is valid at every step.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where one scope keeps its windows.
+enum Store {
+    One(Box<Mutex<Window>>),
+    Ip(Cache<IpAddr, Arc<Mutex<Window>>>),
+    Name(Cache<String, Arc<Mutex<Window>>>),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Store::One(_) => f.write_str("One"),
+            Store::Ip(c) => write!(f, "Ip({} keys)", c.entry_count()),
+            Store::Name(c) => write!(f, "Name({} keys)", c.entry_count()),
+        }
+    }
+}
+
+impl Store {
+    fn keyed_cache<K>(
+        window: Duration,
+        width_ns: u64,
+        capacity: u64,
+    ) -> Cache<K, Arc<Mutex<Window>>>
+    where
+        K: Hash + Eq + Send + Sync + 'static,
+    {
+        Cache::builder()
+            .max_capacity(capacity)
+            .time_to_idle(window + Duration::from_nanos(width_ns))
+            .build()
+    }
+
+    fn entries(&self) -> u64 {
+        match self {
+            Store::One(_) => 1,
+            Store::Ip(c) => c.entry_count(),
+            Store::Name(c) => c.entry_count(),
+        }
+    }
+}
+
+/// A compiled scope: its limit and a store shared across reloads while the window holds.
+#[derive(Debug, Clone)]
+struct Scope {
+    name: &'static str,
+    limit: u64,
+    window: Duration,
+    width_ns: u64,
+    capacity: u64,
+    store: Arc<Store>,
+}
+
+enum KindOf {
+    One,
+    Ip,
+    Name,
+}
+
+impl Scope {
+    fn build(
+        name: &'static str,
+        cfg: &RateLimit,
+        kind: KindOf,
+        capacity: u64,
+        old: Option<&Scope>,
+    ) -> Scope {
+        let window = cfg.window.0;
+        let width_ns = u64::try_from(window.as_nanos().div_ceil(BUCKETS as u128))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let store = match old {
+            Some(o) if o.window == window && o.capacity == capacity => o.store.clone(),
+            _ => Arc::new(match kind {
+                KindOf::One => Store::One(Box::new(Mutex::new(Window::new()))),
+                KindOf::Ip => Store::Ip(Store::keyed_cache(window, width_ns, capacity)),
+                KindOf::Name => Store::Name(Store::keyed_cache(window, width_ns, capacity)),
+            }),
+        };
+        Scope {
+            name,
+            limit: u64::from(cfg.max_requests),
+            window,
+            width_ns,
+            capacity,
+            store,
+        }
+    }
+}
+
+/// A window borrowed from a scope store or held by its cache entry.
+enum WinRef<'a> {
+    Borrowed(&'a Mutex<Window>),
+    Owned(Arc<Mutex<Window>>),
+}
+
+impl WinRef<'_> {
+    fn get(&self) -> &Mutex<Window> {
+        match self {
+            WinRef::Borrowed(m) => m,
+            WinRef::Owned(a) => a,
+        }
+    }
+}
+
+/// Enforces the configured scopes; cheap to share between threads.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    epoch: Instant,
+    global: Option<Scope>,
+    per_ip: Option<Scope>,
+    per_user: Option<Scope>,
+    per_tenant: Option<Scope>,
+    per_route: HashMap<String, Scope>,
+    hasher: RandomState,
+    notice_interval: Duration,
+    notices: Arc<Cache<String, Arc<AtomicU64>>>,
+}
+
+impl RateLimiter {
+    /// A limiter with fresh counters for `config`.
+    pub fn new(config: &RateLimitingConfig) -> RateLimiter {
+        Self::build(config, None)
+    }
+
+    /// The limiter for a reloaded `config`, keeping the counters of every scope whose window
+    /// (and key capacity) is unchanged; `self` keeps working for requests in flight.
+    pub fn reconfigure(&self, config: &RateLimitingConfig) -> RateLimiter {
+        Self::build(config, Some(self))
+    }
+
+    fn build(config: &RateLimitingConfig, old: Option<&RateLimiter>) -> RateLimiter {
+        let cap = config
+            .max_tracked_keys
+            .unwrap_or(DEFAULT_MAX_TRACKED_KEYS)
+            .max(1);
+        let global = config.global.as_ref().map(|c| {
+            Scope::build(
+                "global",
+                c,
+                KindOf::One,
+                1,
+                old.and_then(|o| o.global.as_ref()),
+            )
+        });
+        let per_ip = config.per_ip.as_ref().map(|c| {
+            Scope::build(
+                "per_ip",
+                c,
+                KindOf::Ip,
+                cap,
+                old.and_then(|o| o.per_ip.as_ref()),
+            )
+        });
+        let per_user = config.per_user.as_ref().map(|c| {
+            Scope::build(
+                "per_user",
+                c,
+                KindOf::Name,
+                cap,
+                old.and_then(|o| o.per_user.as_ref()),
+            )
+        });
+        let per_tenant = config.per_tenant.as_ref().map(|c| {
+            Scope::build(
+                "per_tenant",
+                c,
+                KindOf::Name,
+                cap,
+                old.and_then(|o| o.per_tenant.as_ref()),
+            )
+        });
+        let per_route = config
+            .per_route
+            .iter()
+            .map(|(route, c)| {
+                let prev = old.and_then(|o| o.per_route.get(route));
+                (
+                    route.clone(),
+                    Scope::build("per_route", c, KindOf::One, 1, prev),
+                )
+            })
+            .collect();
+        let notice_interval = [
+            &config.global,
+            &config.per_ip,
+            &config.per_user,
+            &config.per_tenant,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(config.per_route.values())
+        .map(|c| c.window.0)
+        .max()
+        .unwrap_or(DEFAULT_NOTICE_INTERVAL);
+        let notices = match old {
+            Some(o) if o.notice_interval == notice_interval => o.notices.clone(),
+            _ => Arc::new(
+                Cache::builder()
+                    .max_capacity(cap)
+                    .time_to_idle(notice_interval)
+                    .build(),
+            ),
+        };
+        RateLimiter {
+            epoch: old.map_or_else(Instant::now, |o| o.epoch),
+            global,
+            per_ip,
+            per_user,
+            per_tenant,
+            per_route,
+            hasher: old.map_or_else(RandomState::new, |o| o.hasher.clone()),
+            notice_interval,
+            notices,
+        }
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Bounds attacker-chosen key text: long keys become a per-process keyed hash.
+    fn name_key<'k>(&self, raw: &'k str) -> std::borrow::Cow<'k, str> {
+        if raw.len() <= MAX_KEY_LEN {
+            std::borrow::Cow::Borrowed(raw)
+        } else {
+            let mut h = self.hasher.build_hasher();
+            raw.hash(&mut h);
+            let a = h.finish();
+            raw.len().hash(&mut h);
+            std::borrow::Cow::Owned(format!("#{a:016x}{:016x}", h.finish()))
+        }
+    }
+
+    fn named<'s>(&self, scope: &'s Scope, raw: &str) -> WinRef<'s> {
+        match &*scope.store {
+            Store::Name(c) => {
+                let key = self.name_key(raw);
+                WinRef::Owned(
+                    c.entry_by_ref(key.as_ref())
+                        .or_insert_with(|| Arc::new(Mutex::new(Window::new())))
+                        .into_value(),
+                )
+            }
+            Store::One(m) => WinRef::Borrowed(m),
+            Store::Ip(_) => WinRef::Owned(Arc::new(Mutex::new(Window::new()))),
+        }
+    }
+
+    fn window_for<'s>(scope: &'s Scope, ip: IpAddr) -> WinRef<'s> {
+        match &*scope.store {
+            Store::One(m) => WinRef::Borrowed(m),
+            Store::Ip(c) => {
+                WinRef::Owned(c.get_with(ip_key(ip), || Arc::new(Mutex::new(Window::new()))))
+            }
+            // Unreachable by construction; an unshared window admits as if the key were new.
+            Store::Name(_) => WinRef::Owned(Arc::new(Mutex::new(Window::new()))),
+        }
+    }
+
+    /// Admits the request and counts it in every scope, or refuses it and counts nothing.
+    /// When several scopes refuse, the one with the longest `retry_after` is reported.
+    pub fn check(&self, keys: &RateKeys<'_>, now: Instant) -> Result<(), Limited> {
+        let t = self.nanos(now);
+        // Fixed order (global, route, tenant, user, ip) so concurrent checks never deadlock.
+        let mut refs: [Option<(&Scope, WinRef<'_>)>; 5] = [const { None }; 5];
+        if let Some(s) = &self.global {
+            refs[0] = Some((s, Self::window_for(s, keys.ip)));
+        }
+        if let Some(s) = self.per_route.get(keys.route) {
+            refs[1] = Some((s, Self::window_for(s, keys.ip)));
+        }
+        if let (Some(s), Some(tenant)) = (&self.per_tenant, keys.tenant) {
+            refs[2] = Some((s, self.named(s, tenant)));
+        }
+        if let (Some(s), Some(user)) = (&self.per_user, keys.user) {
+            refs[3] = Some((s, self.named(s, user)));
+        }
+        if let Some(s) = &self.per_ip {
+            refs[4] = Some((s, Self::window_for(s, keys.ip)));
+        }
+
+        let mut guards: [Option<(&Scope, MutexGuard<'_, Window>)>; 5] = [const { None }; 5];
+        let mut worst: Option<Limited> = None;
+        for (slot, r) in guards.iter_mut().zip(refs.iter()) {
+            let Some((scope, win)) = r else { continue };
+            let mut g = lock(win.get());
+            g.advance(t / scope.width_ns);
+            if g.total >= scope.limit {
+                let retry_after = g.retry_after(scope.limit, scope.width_ns, t);
+                if worst.is_none_or(|w| retry_after > w.retry_after) {
+                    worst = Some(Limited {
+                        scope: scope.name,
+                        retry_after,
+                    });
+                }
+            }
+            *slot = Some((scope, g));
+        }
+        if let Some(l) = worst {
+            return Err(l);
+        }
+        for (_, g) in guards.iter_mut().flatten() {
+            g.record();
+        }
+        Ok(())
+    }
+
+    /// Whether to send the "slow down" notice to `key` now: true at most once per
+    /// notice interval (the longest configured window) per key.
+    pub fn should_notify(&self, key: &str, now: Instant) -> bool {
+        let t = self.nanos(now);
+        let interval = u64::try_from(self.notice_interval.as_nanos()).unwrap_or(u64::MAX);
+        let key = self.name_key(key);
+        // 0 means "never notified"; otherwise the stored value is the time + 1.
+        let cell = self
+            .notices
+            .entry_by_ref(key.as_ref())
+            .or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .into_value();
+        let mut last = cell.load(Ordering::Acquire);
+        loop {
+            if last != 0 && t < (last - 1).saturating_add(interval) {
+                return false;
+            }
+            match cell.compare_exchange_weak(
+                last,
+                t.saturating_add(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// How often [`RateLimiter::should_notify`] lets a notice through per key.
+    pub fn notice_interval(&self) -> Duration {
+        self.notice_interval
+    }
+
+    /// Approximate number of tracked keys across scopes, for a gauge.
+    pub fn tracked_keys(&self) -> u64 {
+        [&self.global, &self.per_ip, &self.per_user, &self.per_tenant]
+            .into_iter()
+            .flatten()
+            .chain(self.per_route.values())
+            .map(|s| s.store.entries())
+            .sum()
+    }
+}
+
+/// The per-IP key: IPv4 as is, IPv6 by its /64 (one subscriber's allocation).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::yaml::parse_str;
+    use std::path::Path;
+    use std::sync::atomic::AtomicUsize;
+    use std::thread;
+
+    const SEED: &str = "rate_limiting:\n  global: { window: 60s, max_requests: 1000 }\n  per_ip: { window: 30s, max_requests: 50 }\n";
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        rate_limiting: RateLimitingConfig,
+    }
+
+    fn parse(text: &str) -> Result<RateLimitingConfig, crate::config::yaml::FileError> {
+        parse_str::<File>(Path::new("policies/security_policy.yaml"), text).map(|f| f.rate_limiting)
+    }
+
+    fn lim(window_ms: u64, max: u32) -> RateLimit {
+        RateLimit {
+            window: HumanDuration(Duration::from_millis(window_ms)),
+            max_requests: max,
+        }
+    }
+
+    fn keys(ip: &str) -> RateKeys<'static> {
+        RateKeys {
+            ip: ip.parse().unwrap(),
+            user: None,
+            tenant: None,
+            route: "/hooks/slack/demo",
+        }
+    }
+
+    /// A limiter and a time origin after its epoch.
+    fn limiter(cfg: &RateLimitingConfig) -> (RateLimiter, Instant) {
+        let l = RateLimiter::new(cfg);
+        (l, Instant::now())
+    }
+
+    #[test]
+    fn seed_loads() {
+        let c = parse(SEED).unwrap();
+        assert_eq!(c.global, Some(lim(60_000, 1000)));
+        assert_eq!(c.per_ip, Some(lim(30_000, 50)));
+        assert!(c.per_user.is_none() && c.per_route.is_empty());
+    }
+
+    #[test]
+    fn full_shape_loads() {
+        let text = "rate_limiting:\n  global: { window: 60s, max_requests: 1000 }\n  per_ip: { window: 30s, max_requests: 50 }\n  per_user: { window: 1m, max_requests: 20 }\n  per_tenant: { window: 1h, max_requests: 10000 }\n  per_route:\n    \"/hooks/slack/demo\": { window: 10s, max_requests: 5 }\n    /v1/messages: { window: 500ms, max_requests: 3 }\n  max_tracked_keys: 5000\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.per_user, Some(lim(60_000, 20)));
+        assert_eq!(c.per_tenant, Some(lim(3_600_000, 10_000)));
+        assert_eq!(c.per_route["/hooks/slack/demo"], lim(10_000, 5));
+        assert_eq!(c.per_route["/v1/messages"], lim(500, 3));
+        assert_eq!(c.max_tracked_keys, Some(5000));
+    }
+
+    #[test]
+    fn config_errors_are_located() {
+        let e =
+            parse("rate_limiting:\n  per_ipp: { window: 30s, max_requests: 50 }\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(3)), "{e}");
+        // The shared loader words nested unknown keys itself; both wordings name the key.
+        assert!(
+            e.message.contains("per_ipp") && e.message.contains("per_ip"),
+            "{e}"
+        );
+
+        let e = parse("rate_limiting:\n  per_ip: { window: 30s, max_request: 50 }\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(
+            e.message.contains("max_request") && e.message.contains("max_requests"),
+            "{e}"
+        );
+
+        let e = parse("rate_limiting:\n  global: { window: 60s, max_requests: 1 }\n  per_ip: { window: 30 parsecs, max_requests: 50 }\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("invalid duration '30 parsecs'"), "{e}");
+
+        let e = parse("rate_limiting:\n  global: { window: 60s, max_requests: 1 }\n  per_ip: { window: 30s, max_requests: 0 }\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("max_requests must be at least 1"), "{e}");
+
+        let e = parse("rate_limiting:\n  per_ip: { window: 0s, max_requests: 5 }\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("window must be at least 1ms"), "{e}");
+
+        let e = parse("rate_limiting:\n  per_ip: { window: 30s, max_requests: -1 }\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+
+        let e = parse("rate_limiting:\n  per_ip: { window: 30s }\n").unwrap_err();
+        assert!(e.message.contains("max_requests"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn admits_exactly_max_then_refuses_with_retry_after() {
+        let cfg = RateLimitingConfig {
+            per_ip: Some(lim(30_000, 50)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        for i in 0..50 {
+            assert_eq!(l.check(&keys("1.2.3.4"), t0), Ok(()), "request {i}");
+        }
+        let e = l.check(&keys("1.2.3.4"), t0).unwrap_err();
+        assert_eq!(e.scope, "per_ip");
+        assert!(
+            e.retry_after > Duration::from_secs(30)
+                && e.retry_after <= Duration::from_millis(30_470),
+            "{e:?}"
+        );
+        assert!((31..=31).contains(&e.retry_after_secs()), "{e}");
+        // Another IP is untouched.
+        assert_eq!(l.check(&keys("1.2.3.5"), t0), Ok(()));
+        // Retry-After is honest: refused just before, admitted at it.
+        let later = t0 + e.retry_after;
+        assert!(l
+            .check(&keys("1.2.3.4"), later - Duration::from_millis(1))
+            .is_err());
+        assert_eq!(l.check(&keys("1.2.3.4"), later), Ok(()));
+    }
+
+    #[test]
+    fn retry_after_waits_only_for_enough_old_buckets() {
+        let cfg = RateLimitingConfig {
+            per_ip: Some(lim(64_000, 4)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        let k = keys("10.0.0.1");
+        let width = Duration::from_millis(1000);
+        let mut t = t0;
+        for _ in 0..4 {
+            assert!(l.check(&k, t).is_ok());
+            t += width * 10;
+        }
+        // The first request leaves the span first; the limit only needs one slot.
+        let e = l.check(&k, t).unwrap_err();
+        let retry = t + e.retry_after;
+        assert!(
+            retry <= t0 + width * 66 && retry >= t0 + width * 64,
+            "{:?}",
+            retry - t0
+        );
+        assert!(l.check(&k, retry).is_ok());
+        assert!(l.check(&k, retry).is_err());
+    }
+
+    #[test]
+    fn refused_request_counts_in_no_scope() {
+        let cfg = RateLimitingConfig {
+            global: Some(lim(60_000, 100)),
+            per_ip: Some(lim(60_000, 2)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        for _ in 0..50 {
+            let _ = l.check(&keys("6.6.6.6"), t0);
+        }
+        // Only the 2 admitted requests used the global budget.
+        let mut ok = 0;
+        for i in 0..200u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            let k = RateKeys {
+                ip,
+                ..keys("0.0.0.0")
+            };
+            if l.check(&k, t0).is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 98);
+        let e = l.check(&keys("7.7.7.7"), t0).unwrap_err();
+        assert_eq!(e.scope, "global");
+    }
+
+    #[test]
+    fn every_scope_applies() {
+        let mut per_route = BTreeMap::new();
+        per_route.insert("/hooks/slack/demo".to_string(), lim(10_000, 3));
+        let cfg = RateLimitingConfig {
+            per_user: Some(lim(10_000, 2)),
+            per_tenant: Some(lim(10_000, 4)),
+            per_route,
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        let mk = |ip: &'static str,
+                  user: Option<&'static str>,
+                  tenant: Option<&'static str>,
+                  route: &'static str| RateKeys {
+            ip: ip.parse().unwrap(),
+            user,
+            tenant,
+            route,
+        };
+        // per_user
+        assert!(l
+            .check(&mk("1.1.1.1", Some("alice"), None, "/other"), t0)
+            .is_ok());
+        assert!(l
+            .check(&mk("1.1.1.2", Some("alice"), None, "/other"), t0)
+            .is_ok());
+        assert_eq!(
+            l.check(&mk("1.1.1.3", Some("alice"), None, "/other"), t0)
+                .unwrap_err()
+                .scope,
+            "per_user"
+        );
+        // no user: per_user does not apply
+        for _ in 0..10 {
+            assert!(l.check(&mk("1.1.1.3", None, None, "/other"), t0).is_ok());
+        }
+        // per_tenant across users
+        for u in ["u1", "u2", "u3", "u4"] {
+            assert!(l
+                .check(&mk("2.2.2.2", Some(u), Some("acme"), "/other"), t0)
+                .is_ok());
+        }
+        assert_eq!(
+            l.check(&mk("2.2.2.2", Some("u5"), Some("acme"), "/other"), t0)
+                .unwrap_err()
+                .scope,
+            "per_tenant"
+        );
+        assert!(l
+            .check(&mk("2.2.2.2", Some("u5"), Some("other-co"), "/other"), t0)
+            .is_ok());
+        // per_route, exact path
+        for _ in 0..3 {
+            assert!(l
+                .check(&mk("3.3.3.3", None, None, "/hooks/slack/demo"), t0)
+                .is_ok());
+        }
+        assert_eq!(
+            l.check(&mk("3.3.3.4", None, None, "/hooks/slack/demo"), t0)
+                .unwrap_err()
+                .scope,
+            "per_route"
+        );
+        assert!(l
+            .check(&mk("3.3.3.4", None, None, "/hooks/slack/demo2"), t0)
+            .is_ok());
+        // after the window everything is open again
+        let later = t0 + Duration::from_millis(10_200);
+        assert!(l
+            .check(
+                &mk("1.1.1.3", Some("alice"), Some("acme"), "/hooks/slack/demo"),
+                later
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn worst_scope_is_reported() {
+        let cfg = RateLimitingConfig {
+            global: Some(lim(60_000, 1)),
+            per_ip: Some(lim(1_000, 1)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        assert!(l.check(&keys("1.2.3.4"), t0).is_ok());
+        let e = l.check(&keys("1.2.3.4"), t0).unwrap_err();
+        assert_eq!(e.scope, "global");
+        assert!(e.retry_after > Duration::from_secs(59));
+    }
+
+    #[test]
+    fn ipv6_keyed_by_slash_64_and_mapped_v4_normalised() {
+        let cfg = RateLimitingConfig {
+            per_ip: Some(lim(60_000, 2)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        assert!(l.check(&keys("2001:db8:1:2::1"), t0).is_ok());
+        assert!(l.check(&keys("2001:db8:1:2:ffff::9"), t0).is_ok());
+        assert!(l.check(&keys("2001:db8:1:2:abcd::1"), t0).is_err());
+        assert!(l.check(&keys("2001:db8:1:3::1"), t0).is_ok());
+        assert!(l.check(&keys("10.0.0.1"), t0).is_ok());
+        assert!(l.check(&keys("::ffff:10.0.0.1"), t0).is_ok());
+        assert!(l.check(&keys("10.0.0.1"), t0).is_err());
+    }
+
+    #[test]
+    fn long_keys_are_bounded_but_distinct() {
+        let cfg = RateLimitingConfig {
+            per_user: Some(lim(60_000, 1)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        let a = "a".repeat(10_000);
+        let b = format!("{}b", "a".repeat(9_999));
+        let ka = RateKeys {
+            user: Some(&a),
+            ..keys("1.1.1.1")
+        };
+        let kb = RateKeys {
+            user: Some(&b),
+            ..keys("1.1.1.1")
+        };
+        assert!(l.check(&ka, t0).is_ok());
+        assert!(l.check(&kb, t0).is_ok());
+        assert!(l.check(&ka, t0).is_err());
+        assert!(l.name_key(&a).len() <= MAX_KEY_LEN);
+    }
+
+    /// Two-bucket sliding-window counter, the common approximation, as a foil: the same
+    /// adversary must catch it, or the bound test proves nothing.
+    struct TwoBucket {
+        w: u64,
+        max: u64,
+        idx: u64,
+        prev: u64,
+        cur: u64,
+    }
+
+    impl TwoBucket {
+        fn check(&mut self, t: u64) -> bool {
+            let idx = t / self.w;
+            if idx != self.idx {
+                self.prev = if idx == self.idx + 1 { self.cur } else { 0 };
+                self.cur = 0;
+                self.idx = idx;
+            }
+            let elapsed = t % self.w;
+            let est =
+                self.prev as f64 * (self.w - elapsed) as f64 / self.w as f64 + self.cur as f64;
+            if est < self.max as f64 {
+                self.cur += 1;
+                true
+            } else {
+                false
+            }
+        }
+    }
+
+    /// Largest number of admitted times inside any closed window `[t, t + w]`.
+    fn worst_window(admitted: &[u64], w: u64) -> usize {
+        let mut worst = 0;
+        let mut j = 0;
+        for i in 0..admitted.len() {
+            while j < admitted.len() && admitted[j] <= admitted[i] + w {
+                j += 1;
+            }
+            worst = worst.max(j - i);
+        }
+        worst
+    }
+
+    /// Adversarial request times (ns): bursts right before and after sub-bucket and window
+    /// edges, steady pressure, and random jitter, over several windows.
+    fn adversary(w: u64, max: u64, seed: u64) -> Vec<u64> {
+        let width = w.div_ceil(BUCKETS as u64);
+        let mut s = seed | 1;
+        let mut rnd = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut ts = Vec::new();
+        let horizon = 8 * w;
+        // Burst at the end of each fixed window, then a flood across the next.
+        for k in 1..8 {
+            for _ in 0..max {
+                ts.push(k * w - 1);
+            }
+            for i in 0..4 * max {
+                ts.push(k * w + i * w / (4 * max));
+            }
+        }
+        // Bursts straddling sub-bucket edges.
+        for _ in 0..200 {
+            let b = rnd() % (horizon / width);
+            let edge = b * width;
+            let n = rnd() % (max + 1);
+            for _ in 0..n {
+                ts.push(edge.saturating_sub(1 + rnd() % 3));
+                ts.push(edge + rnd() % 3);
+            }
+        }
+        // Edges of the window measured from admitted bursts: t and t + w.
+        for _ in 0..100 {
+            let t = rnd() % horizon;
+            ts.push(t);
+            ts.push(t + w);
+            ts.push(t + w - 1);
+        }
+        // Random jitter.
+        for _ in 0..(20 * max) {
+            ts.push(rnd() % horizon);
+        }
+        ts.sort_unstable();
+        ts
+    }
+
+    #[test]
+    fn no_window_ever_exceeds_the_limit() {
+        let mut two_bucket_overshoot = 0usize;
+        for (w_ms, max) in [
+            (30_000u64, 50u32),
+            (60_000, 1000),
+            (1_000, 1),
+            (7_777, 3),
+            (100, 64),
+            (10_000, 129),
+        ] {
+            for seed in 1..=6u64 {
+                let cfg = RateLimitingConfig {
+                    per_ip: Some(lim(w_ms, max)),
+                    ..Default::default()
+                };
+                let (l, t0) = limiter(&cfg);
+                let w = w_ms * 1_000_000;
+                let times = adversary(w, u64::from(max), seed * 0x9e37_79b9);
+                let k = keys("192.0.2.1");
+                let mut admitted = Vec::new();
+                for &t in &times {
+                    if l.check(&k, t0 + Duration::from_nanos(t)).is_ok() {
+                        admitted.push(t);
+                    }
+                }
+                let worst = worst_window(&admitted, w);
+                assert!(
+                    worst as f64 <= f64::from(max) * 1.01,
+                    "window {w_ms}ms max {max} seed {seed}: {worst} admitted in one window"
+                );
+                assert_eq!(worst, max as usize, "the adversary does reach the limit");
+
+                let mut foil = TwoBucket {
+                    w,
+                    max: u64::from(max),
+                    idx: 0,
+                    prev: 0,
+                    cur: 0,
+                };
+                let foil_admitted: Vec<u64> =
+                    times.iter().copied().filter(|&t| foil.check(t)).collect();
+                two_bucket_overshoot =
+                    two_bucket_overshoot.max(worst_window(&foil_admitted, w) * 100 / max as usize);
+            }
+        }
+        assert!(
+            two_bucket_overshoot > 150,
+            "the adversary catches the two-bucket counter: {two_bucket_overshoot}%"
+        );
+    }
+
+    #[test]
+    fn steady_client_gets_nearly_the_full_rate() {
+        let cfg = RateLimitingConfig {
+            per_ip: Some(lim(10_000, 100)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        // Twice the allowed rate for 50 windows.
+        let step = Duration::from_millis(50);
+        let mut ok = 0u32;
+        for i in 0..10_000u32 {
+            if l.check(&keys("198.51.100.1"), t0 + step * i).is_ok() {
+                ok += 1;
+            }
+        }
+        let ideal = 50 * 100;
+        assert!(ok <= ideal + 100, "{ok}");
+        assert!(f64::from(ok) >= f64::from(ideal) * 0.98, "{ok} of {ideal}");
+    }
+
+    #[test]
+    fn concurrent_checks_admit_exactly_the_limit() {
+        let cfg = RateLimitingConfig {
+            global: Some(lim(60_000, 1000)),
+            per_ip: Some(lim(30_000, 50)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        let l = Arc::new(l);
+        let admitted = Arc::new(AtomicUsize::new(0));
+        let per_ip: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..40).map(|_| AtomicUsize::new(0)).collect());
+        let handles: Vec<_> = (0..8)
+            .map(|th| {
+                let (l, admitted, per_ip) = (l.clone(), admitted.clone(), per_ip.clone());
+                thread::spawn(move || {
+                    for i in 0..2_000usize {
+                        let n = (i * 7 + th) % 40;
+                        let ip = IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, n as u8));
+                        let k = RateKeys {
+                            ip,
+                            ..keys("0.0.0.0")
+                        };
+                        // Time moves a little, within one sub-bucket of every scope.
+                        if l.check(&k, t0 + Duration::from_micros(i as u64)).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                            per_ip[n].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        // 40 IPs × 50 = 2000 > 1000: the global budget is the binding one, exactly.
+        assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+        assert!(per_ip.iter().all(|c| c.load(Ordering::Relaxed) <= 50));
+    }
+
+    #[test]
+    fn concurrent_checks_on_one_key_with_moving_time_hold_the_bound() {
+        let cfg = RateLimitingConfig {
+            per_ip: Some(lim(100, 20)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        let l = Arc::new(l);
+        const THREADS: usize = 4;
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+        // Rounds are ordered by the barrier; within a round all threads race on one key at
+        // one instant, so the times asked with are the times counted.
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (l, barrier) = (l.clone(), barrier.clone());
+                thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for round in 0..1_500u64 {
+                        let t = round * 1_000_000; // 1 ms per round, 1.5 s in all
+                        for _ in 0..3 {
+                            if l.check(&keys("203.0.113.1"), t0 + Duration::from_nanos(t))
+                                .is_ok()
+                            {
+                                mine.push(t);
+                            }
+                        }
+                        barrier.wait();
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(worst_window(&all, 100_000_000), 20);
+        // 15 windows' worth of time, at least 98% of the ideal throughput.
+        assert!(all.len() >= 290 && all.len() <= 320, "{}", all.len());
+    }
+
+    #[test]
+    fn counters_survive_reload_for_unchanged_windows() {
+        let cfg = parse(SEED).unwrap();
+        let (l, t0) = limiter(&cfg);
+        for _ in 0..50 {
+            assert!(l.check(&keys("1.2.3.4"), t0).is_ok());
+        }
+        assert!(l.check(&keys("1.2.3.4"), t0).is_err());
+
+        // Same windows, new limits: counters kept.
+        let raised = parse("rate_limiting:\n  global: { window: 60s, max_requests: 1000 }\n  per_ip: { window: 30s, max_requests: 60 }\n").unwrap();
+        let l2 = l.reconfigure(&raised);
+        for _ in 0..10 {
+            assert!(l2.check(&keys("1.2.3.4"), t0).is_ok());
+        }
+        assert!(l2.check(&keys("1.2.3.4"), t0).is_err());
+        // The old limiter, still serving in-flight requests, sees the same counters.
+        assert!(l.check(&keys("1.2.3.4"), t0).is_err());
+
+        // Lowered limit takes effect on the existing counts.
+        let lowered = parse("rate_limiting:\n  global: { window: 60s, max_requests: 1000 }\n  per_ip: { window: 30s, max_requests: 5 }\n").unwrap();
+        let l3 = l2.reconfigure(&lowered);
+        assert!(l3.check(&keys("1.2.3.4"), t0).is_err());
+        // Global budget kept too: 60 used.
+        let changed = parse("rate_limiting:\n  global: { window: 60s, max_requests: 61 }\n  per_ip: { window: 31s, max_requests: 50 }\n").unwrap();
+        let l4 = l3.reconfigure(&changed);
+        // New per_ip window: fresh counters; but only one global slot remains.
+        assert!(l4.check(&keys("1.2.3.4"), t0).is_ok());
+        assert_eq!(l4.check(&keys("1.2.3.4"), t0).unwrap_err().scope, "global");
+
+        // Removed scope: no limit; re-added later: fresh.
+        let none = RateLimitingConfig::default();
+        let l5 = l4.reconfigure(&none);
+        for _ in 0..100 {
+            assert!(l5.check(&keys("1.2.3.4"), t0).is_ok());
+        }
+        let l6 = l5.reconfigure(&cfg);
+        assert!(l6.check(&keys("1.2.3.4"), t0).is_ok());
+
+        // Per-route counters survive too, keyed by route.
+        let mut a = RateLimitingConfig::default();
+        a.per_route.insert("/r".into(), lim(10_000, 1));
+        let r1 = RateLimiter::new(&a);
+        let t1 = Instant::now();
+        let k = RateKeys {
+            route: "/r",
+            ..keys("1.1.1.1")
+        };
+        assert!(r1.check(&k, t1).is_ok());
+        a.per_route.insert("/s".into(), lim(10_000, 1));
+        let r2 = r1.reconfigure(&a);
+        assert!(r2.check(&k, t1).is_err());
+    }
+
+    #[test]
+    fn memory_is_bounded_under_ip_rotation() {
+        let cfg = RateLimitingConfig {
+            per_ip: Some(lim(30_000, 50)),
+            per_user: Some(lim(30_000, 50)),
+            max_tracked_keys: Some(1_000),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        for i in 0..50_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let user = format!("u{i}");
+            let k = RateKeys {
+                ip,
+                user: Some(&user),
+                ..keys("0.0.0.0")
+            };
+            assert!(l.check(&k, t0).is_ok());
+        }
+        for s in [&l.per_ip, &l.per_user].into_iter().flatten() {
+            if let Store::Ip(c) = &*s.store {
+                c.run_pending_tasks();
+            }
+            if let Store::Name(c) = &*s.store {
+                c.run_pending_tasks();
+            }
+        }
+        assert!(l.tracked_keys() <= 2 * 1_100, "{}", l.tracked_keys());
+    }
+
+    #[test]
+    fn notify_once_per_window_per_key() {
+        let cfg = parse(SEED).unwrap();
+        let (l, t0) = limiter(&cfg);
+        assert_eq!(l.notice_interval(), Duration::from_secs(60));
+        assert!(l.should_notify("slack:U1", t0));
+        assert!(!l.should_notify("slack:U1", t0));
+        assert!(!l.should_notify("slack:U1", t0 + Duration::from_secs(59)));
+        assert!(l.should_notify("slack:U2", t0 + Duration::from_secs(59)));
+        assert!(l.should_notify("slack:U1", t0 + Duration::from_secs(60)));
+        assert!(!l.should_notify("slack:U1", t0 + Duration::from_secs(100)));
+        // Reload with the same interval keeps the memory of sent notices.
+        let l2 = l.reconfigure(&cfg);
+        assert!(!l2.should_notify("slack:U1", t0 + Duration::from_secs(100)));
+        assert_eq!(
+            RateLimiter::new(&RateLimitingConfig::default()).notice_interval(),
+            DEFAULT_NOTICE_INTERVAL
+        );
+    }
+
+    #[test]
+    fn notify_is_once_under_concurrency() {
+        let cfg = parse(SEED).unwrap();
+        let (l, t0) = limiter(&cfg);
+        let l = Arc::new(l);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let (l, sent) = (l.clone(), sent.clone());
+                thread::spawn(move || {
+                    for j in 0..1000u64 {
+                        if l.should_notify("telegram:42", t0 + Duration::from_millis(j + i)) {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(sent.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn time_before_epoch_and_far_future_do_not_panic() {
+        let t_before = Instant::now();
+        let cfg = parse(SEED).unwrap();
+        let l = RateLimiter::new(&cfg);
+        assert!(l.check(&keys("1.1.1.1"), t_before).is_ok());
+        let far = Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+        assert!(l.check(&keys("1.1.1.1"), far).is_ok());
+        assert!(
+            l.check(&keys("1.1.1.1"), t_before).is_ok(),
+            "late arrival counts in the newest bucket"
+        );
+        assert!(l.should_notify("k", far));
+        assert!(!l.should_notify("k", t_before));
+    }
+
+    #[test]
+    fn limited_formats() {
+        let l = Limited {
+            scope: "per_ip",
+            retry_after: Duration::from_millis(1500),
+        };
+        assert_eq!(l.retry_after_secs(), 2);
+        assert_eq!(l.to_string(), "rate limited by per_ip (retry after 2s)");
+        let l = Limited {
+            scope: "global",
+            retry_after: Duration::from_millis(1),
+        };
+        assert_eq!(l.retry_after_secs(), 1);
+    }
+}

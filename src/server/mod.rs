@@ -1,0 +1,163 @@
+//! The Pingora glue, all in one place: listeners, services, signals.
+//!
+//! Pingora owns the sockets (TLS 1.3 public listener, plain admin listener)
+//! and the request lifecycle; everything else runs on the gateway's own
+//! "core" Tokio runtime (gRPC channels, health checks, the policy watcher),
+//! which outlives Pingora's per-service runtimes for the whole process.
+
+pub mod admin;
+pub mod proxy;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+
+use crate::config::{Config, FileError};
+use crate::observe::Metrics;
+use crate::pipeline::Gateway;
+
+/// Errors that stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config or a policy file is invalid.
+    #[error("{0}")]
+    Config(#[from] FileError),
+    /// The TLS 1.3-only provider could not be installed.
+    #[error("cannot enforce TLS 1.3 only: another rustls CryptoProvider was installed first")]
+    Tls13,
+    /// A listener or TLS file problem.
+    #[error("{0}")]
+    Listener(String),
+    /// The core runtime could not start.
+    #[error("starting the runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Maps SIGTERM to a graceful stop and SIGINT to a fast one (SIGQUIT is
+/// Pingora's graceful upgrade).
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: graceful shutdown");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: fast shutdown");
+                ShutdownSignal::FastShutdown
+            }
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: graceful upgrade");
+                ShutdownSignal::GracefulUpgrade
+            }
+        }
+    }
+}
+
+/// Builds and runs the gateway until a signal stops it.
+pub fn run(config: Config) -> Result<(), StartError> {
+    if !crate::tls::install_tls13_only_provider() {
+        return Err(StartError::Tls13);
+    }
+    let cert = config.resolve(&config.listen.public.tls.cert);
+    let key = config.resolve(&config.listen.public.tls.key);
+    if config.listen.public.tls.dev_autogenerate && (!cert.exists() || !key.exists()) {
+        let dir = cert.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let made = crate::tls::create_dev_certs(&dir).map_err(|e| StartError::Listener(e.to_string()))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            ca = %made.ca_cert.display(),
+            "created DEVELOPMENT certificates (self-signed CA): for local use only, never in production"
+        );
+    }
+    for (what, p) in [("certificate", &cert), ("key", &key)] {
+        if !p.is_file() {
+            return Err(StartError::Listener(format!(
+                "{}: TLS {what} file {} not found (run `moltgate certs dev` for development certificates)",
+                config.source.display(),
+                p.display()
+            )));
+        }
+    }
+    let public_addr = config.public_addr()?;
+    let admin_addr = config.admin_addr()?;
+
+    let core = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("moltgate-core")
+        .enable_all()
+        .build()?;
+    let metrics = Metrics::new();
+    let gateway = {
+        let _ctx = core.enter();
+        Arc::new(Gateway::build(&config, metrics)?)
+    };
+    for cluster in gateway.clusters() {
+        core.spawn(crate::upstream::health::run(cluster.clone()));
+    }
+    core.spawn(crate::policy::reload::reload_on_sighup(gateway.policies.clone()));
+    let _watcher = match crate::policy::reload::watch(gateway.policies.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policies directory; reload with SIGHUP or POST /reload");
+            None
+        }
+    };
+
+    let mut conf = ServerConf {
+        threads: config.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        grace_period_seconds: Some(config.shutdown.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown.timeout.0.as_secs()),
+        ..ServerConf::default()
+    };
+    let run_dir = std::env::temp_dir().join(format!("moltgate-{}", std::process::id()));
+    conf.pid_file = run_dir.join("moltgate.pid").display().to_string();
+    conf.upgrade_sock = run_dir.join("upgrade.sock").display().to_string();
+    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
+    server.bootstrap();
+
+    let mut public = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::PublicProxy {
+            gateway: gateway.clone(),
+        },
+        "moltgate public",
+    );
+    let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert.display().to_string(), &key.display().to_string())
+        .map_err(|e| StartError::Listener(format!("loading {} / {}: {e}", cert.display(), key.display())))?;
+    tls.enable_h2();
+    public.add_tls_with_settings(&public_addr.to_string(), None, tls);
+
+    let mut admin = Service::new(
+        "moltgate admin".to_string(),
+        admin::AdminApp {
+            gateway: gateway.clone(),
+        },
+    );
+    admin.add_tcp(&admin_addr.to_string());
+    server.add_service(public);
+    server.add_service(admin);
+
+    tracing::info!(public = %public_addr, admin = %admin_addr, policies = %gateway.policies.dir().display(), "moltgate listening (TLS 1.3 only on public)");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    tracing::info!("moltgate stopped");
+    core.shutdown_background();
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! Forwarding to the AI cluster: real gRPC over HTTP/2 to a list of nodes,
+//! load-balanced, health-checked, with failover before `accepted`.
+//!
+//! The first reply on a node's stream must be `accepted`: the cluster's
+//! promise that it has the message. Until then a failure is safe to retry on
+//! the next healthy node, and nothing has been acknowledged to the platform.
+//! After it, the message belongs to that node and is never sent twice.
+
+pub mod balance;
+pub mod health;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::assistant::{DemoAssistant, ReplyStream};
+use crate::config::{FileError, UpstreamConfig, EMBEDDED_NODE};
+use crate::observe::Metrics;
+use crate::proto::v1::assistant_client::AssistantClient;
+use crate::proto::v1::{reply, Envelope};
+use balance::Balancer;
+
+/// How a node is reached.
+enum Transport {
+    /// The demo assistant, in process.
+    Embedded,
+    /// A gRPC channel (h2c or TLS), connected lazily and kept open.
+    Grpc(Channel),
+}
+
+/// One node of a cluster, with its health.
+pub struct Node {
+    /// `host:port` or `embedded`.
+    pub name: String,
+    transport: Transport,
+    healthy: AtomicBool,
+    consecutive_failures: AtomicU32,
+}
+
+impl Node {
+    /// Whether the node is currently considered healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    fn channel(&self) -> Option<Channel> {
+        match &self.transport {
+            Transport::Grpc(ch) => Some(ch.clone()),
+            Transport::Embedded => None,
+        }
+    }
+}
+
+/// Why no node took a message.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// Every node is marked down by health checks.
+    #[error("no healthy node in upstream '{upstream}'")]
+    NoHealthyNode {
+        /// The upstream.
+        upstream: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u32,
+    },
+    /// Every healthy node was tried and none accepted.
+    #[error("no node of upstream '{upstream}' accepted the message after {attempts} attempts (last: {last})")]
+    NoneAccepted {
+        /// The upstream.
+        upstream: String,
+        /// Nodes tried.
+        attempts: usize,
+        /// The last failure, for the log (no message content).
+        last: String,
+        /// gRPC code of the last failure.
+        code: i32,
+        /// Seconds for `Retry-After`.
+        retry_after: u32,
+    },
+}
+
+impl DispatchError {
+    /// Seconds the client should wait before retrying.
+    pub fn retry_after(&self) -> u32 {
+        match self {
+            DispatchError::NoHealthyNode { retry_after, .. } | DispatchError::NoneAccepted { retry_after, .. } => {
+                *retry_after
+            }
+        }
+    }
+
+    /// The gRPC code for the audit line (14 = UNAVAILABLE when nothing was tried).
+    pub fn code(&self) -> i32 {
+        match self {
+            DispatchError::NoHealthyNode { .. } => tonic::Code::Unavailable as i32,
+            DispatchError::NoneAccepted { code, .. } => *code,
+        }
+    }
+}
+
+/// A message a node has accepted, with the rest of its replies still coming.
+pub struct Accepted {
+    /// The node that accepted.
+    pub node: String,
+    /// The remaining replies (text parts, final).
+    pub replies: ReplyStream,
+    /// When the whole call must be finished.
+    pub deadline: Instant,
+}
+
+/// What an accepted call finally produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    /// Text parts, in order.
+    pub texts: Vec<String>,
+    /// State from the `final` part.
+    pub state: std::collections::HashMap<String, String>,
+    /// 0 if the stream ended cleanly, else the gRPC code (4 = deadline).
+    pub code: i32,
+}
+
+impl Accepted {
+    /// Reads replies until the stream ends, `final` arrives, or the deadline.
+    pub async fn collect(mut self) -> Collected {
+        let mut out = Collected::default();
+        loop {
+            match tokio::time::timeout_at(self.deadline.into(), self.replies.next()).await {
+                Err(_) => {
+                    out.code = tonic::Code::DeadlineExceeded as i32;
+                    return out;
+                }
+                Ok(None) => return out,
+                Ok(Some(Err(status))) => {
+                    out.code = status.code() as i32;
+                    return out;
+                }
+                Ok(Some(Ok(r))) => match r.kind {
+                    Some(reply::Kind::Text(t)) => out.texts.push(t.text),
+                    Some(reply::Kind::Final(f)) => {
+                        out.state = f.state;
+                        return out;
+                    }
+                    Some(reply::Kind::Accepted(_)) | None => {}
+                },
+            }
+        }
+    }
+}
+
+/// A named cluster of assistant nodes.
+pub struct Cluster {
+    /// The upstream's name in config.
+    pub name: String,
+    nodes: Vec<Arc<Node>>,
+    node_names: Vec<String>,
+    balancer: Balancer,
+    timeout: Duration,
+    accept_timeout: Duration,
+    retry_after: u32,
+    /// Health-check settings.
+    pub health: crate::config::HealthCheckConfig,
+    metrics: Metrics,
+}
+
+impl Cluster {
+    /// Builds the cluster. gRPC channels connect lazily, so this needs a
+    /// Tokio runtime context but no reachable node.
+    pub fn new(name: &str, cfg: &UpstreamConfig, config_path: &std::path::Path, resolve: impl Fn(&str) -> std::path::PathBuf, metrics: Metrics) -> Result<Self, FileError> {
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let ca_path = resolve(&t.ca);
+                let pem = std::fs::read(&ca_path).map_err(|e| {
+                    FileError::whole(config_path, format!("upstream '{name}': cannot read tls.ca {}: {e}", ca_path.display()))
+                })?;
+                let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+                if let Some(domain) = &t.domain {
+                    tls = tls.domain_name(domain.0.clone());
+                }
+                Some(tls)
+            }
+            None => None,
+        };
+        let mut nodes = Vec::with_capacity(cfg.nodes.len());
+        for node in &cfg.nodes {
+            let transport = if node.0 == EMBEDDED_NODE {
+                Transport::Embedded
+            } else {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let bad = |e: String| FileError::whole(config_path, format!("upstream '{name}': node '{node}': {e}"));
+                let mut ep = Endpoint::from_shared(format!("{scheme}://{}", node.0))
+                    .map_err(|e| bad(e.to_string()))?
+                    .connect_timeout(cfg.accept_timeout.0)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(true);
+                if let Some(tls) = &tls {
+                    ep = ep.tls_config(tls.clone()).map_err(|e| bad(e.to_string()))?;
+                }
+                Transport::Grpc(ep.connect_lazy())
+            };
+            metrics.node_healthy.with_label_values(&[name, &node.0]).set(1);
+            nodes.push(Arc::new(Node {
+                name: node.0.clone(),
+                transport,
+                healthy: AtomicBool::new(true),
+                consecutive_failures: AtomicU32::new(0),
+            }));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            node_names: nodes.iter().map(|n| n.name.clone()).collect(),
+            nodes,
+            balancer: Balancer::new(cfg.balance),
+            timeout: cfg.timeout.0,
+            accept_timeout: cfg.accept_timeout.0,
+            retry_after: cfg.retry_after,
+            health: cfg.health_check.clone(),
+            metrics,
+        })
+    }
+
+    /// Whether any node is healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.nodes.iter().any(|n| n.is_healthy())
+    }
+
+    /// The nodes, for health checking.
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
+    }
+
+    /// Records a node's health; logs and updates the gauge on a change.
+    pub fn set_health(&self, node: &Node, ok: bool, reason: &str) {
+        if ok {
+            node.consecutive_failures.store(0, Ordering::Relaxed);
+        } else {
+            let failures = node.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if failures < self.health.unhealthy_after {
+                return;
+            }
+        }
+        let was = node.healthy.swap(ok, Ordering::AcqRel);
+        if was != ok {
+            if ok {
+                tracing::info!(upstream = %self.name, node = %node.name, "upstream node is healthy");
+            } else {
+                tracing::warn!(upstream = %self.name, node = %node.name, reason, "upstream node is down");
+            }
+        }
+        self.metrics
+            .node_healthy
+            .with_label_values(&[&self.name, &node.name])
+            .set(i64::from(ok));
+    }
+
+    /// Sends `env` to the first healthy node (in balancing order) that
+    /// accepts it. Fails over on any error before `accepted`.
+    pub async fn dispatch(&self, env: &Envelope) -> Result<Accepted, DispatchError> {
+        let key = env
+            .conversation
+            .as_ref()
+            .map(|c| c.id.as_str())
+            .filter(|k| !k.is_empty())
+            .unwrap_or(env.id.as_str());
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let mut attempts = 0;
+        let mut last = (String::from("none"), tonic::Code::Unavailable as i32);
+        for i in self.balancer.order(&self.node_names, key) {
+            let Some(node) = self.nodes.get(i) else { continue };
+            if !node.is_healthy() {
+                continue;
+            }
+            attempts += 1;
+            match self.try_node(node, env, deadline).await {
+                Ok(replies) => {
+                    self.metrics.accept_latency.observe(started.elapsed().as_secs_f64());
+                    self.count_attempt(node, "accepted", None);
+                    return Ok(Accepted {
+                        node: node.name.clone(),
+                        replies,
+                        deadline,
+                    });
+                }
+                Err((reason, code)) => {
+                    self.count_attempt(node, "failed", Some(reason));
+                    tracing::warn!(upstream = %self.name, node = %node.name, reason, code, "upstream node did not accept; trying the next");
+                    if matches!(reason, "connect" | "unavailable" | "accept_timeout") {
+                        // Passive health: skip it until a health check passes.
+                        node.consecutive_failures
+                            .store(self.health.unhealthy_after, Ordering::Relaxed);
+                        self.set_health(node, false, reason);
+                    }
+                    last = (reason.to_string(), code);
+                }
+            }
+        }
+        if attempts == 0 {
+            return Err(DispatchError::NoHealthyNode {
+                upstream: self.name.clone(),
+                retry_after: self.retry_after,
+            });
+        }
+        Err(DispatchError::NoneAccepted {
+            upstream: self.name.clone(),
+            attempts,
+            last: last.0,
+            code: last.1,
+            retry_after: self.retry_after,
+        })
+    }
+
+    fn count_attempt(&self, node: &Node, result: &str, reason: Option<&str>) {
+        self.metrics
+            .upstream_attempts
+            .with_label_values(&[&self.name, &node.name, result])
+            .inc();
+        if let Some(reason) = reason {
+            self.metrics
+                .upstream_failures
+                .with_label_values(&[&self.name, &node.name, reason])
+                .inc();
+        }
+    }
+
+    /// One attempt: open the stream and wait for `accepted`.
+    async fn try_node(&self, node: &Node, env: &Envelope, deadline: Instant) -> Result<ReplyStream, (&'static str, i32)> {
+        let accept_by = deadline.min(Instant::now() + self.accept_timeout);
+        let attempt = async {
+            let mut stream: ReplyStream = match node.channel() {
+                None => DemoAssistant::stream(env),
+                Some(channel) => {
+                    let mut client = AssistantClient::new(channel);
+                    let resp = client.handle(env.clone()).await.map_err(|s| (status_reason(&s), s.code() as i32))?;
+                    Box::pin(resp.into_inner())
+                }
+            };
+            match stream.next().await {
+                Some(Ok(r)) if matches!(r.kind, Some(reply::Kind::Accepted(_))) => Ok(stream),
+                Some(Ok(_)) => Err(("no_accepted", tonic::Code::FailedPrecondition as i32)),
+                Some(Err(s)) => Err((status_reason(&s), s.code() as i32)),
+                None => Err(("closed_before_accepted", tonic::Code::Unavailable as i32)),
+            }
+        };
+        match tokio::time::timeout_at(accept_by.into(), attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(("accept_timeout", tonic::Code::DeadlineExceeded as i32)),
+        }
+    }
+}
+
+/// A bounded metric label for a gRPC failure.
+fn status_reason(s: &tonic::Status) -> &'static str {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable if s.message().contains("connect") || s.message().contains("transport") => "connect",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "deadline",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        _ => "error",
+    }
+}
