@@ -8,15 +8,21 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use moltgate::policy::dlp::{DlpPolicy, Direction};
+use moltgate::policy::dlp::{Direction, DlpPolicy};
 
 const SHIPPED: &str = include_str!("../policies/dlp.yaml");
 
 /// Deterministic pseudo-words: Latin syllables and CJK pairs, like project
 /// code names and internal terms an operator would list.
 fn keywords(n: usize) -> Vec<String> {
-    const SYL: [&str; 16] = ["zor", "vex", "qua", "lin", "mar", "tok", "bri", "sel", "dun", "kha", "pio", "rux", "fen", "gal", "yom", "wet"];
-    const CJK: [&str; 16] = ["项目", "代号", "星辰", "海豚", "磐石", "北极", "凤凰", "雷霆", "青龙", "白虎", "玄武", "朱雀", "麒麟", "昆仑", "长城", "黄河"];
+    const SYL: [&str; 16] = [
+        "zor", "vex", "qua", "lin", "mar", "tok", "bri", "sel", "dun", "kha", "pio", "rux", "fen",
+        "gal", "yom", "wet",
+    ];
+    const CJK: [&str; 16] = [
+        "项目", "代号", "星辰", "海豚", "磐石", "北极", "凤凰", "雷霆", "青龙", "白虎", "玄武",
+        "朱雀", "麒麟", "昆仑", "长城", "黄河",
+    ];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -29,7 +35,13 @@ fn keywords(n: usize) -> Vec<String> {
             if i % 3 == 0 {
                 format!("{}{}{}", CJK[next()], CJK[next()], CJK[next()])
             } else {
-                format!("{}{}{}{}", SYL[next()], SYL[next()], SYL[next()], SYL[next()])
+                format!(
+                    "{}{}{}{}",
+                    SYL[next()],
+                    SYL[next()],
+                    SYL[next()],
+                    SYL[next()]
+                )
             }
         })
         .collect()
@@ -37,13 +49,18 @@ fn keywords(n: usize) -> Vec<String> {
 
 fn policy_with_keywords(n: usize) -> String {
     let words: Vec<String> = keywords(n).iter().map(|w| format!("\"{w}\"")).collect();
-    format!("{SHIPPED}\n  extra:\n    words: [{}]\n    action: alert\n", words.join(", "))
+    format!(
+        "{SHIPPED}\n  extra:\n    words: [{}]\n    action: alert\n",
+        words.join(", ")
+    )
 }
 
-const CHAT: &str = "Hi team, can you summarise the Q3 report and send it to the design channel before Friday? \
+const CHAT: &str =
+    "Hi team, can you summarise the Q3 report and send it to the design channel before Friday? \
 会议改到下午三点，请大家准时参加。Thanks! Ping me on 2024-06-14 if the build on v1.8 still fails.";
 
-const TRANSCRIPT: &str = "[2024-06-14 09:30:12] alice: 订单 2023112412345678 已发货，预计 3 天送达。\n\
+const TRANSCRIPT: &str =
+    "[2024-06-14 09:30:12] alice: 订单 2023112412345678 已发货，预计 3 天送达。\n\
 [2024-06-14 09:31:40] bob: thanks, the invoice total was 1,284.50 CNY, ref #88213.\n\
 [2024-06-14 09:32:05] assistant: Here is the summary of the meeting notes you asked for. \
 The rollout of release 2.4.1 is planned for next week; 请在周五之前完成回归测试并更新文档。\n\
@@ -64,18 +81,32 @@ fn scan(c: &mut Criterion) {
         Err(e) => panic!("{e}"),
     };
     let mut g = c.benchmark_group("dlp_scan");
-    let chat = &CHAT[..CHAT.char_indices().map(|(i, _)| i).take_while(|&i| i <= 200).last().unwrap_or(0)];
+    let chat = &CHAT[..CHAT
+        .char_indices()
+        .map(|(i, _)| i)
+        .take_while(|&i| i <= 200)
+        .last()
+        .unwrap_or(0)];
     g.throughput(Throughput::Bytes(chat.len() as u64));
-    g.bench_function("chat_200b", |b| b.iter(|| policy.scan(black_box(chat), Direction::Ingress)));
+    g.bench_function("chat_200b", |b| {
+        b.iter(|| policy.scan(black_box(chat), Direction::Ingress))
+    });
     let with_phone = "帮我查一下 13812341234 这个号码的订单，谢谢。Also ping carol.wu@example.com about the contract renewal today";
     g.throughput(Throughput::Bytes(with_phone.len() as u64));
-    g.bench_function("chat_with_findings", |b| b.iter(|| policy.scan(black_box(with_phone), Direction::Ingress)));
+    g.bench_function("chat_with_findings", |b| {
+        b.iter(|| policy.scan(black_box(with_phone), Direction::Ingress))
+    });
     let big = big_message();
     g.throughput(Throughput::Bytes(big.len() as u64));
-    g.bench_function("transcript_64k", |b| b.iter(|| policy.scan(black_box(&big), Direction::Egress)));
-    let prose = "The quick brown fox jumps over the lazy dog while 我们讨论下一季度的路线图。".repeat(64 * 1024 / 90);
+    g.bench_function("transcript_64k", |b| {
+        b.iter(|| policy.scan(black_box(&big), Direction::Egress))
+    });
+    let prose = "The quick brown fox jumps over the lazy dog while 我们讨论下一季度的路线图。"
+        .repeat(64 * 1024 / 90);
     g.throughput(Throughput::Bytes(prose.len() as u64));
-    g.bench_function("prose_64k", |b| b.iter(|| policy.scan(black_box(&prose), Direction::Ingress)));
+    g.bench_function("prose_64k", |b| {
+        b.iter(|| policy.scan(black_box(&prose), Direction::Ingress))
+    });
     g.finish();
 }
 

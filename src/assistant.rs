@@ -53,7 +53,10 @@ impl DemoAssistant {
 impl Assistant for DemoAssistant {
     type HandleStream = ReplyStream;
 
-    async fn handle(&self, request: Request<Envelope>) -> Result<Response<Self::HandleStream>, Status> {
+    async fn handle(
+        &self,
+        request: Request<Envelope>,
+    ) -> Result<Response<Self::HandleStream>, Status> {
         Ok(Response::new(Self::stream(request.get_ref())))
     }
 }
@@ -92,18 +95,33 @@ mod tests {
         };
         let r = DemoAssistant::replies(&env);
         assert!(matches!(r[0].kind, Some(reply::Kind::Accepted(_))));
-        assert_eq!(r[1].kind, Some(reply::Kind::Text(TextPart { text: "echo: hi (turn 1)".into() })));
+        assert_eq!(
+            r[1].kind,
+            Some(reply::Kind::Text(TextPart {
+                text: "echo: hi (turn 1)".into()
+            }))
+        );
         let turn = |role: &str| Turn {
             role: role.into(),
             text: "t".into(),
             ..Default::default()
         };
         env.context = Some(Context {
-            turns: vec![turn("user"), turn("assistant"), turn("user"), turn("assistant")],
+            turns: vec![
+                turn("user"),
+                turn("assistant"),
+                turn("user"),
+                turn("assistant"),
+            ],
             ..Default::default()
         });
         let r = DemoAssistant::replies(&env);
-        assert_eq!(r[1].kind, Some(reply::Kind::Text(TextPart { text: "echo: hi (turn 3)".into() })));
+        assert_eq!(
+            r[1].kind,
+            Some(reply::Kind::Text(TextPart {
+                text: "echo: hi (turn 3)".into()
+            }))
+        );
         assert!(r.iter().all(|p| p.envelope_id == "e1"));
     }
 }

@@ -149,7 +149,12 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Token { config, sub, claims, ttl } => match token(&config.config, &sub, &claims, &ttl) {
+        Command::Token {
+            config,
+            sub,
+            claims,
+            ttl,
+        } => match token(&config.config, &sub, &claims, &ttl) {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
@@ -167,13 +172,25 @@ pub fn check(path: &ConfigArgPath) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let _ctx = rt.enter();
-    let gateway = crate::pipeline::Gateway::build(&config, crate::observe::Metrics::new()).map_err(|e| e.to_string())?;
+    let gateway = crate::pipeline::Gateway::build(&config, crate::observe::Metrics::new())
+        .map_err(|e| e.to_string())?;
     if !config.listen.public.tls.dev_autogenerate {
-        for p in [&config.listen.public.tls.cert, &config.listen.public.tls.key] {
+        for p in [
+            &config.listen.public.tls.cert,
+            &config.listen.public.tls.key,
+        ] {
             let resolved = config.resolve(p);
             if !resolved.is_file() {
-                let pos = crate::config::yaml::locate(&std::fs::read_to_string(&config.source).unwrap_or_default(), p);
-                return Err(crate::config::FileError::at(&config.source, pos, format!("TLS file {} not found", resolved.display())).to_string());
+                let pos = crate::config::yaml::locate(
+                    &std::fs::read_to_string(&config.source).unwrap_or_default(),
+                    p,
+                );
+                return Err(crate::config::FileError::at(
+                    &config.source,
+                    pos,
+                    format!("TLS file {} not found", resolved.display()),
+                )
+                .to_string());
             }
         }
     }
@@ -188,15 +205,27 @@ pub fn check(path: &ConfigArgPath) -> Result<String, String> {
 }
 
 /// `moltgate token`: an HS256 token for `sub` with the configured secret.
-pub fn token(path: &ConfigArgPath, sub: &str, claims: &[String], ttl: &str) -> Result<String, String> {
+pub fn token(
+    path: &ConfigArgPath,
+    sub: &str,
+    claims: &[String],
+    ttl: &str,
+) -> Result<String, String> {
     let config = load_config(path).map_err(|e| e.to_string())?;
     let ttl = crate::config::yaml::parse_duration(ttl)?;
-    let set = crate::policy::PolicySet::load(&config.policies_dir(), 0).map_err(|e| e.to_string())?;
+    let set =
+        crate::policy::PolicySet::load(&config.policies_dir(), 0).map_err(|e| e.to_string())?;
     let mut extra = BTreeMap::new();
     for c in claims {
-        let (k, v) = c.split_once('=').ok_or_else(|| format!("--claim {c:?}: expected k=v"))?;
+        let (k, v) = c
+            .split_once('=')
+            .ok_or_else(|| format!("--claim {c:?}: expected k=v"))?;
         let value = if k == "roles" && !v.starts_with('[') {
-            serde_json::Value::Array(v.split(',').map(|r| serde_json::Value::String(r.trim().into())).collect())
+            serde_json::Value::Array(
+                v.split(',')
+                    .map(|r| serde_json::Value::String(r.trim().into()))
+                    .collect(),
+            )
         } else {
             serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()))
         };

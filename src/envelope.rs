@@ -16,7 +16,11 @@ pub fn command_of(text: &str) -> String {
     };
     let word = rest.split(|c: char| c.is_whitespace()).next().unwrap_or("");
     let word = word.split('@').next().unwrap_or("");
-    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         word.to_ascii_lowercase()
     } else {
         String::new()
@@ -45,7 +49,13 @@ pub fn now_millis() -> i64 {
 }
 
 /// Builds the Envelope for a verified message on `route`.
-pub fn build(platform: &str, route: &str, msg: &PlatformMessage, roles: Vec<String>, device_type: String) -> Envelope {
+pub fn build(
+    platform: &str,
+    route: &str,
+    msg: &PlatformMessage,
+    roles: Vec<String>,
+    device_type: String,
+) -> Envelope {
     Envelope {
         id: uuid::Uuid::new_v4().to_string(),
         platform: platform.to_string(),

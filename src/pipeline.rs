@@ -82,7 +82,13 @@ impl Gateway {
         let mut clusters = HashMap::new();
         for (name, up) in &config.upstreams {
             if up.kind == UpstreamKind::Grpc {
-                let cluster = Cluster::new(name, up, &config.source, |p| config.resolve(p), metrics.clone())?;
+                let cluster = Cluster::new(
+                    name,
+                    up,
+                    &config.source,
+                    |p| config.resolve(p),
+                    metrics.clone(),
+                )?;
                 clusters.insert(name.clone(), Arc::new(cluster));
             }
         }
@@ -128,18 +134,34 @@ impl Gateway {
 
     /// Refuses a request before the pipeline runs (unknown path, wrong
     /// method, oversized or slow body): audit line, metric, clear answer.
-    pub fn refuse(&self, route: &str, platform: &'static str, status: StatusCode, reason: &'static str, message: &str) -> Response<Bytes> {
+    pub fn refuse(
+        &self,
+        route: &str,
+        platform: &'static str,
+        status: StatusCode,
+        reason: &'static str,
+        message: &str,
+    ) -> Response<Bytes> {
         let mut audit = Audit::start(route, platform);
         audit.reason = reason.to_string();
         self.finish_refusal(&mut audit, status, reason, message)
     }
 
-    fn finish_refusal(&self, audit: &mut Audit, status: StatusCode, reason: &'static str, message: &str) -> Response<Bytes> {
+    fn finish_refusal(
+        &self,
+        audit: &mut Audit,
+        status: StatusCode,
+        reason: &'static str,
+        message: &str,
+    ) -> Response<Bytes> {
         audit.decision = "rejected";
         audit.reason = reason.to_string();
         audit.status = status.as_u16();
         audit.emit();
-        self.metrics.rejections.with_label_values(&[&audit.route, reason]).inc();
+        self.metrics
+            .rejections
+            .with_label_values(&[&audit.route, reason])
+            .inc();
         self.metrics
             .requests
             .with_label_values(&[&audit.route, audit.platform, "rejected"])
@@ -164,11 +186,19 @@ impl Gateway {
     async fn handle_generic(&self, route: &Route, req: IncomingRequest) -> Response<Bytes> {
         let mut audit = Audit::start(&route.path, "generic");
         let policies = self.policies.current();
-        let auth = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let auth = req
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let subject = match policies.jwt.verify(auth) {
             Ok(s) => s,
             Err(e) => {
-                let mut resp = self.finish_refusal(&mut audit, StatusCode::UNAUTHORIZED, e.kind(), &e.to_string());
+                let mut resp = self.finish_refusal(
+                    &mut audit,
+                    StatusCode::UNAUTHORIZED,
+                    e.kind(),
+                    &e.to_string(),
+                );
                 if let Ok(v) = HeaderValue::from_str(&e.www_authenticate()) {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
@@ -178,15 +208,33 @@ impl Gateway {
         audit.sender_id = subject.id.clone();
         let msg = match generic::parse(&req.body) {
             Ok(m) => m,
-            Err(e) => return self.finish_refusal(&mut audit, StatusCode::BAD_REQUEST, "malformed_json", &e.to_string()),
+            Err(e) => {
+                return self.finish_refusal(
+                    &mut audit,
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    &e.to_string(),
+                )
+            }
         };
         let msg = generic::to_platform_message(msg, &subject);
-        let env = envelope::build("generic", &route.path, &msg, subject.roles.clone(), subject.device_type.clone());
+        let env = envelope::build(
+            "generic",
+            &route.path,
+            &msg,
+            subject.roles.clone(),
+            subject.device_type.clone(),
+        );
         audit.envelope_id = env.id.clone();
         audit.thread_id = msg.thread_id.clone();
 
         let Some(cluster) = &route.cluster else {
-            return self.finish_refusal(&mut audit, StatusCode::SERVICE_UNAVAILABLE, "no_upstream", "route has no assistant upstream");
+            return self.finish_refusal(
+                &mut audit,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_upstream",
+                "route has no assistant upstream",
+            );
         };
         let accepted = match cluster.dispatch(&env).await {
             Ok(a) => a,
@@ -242,12 +290,17 @@ impl Gateway {
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Bytes> {
     let mut resp = Response::new(Bytes::from(body.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// A JSON error: `{"error": "<code>", "message": "<explanation>"}`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
-    json_response(status, &serde_json::json!({"error": code, "message": message}))
+    json_response(
+        status,
+        &serde_json::json!({"error": code, "message": message}),
+    )
 }

@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls::crypto::CryptoProvider;
 
 /// Installs the process-wide TLS 1.3-only provider. Idempotent; returns
@@ -23,7 +25,11 @@ pub fn install_tls13_only_provider() -> bool {
         .cipher_suites
         .retain(|s| s.version() == &rustls::version::TLS13);
     let _ = CryptoProvider::install_default(provider);
-    CryptoProvider::get_default().is_some_and(|p| p.cipher_suites.iter().all(|s| s.version() == &rustls::version::TLS13))
+    CryptoProvider::get_default().is_some_and(|p| {
+        p.cipher_suites
+            .iter()
+            .all(|s| s.version() == &rustls::version::TLS13)
+    })
 }
 
 /// The full ring provider (TLS 1.2 and 1.3) for outbound clients.
@@ -75,17 +81,24 @@ pub fn create_dev_certs(dir: &Path) -> Result<DevCerts, DevCertError> {
     })?;
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "moltgate development CA (do not trust in production)");
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        "moltgate development CA (do not trust in production)",
+    );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()])?;
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let mut params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate()?;
@@ -117,25 +130,33 @@ fn restrict_permissions(_: &Path) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
 
     #[test]
     fn dev_certs_are_valid_pem_for_localhost() {
         let dir = tempfile::tempdir().unwrap();
         let certs = create_dev_certs(dir.path()).unwrap();
         let chain = std::fs::read(&certs.server_cert).unwrap();
-        let parsed: Vec<_> = rustls_pemfile::certs(&mut chain.as_slice()).collect::<Result<_, _>>().unwrap();
+        let parsed: Vec<_> = rustls_pemfile::certs(&mut chain.as_slice())
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(parsed.len(), 2);
         let key = std::fs::read(&certs.server_key).unwrap();
-        assert!(rustls_pemfile::private_key(&mut key.as_slice()).unwrap().is_some());
+        assert!(rustls_pemfile::private_key(&mut key.as_slice())
+            .unwrap()
+            .is_some());
         // A client that trusts only the CA accepts the server certificate for localhost.
         let mut roots = rustls::RootCertStore::empty();
         let ca = std::fs::read(&certs.ca_cert).unwrap();
         for c in rustls_pemfile::certs(&mut ca.as_slice()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), client_provider())
-            .build()
-            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            client_provider(),
+        )
+        .build()
+        .unwrap();
         let now = rustls::pki_types::UnixTime::now();
         for name in ["localhost", "127.0.0.1", "::1"] {
             let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();

@@ -341,7 +341,11 @@ impl Secrets {
         ];
         pairs
             .into_iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.0.clone())))
+            .filter_map(|(k, v)| {
+                v.as_ref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (k.to_string(), v.0.clone()))
+            })
             .collect()
     }
 }
@@ -472,7 +476,11 @@ impl Config {
 
     /// Loads the embedded demo config, resolving paths against `base_dir`.
     pub fn demo(base_dir: &Path) -> Result<Config, FileError> {
-        Self::from_str_at(Path::new("<embedded demo moltgate.yaml>"), DEMO_CONFIG, base_dir.to_path_buf())
+        Self::from_str_at(
+            Path::new("<embedded demo moltgate.yaml>"),
+            DEMO_CONFIG,
+            base_dir.to_path_buf(),
+        )
     }
 
     /// Parses and validates config `text` that was read from `path`.
@@ -525,18 +533,25 @@ impl Config {
 
     /// Checks what types cannot: references, addresses, platform secrets.
     fn validate(&self, text: &str) -> Result<(), FileError> {
-        let at = |needle: &str, msg: String| FileError::at(&self.source, yaml::locate(text, needle), msg);
+        let at = |needle: &str, msg: String| {
+            FileError::at(&self.source, yaml::locate(text, needle), msg)
+        };
         for raw in [&self.listen.public.address, &self.listen.admin.address] {
             if raw.parse::<SocketAddr>().is_err() {
                 return Err(at(
                     raw,
-                    format!("invalid listen address '{raw}'; expected host:port, like 127.0.0.1:8443"),
+                    format!(
+                        "invalid listen address '{raw}'; expected host:port, like 127.0.0.1:8443"
+                    ),
                 ));
             }
         }
         for (name, up) in &self.upstreams {
             if up.nodes.is_empty() {
-                return Err(at(&format!("{name}:"), format!("upstream '{name}' has no nodes")));
+                return Err(at(
+                    &format!("{name}:"),
+                    format!("upstream '{name}' has no nodes"),
+                ));
             }
             for node in &up.nodes {
                 let embedded = node.0 == EMBEDDED_NODE;
@@ -546,7 +561,12 @@ impl Config {
                         format!("upstream '{name}': node 'embedded' is a gRPC assistant; kind must be grpc"),
                     ));
                 }
-                if !embedded && node.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                if !embedded
+                    && node
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_none()
+                {
                     return Err(at(
                         node,
                         format!("upstream '{name}': node '{node}' must be host:port or 'embedded'"),
@@ -592,7 +612,10 @@ impl Config {
                 ));
             }
             if route.mode == RouteMode::Passthrough && route.platform == PlatformKind::Generic {
-                return Err(at(path, format!("route '{path}': passthrough needs a chat platform, not generic")));
+                return Err(at(
+                    path,
+                    format!("route '{path}': passthrough needs a chat platform, not generic"),
+                ));
             }
         }
         Ok(())
@@ -623,7 +646,14 @@ mod tests {
         );
         let c = parse(&text).unwrap();
         assert_eq!(c.context.ttl.0, Duration::from_secs(86400));
-        assert_eq!(c.routes[1].secrets.to_map().get("signing_secret").map(String::as_str), Some("demo"));
+        assert_eq!(
+            c.routes[1]
+                .secrets
+                .to_map()
+                .get("signing_secret")
+                .map(String::as_str),
+            Some("demo")
+        );
         assert_eq!(c.routes[1].secrets.to_map().get("bot_token"), None);
     }
 
@@ -640,13 +670,16 @@ mod tests {
             "{MIN}upstreams:\n  assistant: {{ kind: grpc, nodes: [embedded] }}\nroutes:\n  - {{ path: /v1/messages, platform: generic, upstream: asistant }}\n"
         ))
         .unwrap_err();
-        assert_eq!(e.line, Some(6), "{e}");
+        assert_eq!((e.line, e.column), (Some(7), Some(56)), "{e}");
         assert!(e.message.contains("did you mean 'assistant'"), "{e}");
     }
 
     #[test]
     fn bad_values_are_errors() {
-        assert!(parse(&format!("{MIN}context: {{ ttl: forever }}\n")).unwrap_err().message.contains("invalid duration"));
+        assert!(parse(&format!("{MIN}context: {{ ttl: forever }}\n"))
+            .unwrap_err()
+            .message
+            .contains("invalid duration"));
         let e = parse("listen:\n  public: { address: nowhere, tls: { cert: c, key: k } }\n  admin: { address: 127.0.0.1:9090 }\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         let e = parse(&format!(

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use serde::de::{DeserializeOwned, Deserializer};
 use serde::Deserialize;
 
 /// An error in a file an operator wrote, located where it can be fixed.
@@ -100,7 +100,8 @@ fn explain(raw: &str) -> String {
     };
     let msg = msg.trim_end_matches(',');
     for (marker, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
-        if let Some(rest) = msg.strip_prefix(marker) {
+        // serde_yaml prefixes nested errors with their path (`routes[0].secrets: `).
+        if let Some(rest) = msg.find(marker).map(|i| &msg[i + marker.len()..]) {
             if let Some((name, expected)) = rest.split_once('`') {
                 let candidates = parse_expected(expected);
                 let mut out = format!("unknown {what} '{name}'");
@@ -127,7 +128,10 @@ fn parse_expected(tail: &str) -> Vec<String> {
 }
 
 /// The candidate closest to `name` by edit distance, if it is plausibly a typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let lower = name.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -171,9 +175,9 @@ fn expand_with(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated '${{' in {raw:?}; expected ${{VAR}} or ${{VAR:-default}}"))?;
+        let end = after.find('}').ok_or_else(|| {
+            format!("unterminated '${{' in {raw:?}; expected ${{VAR}} or ${{VAR:-default}}")
+        })?;
         let expr = &after[..end];
         let (name, default) = match expr.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -199,8 +203,9 @@ fn expand_with(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
 
 /// Parses a duration written like `30s`, `5m`, `24h`, `1h30m` or `250ms`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw.trim())
-        .map_err(|_| format!("invalid duration '{raw}'; expected a number and a unit, like 30s, 5m or 24h"))
+    humantime::parse_duration(raw.trim()).map_err(|_| {
+        format!("invalid duration '{raw}'; expected a number and a unit, like 30s, 5m or 24h")
+    })
 }
 
 /// A string with `${VAR}` references expanded; use it for every string an
@@ -210,8 +215,28 @@ pub struct EnvString(pub String);
 
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        expand_env(&raw).map(EnvString).map_err(D::Error::custom)
+        // Expanding inside the visitor (not after `deserialize` returns) is
+        // what lets serde_yaml attach the scalar's own line and column.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = EnvString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EnvString, E> {
+                expand_env(v).map(EnvString).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EnvString, E> {
+                Ok(EnvString(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EnvString, E> {
+                Ok(EnvString(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EnvString, E> {
+                Ok(EnvString(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -234,19 +259,28 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => {
-                let t = expand_env(&t).map_err(D::Error::custom)?;
-                parse_duration(&t).map(HumanDuration).map_err(D::Error::custom)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration like 30s, 5m or 24h")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HumanDuration, E> {
+                Ok(HumanDuration(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HumanDuration, E> {
+                u64::try_from(v)
+                    .map(|s| HumanDuration(Duration::from_secs(s)))
+                    .map_err(|_| {
+                        E::custom(format!("invalid duration {v}; it must not be negative"))
+                    })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HumanDuration, E> {
+                let v = expand_env(v).map_err(E::custom)?;
+                parse_duration(&v).map(HumanDuration).map_err(E::custom)
             }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -282,8 +316,16 @@ mod tests {
         let e = err("name: x\nipRnage: 10.0.0.0/8\n");
         assert_eq!(e.line, Some(2));
         assert_eq!(e.column, Some(1));
-        assert!(e.message.contains("unknown key 'ipRnage' (did you mean 'ipRange'?)"), "{e}");
-        assert!(e.to_string().starts_with("policies/abac.yaml:2:1: unknown key"), "{e}");
+        assert!(
+            e.message
+                .contains("unknown key 'ipRnage' (did you mean 'ipRange'?)"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("policies/abac.yaml:2:1: unknown key"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -309,16 +351,39 @@ mod tests {
         assert_eq!(expand_with("${UNSET:-dflt}", env).unwrap(), "dflt");
         assert_eq!(expand_with("${UNSET:-}", env).unwrap(), "");
         assert_eq!(expand_with("${SET:-dflt}", env).unwrap(), "value");
-        assert!(expand_with("${UNSET}", env).unwrap_err().contains("UNSET is not set"));
-        assert!(expand_with("${OPEN", env).unwrap_err().contains("unterminated"));
-        assert!(expand_with("${a b}", env).unwrap_err().contains("invalid variable name"));
+        assert!(expand_with("${UNSET}", env)
+            .unwrap_err()
+            .contains("UNSET is not set"));
+        assert!(expand_with("${OPEN", env)
+            .unwrap_err()
+            .contains("unterminated"));
+        assert!(expand_with("${a b}", env)
+            .unwrap_err()
+            .contains("invalid variable name"));
     }
 
     #[test]
     fn unset_variable_is_located_error() {
         let e = err("name: ${MOLTGATE_TEST_SURELY_UNSET}\n");
         assert_eq!(e.line, Some(1), "{e}");
-        assert!(e.message.contains("MOLTGATE_TEST_SURELY_UNSET is not set"), "{e}");
+        assert!(
+            e.message.contains("MOLTGATE_TEST_SURELY_UNSET is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nested_unknown_key_keeps_suggestion() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Outer {
+            #[allow(dead_code)]
+            inner: Vec<Sample>,
+        }
+        let e = parse_str::<Outer>(Path::new("f.yaml"), "inner:\n  - name: x\n    ipRnage: y\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("did you mean 'ipRange'"), "{e}");
     }
 
     #[test]
@@ -329,7 +394,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("ipRnage", ["time", "ipRange", "deviceType"]), Some("ipRange"));
+        assert_eq!(
+            did_you_mean("ipRnage", ["time", "ipRange", "deviceType"]),
+            Some("ipRange")
+        );
         assert_eq!(did_you_mean("zzzzzz", ["time", "ipRange"]), None);
         assert_eq!(locate("a: 1\n  bb: 2\n", "bb"), Some((2, 3)));
     }

@@ -7,7 +7,8 @@
 //! No label ever carries request content.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The gateway's metrics.
@@ -58,36 +59,97 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("registering {name}: {e}"));
             c
         };
-        let requests = counter("requests_total", "Requests by route, platform and outcome.", &["route", "platform", "outcome"]);
-        let rejections = counter("rejections_total", "Requests refused as bad input, by route and reason.", &["route", "reason"]);
-        let upstream_attempts = counter("upstream_attempts_total", "Calls to upstream nodes, by result.", &["upstream", "node", "result"]);
-        let upstream_failures = counter("upstream_failures_total", "Failed upstream calls, by reason.", &["upstream", "node", "reason"]);
-        let policy_reloads = counter("policy_reload_total", "Policy reloads by result.", &["result"]);
-        let policy_decisions = counter("policy_decisions_total", "Policy decisions by stage, decision and rule.", &["stage", "decision", "rule"]);
-        let dlp_findings = counter("dlp_findings_total", "DLP findings by rule, action and direction.", &["rule", "action", "direction"]);
-        let duplicates = counter("duplicate_messages_total", "Redeliveries recognised and not forwarded again.", &["platform"]);
-        let ignored_events = counter("ignored_events_total", "Verified events acknowledged but not forwarded.", &["platform", "reason"]);
-        let writebacks = counter("writeback_total", "Replies sent through platform APIs, by result.", &["platform", "result"]);
-        let context_events = counter("context_events_total", "Context cache hits, misses and evictions.", &["event"]);
+        let requests = counter(
+            "requests_total",
+            "Requests by route, platform and outcome.",
+            &["route", "platform", "outcome"],
+        );
+        let rejections = counter(
+            "rejections_total",
+            "Requests refused as bad input, by route and reason.",
+            &["route", "reason"],
+        );
+        let upstream_attempts = counter(
+            "upstream_attempts_total",
+            "Calls to upstream nodes, by result.",
+            &["upstream", "node", "result"],
+        );
+        let upstream_failures = counter(
+            "upstream_failures_total",
+            "Failed upstream calls, by reason.",
+            &["upstream", "node", "reason"],
+        );
+        let policy_reloads = counter(
+            "policy_reload_total",
+            "Policy reloads by result.",
+            &["result"],
+        );
+        let policy_decisions = counter(
+            "policy_decisions_total",
+            "Policy decisions by stage, decision and rule.",
+            &["stage", "decision", "rule"],
+        );
+        let dlp_findings = counter(
+            "dlp_findings_total",
+            "DLP findings by rule, action and direction.",
+            &["rule", "action", "direction"],
+        );
+        let duplicates = counter(
+            "duplicate_messages_total",
+            "Redeliveries recognised and not forwarded again.",
+            &["platform"],
+        );
+        let ignored_events = counter(
+            "ignored_events_total",
+            "Verified events acknowledged but not forwarded.",
+            &["platform", "reason"],
+        );
+        let writebacks = counter(
+            "writeback_total",
+            "Replies sent through platform APIs, by result.",
+            &["platform", "result"],
+        );
+        let context_events = counter(
+            "context_events_total",
+            "Context cache hits, misses and evictions.",
+            &["event"],
+        );
 
         let message_latency = HistogramVec::new(
-            HistogramOpts::new("moltgate_message_latency_seconds", "Time from request to answer for handled messages.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "moltgate_message_latency_seconds",
+                "Time from request to answer for handled messages.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
             &["platform"],
         )
         .unwrap_or_else(|e| unreachable!("latency histogram: {e}"));
         let accept_latency = Histogram::with_opts(
-            HistogramOpts::new("moltgate_upstream_accept_seconds", "Time until an upstream node accepted a message.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            HistogramOpts::new(
+                "moltgate_upstream_accept_seconds",
+                "Time until an upstream node accepted a message.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
         )
         .unwrap_or_else(|e| unreachable!("accept histogram: {e}"));
         let node_healthy = IntGaugeVec::new(
-            Opts::new("moltgate_upstream_node_healthy", "1 when the upstream node passes health checks."),
+            Opts::new(
+                "moltgate_upstream_node_healthy",
+                "1 when the upstream node passes health checks.",
+            ),
             &["upstream", "node"],
         )
         .unwrap_or_else(|e| unreachable!("node gauge: {e}"));
-        let context_entries = IntGauge::new("moltgate_context_entries", "Conversations held in the context cache.")
-            .unwrap_or_else(|e| unreachable!("context gauge: {e}"));
+        let context_entries = IntGauge::new(
+            "moltgate_context_entries",
+            "Conversations held in the context cache.",
+        )
+        .unwrap_or_else(|e| unreachable!("context gauge: {e}"));
         for m in [
             Box::new(message_latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(accept_latency.clone()),
@@ -141,12 +203,22 @@ mod tests {
     #[test]
     fn renders_prefixed_names() {
         let m = Metrics::new();
-        m.requests.with_label_values(&["/v1/messages", "generic", "answered"]).inc();
-        m.message_latency.with_label_values(&["generic"]).observe(0.01);
+        m.requests
+            .with_label_values(&["/v1/messages", "generic", "answered"])
+            .inc();
+        m.message_latency
+            .with_label_values(&["generic"])
+            .observe(0.01);
         let text = m.render();
         assert!(text.contains("moltgate_requests_total{outcome=\"answered\",platform=\"generic\",route=\"/v1/messages\"} 1"), "{text}");
-        assert!(text.contains("moltgate_message_latency_seconds_bucket"), "{text}");
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(
+            text.contains("moltgate_message_latency_seconds_bucket"),
+            "{text}"
+        );
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             assert!(line.starts_with("moltgate_"), "{line}");
         }
     }

@@ -20,6 +20,10 @@ pub fn init_logging(format: &str, level: &str) {
     let _ = if format == "text" {
         builder.try_init()
     } else {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
     };
 }

@@ -42,7 +42,9 @@ impl<'a> WebhookRequest<'a> {
         let query = self.query?;
         query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k)? == name).then(|| percent_decode(v)).flatten()
+            (percent_decode(k)? == name)
+                .then(|| percent_decode(v))
+                .flatten()
         })
     }
 
@@ -302,7 +304,10 @@ impl ApiCall {
         Self {
             method: Method::POST,
             url,
-            headers: vec![("content-type".into(), "application/json; charset=utf-8".into())],
+            headers: vec![(
+                "content-type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
             body: Bytes::from(body.to_string()),
             auth: None,
             success: None,
@@ -336,7 +341,12 @@ pub trait PlatformAdapter: Send + Sync {
 
     /// The webhook response that carries `text` as the reply, when the
     /// platform allows inline replies.
-    fn inline_reply(&self, msg: &PlatformMessage, text: &str, now: SystemTime) -> Option<WebhookResponse>;
+    fn inline_reply(
+        &self,
+        msg: &PlatformMessage,
+        text: &str,
+        now: SystemTime,
+    ) -> Option<WebhookResponse>;
 
     /// The acknowledgement when the reply goes through the API instead (or
     /// there is nothing to say inline).
@@ -349,7 +359,12 @@ pub trait PlatformAdapter: Send + Sync {
     /// message's text, re-signed or re-encrypted with the route's secrets.
     /// `None` when the scheme cannot be re-signed (Discord): the pipeline then
     /// refuses rather than pass unmasked content.
-    fn reseal(&self, req: &WebhookRequest<'_>, msg: &PlatformMessage, text: &str) -> Option<Resealed>;
+    fn reseal(
+        &self,
+        req: &WebhookRequest<'_>,
+        msg: &PlatformMessage,
+        text: &str,
+    ) -> Option<Resealed>;
 
     /// How long redeliveries of one message id must be recognised: at least
     /// the platform's retry window.
@@ -378,5 +393,8 @@ pub fn required_secret<'s>(
 
 /// Reads one optional secret; empty counts as absent.
 pub fn optional_secret<'s>(secrets: &'s BTreeMap<String, String>, name: &str) -> Option<&'s str> {
-    secrets.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    secrets
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
 }

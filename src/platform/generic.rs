@@ -90,7 +90,8 @@ pub struct MalformedBody(pub String);
 
 /// Parses the body. serde_json's message names line and column, never content.
 pub fn parse(body: &[u8]) -> Result<GenericMessage, MalformedBody> {
-    let msg: GenericMessage = serde_json::from_slice(body).map_err(|e| MalformedBody(e.to_string()))?;
+    let msg: GenericMessage =
+        serde_json::from_slice(body).map_err(|e| MalformedBody(e.to_string()))?;
     if let Some(ct) = msg.context.as_ref().and_then(|c| c.chat_type.as_deref()) {
         if !matches!(ct, "private" | "group" | "channel") {
             return Err(MalformedBody(format!(
@@ -110,7 +111,10 @@ pub fn to_platform_message(msg: GenericMessage, subject: &Subject) -> PlatformMe
         attributes.insert("client_platform".to_string(), p);
     }
     for (i, a) in msg.content.attachments.iter().enumerate() {
-        attributes.insert(format!("attachment.{i}"), format!("{}|{}|{}|{}", a.kind, a.url, a.name, a.mime_type));
+        attributes.insert(
+            format!("attachment.{i}"),
+            format!("{}|{}|{}|{}", a.kind, a.url, a.name, a.mime_type),
+        );
     }
     PlatformMessage {
         message_id: String::new(),
@@ -140,15 +144,39 @@ mod tests {
             ..Default::default()
         };
         let p = to_platform_message(m, &s);
-        assert_eq!((p.sender_id.as_str(), p.sender_name.as_str(), p.text.as_str()), ("alice", "Alice", "hi"));
-        assert_eq!((p.room_id.as_str(), p.thread_id.as_str(), p.chat_type.as_str()), ("r1", "t1", "group"));
+        assert_eq!(
+            (
+                p.sender_id.as_str(),
+                p.sender_name.as_str(),
+                p.text.as_str()
+            ),
+            ("alice", "Alice", "hi")
+        );
+        assert_eq!(
+            (
+                p.room_id.as_str(),
+                p.thread_id.as_str(),
+                p.chat_type.as_str()
+            ),
+            ("r1", "t1", "group")
+        );
         assert_eq!(p.tenant, "acme");
-        assert_eq!(p.attributes.get("attachment.0").map(String::as_str), Some("image|https://x/y.png||"));
+        assert_eq!(
+            p.attributes.get("attachment.0").map(String::as_str),
+            Some("image|https://x/y.png||")
+        );
     }
 
     #[test]
     fn refuses_malformed_bodies() {
-        for body in [&b"{"[..], b"[]", b"{\"content\":{}}", b"\xff\xfe", b"{\"content\":{\"text\":\"x\"},\"extra\":1}", b"{\"content\":{\"text\":\"x\"},\"context\":{\"chat_type\":\"weird\"}}"] {
+        for body in [
+            &b"{"[..],
+            b"[]",
+            b"{\"content\":{}}",
+            b"\xff\xfe",
+            b"{\"content\":{\"text\":\"x\"},\"extra\":1}",
+            b"{\"content\":{\"text\":\"x\"},\"context\":{\"chat_type\":\"weird\"}}",
+        ] {
             assert!(parse(body).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
         let e = parse(b"{\"content\":").unwrap_err();

@@ -3,6 +3,15 @@
 //! implement [`adapter::PlatformAdapter`] and stay free of sockets.
 
 pub mod adapter;
+pub mod dingtalk;
+pub mod discord;
+pub mod feishu;
 pub mod generic;
+pub mod slack;
+pub mod telegram;
+pub mod wecom;
+pub mod wxcrypt;
 
-pub use adapter::{Inbound, PlatformAdapter, PlatformMessage, Rejection, WebhookRequest, WebhookResponse};
+pub use adapter::{
+    Inbound, PlatformAdapter, PlatformMessage, Rejection, WebhookRequest, WebhookResponse,
+};

@@ -156,7 +156,7 @@ pub fn parse_xml(xml: &str) -> Result<XmlFields, Rejection> {
                     .map_err(|_| xml_err("bad character reference"))?
                 {
                     Some(ch) => ch,
-                    None => match r.as_ref() {
+                    None => match &*r {
                         b"lt" => '<',
                         b"gt" => '>',
                         b"amp" => '&',

@@ -401,7 +401,9 @@ enum GlobKind {
     Exact,
     /// A literal followed by a final `**`: a prefix test.
     Prefix,
-    /// Anything else: the automaton.
+    /// A literal followed by a final `*`: a prefix test, then no `/` after it.
+    PrefixStar,
+    /// Anything else: the literal prefix, then the automaton on the rest.
     General,
 }
 
@@ -425,7 +427,9 @@ impl Glob {
                 "invalid glob '{pattern}': '***' is ambiguous; use '*' (one segment) or '**' (any depth)"
             ));
         }
-        let bytes = pattern.as_bytes();
+        let prefix_len = pattern.find('*').unwrap_or(pattern.len());
+        // Only the part from the first wildcard on needs the automaton.
+        let bytes = &pattern.as_bytes()[prefix_len..];
         let mut elems = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
@@ -442,11 +446,10 @@ impl Glob {
                 i += 1;
             }
         }
-        let prefix_len = pattern.find('*').unwrap_or(pattern.len());
-        let wildcards = elems.iter().filter(|e| !matches!(e, Elem::Byte(_))).count();
-        let kind = match (wildcards, elems.last()) {
-            (0, _) => GlobKind::Exact,
-            (1, Some(Elem::DoubleStar)) => GlobKind::Prefix,
+        let kind = match elems.as_slice() {
+            [] => GlobKind::Exact,
+            [Elem::DoubleStar] => GlobKind::Prefix,
+            [Elem::Star] => GlobKind::PrefixStar,
             _ => GlobKind::General,
         };
         Ok(Self {
@@ -477,14 +480,20 @@ impl Glob {
         match self.kind {
             GlobKind::Exact => *self.source == *s,
             GlobKind::Prefix => s.starts_with(self.literal_prefix()),
+            GlobKind::PrefixStar => s
+                .strip_prefix(self.literal_prefix())
+                .is_some_and(|rest| !rest.contains('/')),
             GlobKind::General => {
+                let Some(rest) = s.strip_prefix(self.literal_prefix()) else {
+                    return false;
+                };
                 let words = (self.elems.len() + 1).div_ceil(64);
                 if words <= 2 {
                     let (mut a, mut b) = ([0u64; 2], [0u64; 2]);
-                    self.run(s.as_bytes(), &mut a[..words], &mut b[..words])
+                    self.run(rest.as_bytes(), &mut a[..words], &mut b[..words])
                 } else {
                     let (mut a, mut b) = (vec![0u64; words], vec![0u64; words]);
-                    self.run(s.as_bytes(), &mut a, &mut b)
+                    self.run(rest.as_bytes(), &mut a, &mut b)
                 }
             }
         }
@@ -500,17 +509,19 @@ impl Glob {
         for &b in input {
             next.iter_mut().for_each(|w| *w = 0);
             let mut any = false;
-            for i in 0..m {
-                if !get(cur, i) {
-                    continue;
+            for (wi, &word) in cur.iter().enumerate() {
+                let mut w = word;
+                while w != 0 {
+                    let i = wi * 64 + w.trailing_zeros() as usize;
+                    w &= w - 1;
+                    match self.elems.get(i) {
+                        Some(Elem::Byte(x)) if *x == b => set(next, i + 1),
+                        Some(Elem::Star) if b != b'/' => set(next, i),
+                        Some(Elem::DoubleStar) => set(next, i),
+                        _ => continue,
+                    }
+                    any = true;
                 }
-                match self.elems[i] {
-                    Elem::Byte(x) if x == b => set(next, i + 1),
-                    Elem::Byte(_) => continue,
-                    Elem::Star if b == b'/' => continue,
-                    Elem::Star | Elem::DoubleStar => set(next, i),
-                }
-                any = true;
             }
             if !any {
                 return false;
@@ -1265,6 +1276,11 @@ mod tests {
         let long = format!("/{}*{}", "a".repeat(150), "b".repeat(20));
         assert!(g(&long).is_match(&format!("/{}xyz{}", "a".repeat(150), "b".repeat(20))));
         assert!(!g(&long).is_match(&format!("/{}x/z{}", "a".repeat(150), "b".repeat(20))));
+        // A wildcard tail longer than 127 elements uses the heap bitset.
+        let tail = format!("/x/*{}", "ab".repeat(80));
+        assert!(g(&tail).is_match(&format!("/x/zz{}", "ab".repeat(80))));
+        assert!(!g(&tail).is_match(&format!("/x/z/z{}", "ab".repeat(80))));
+        assert!(g("/a/*").is_match("/a/") && !g("/b/*").is_match("/a/x"));
         // Many stars against a long input stay linear (would hang if backtracking).
         let many = "*a".repeat(30);
         assert!(!g(&many).is_match(&"a".repeat(29)));

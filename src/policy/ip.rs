@@ -128,7 +128,13 @@ impl Serialize for Cidr {
 struct RangeSet<T> {
     starts: Vec<T>,
     ends: Vec<T>,
+    /// Every `FENCE`-th start: small enough to stay in cache, so a lookup first narrows to
+    /// one block without touching cold memory, then searches a block of a few cache lines.
+    fence: Vec<T>,
 }
+
+/// Starts per fence block.
+const FENCE: usize = 32;
 
 /// The integer view of an address family, so one range table serves both.
 trait Key: Copy + Ord {
@@ -168,12 +174,27 @@ impl<T: Key> RangeSet<T> {
         }
         starts.shrink_to_fit();
         ends.shrink_to_fit();
-        RangeSet { starts, ends }
+        let fence = starts.iter().step_by(FENCE).copied().collect();
+        RangeSet {
+            starts,
+            ends,
+            fence,
+        }
     }
 
     #[inline]
     fn contains(&self, x: T) -> bool {
-        let i = self.starts.partition_point(|&s| s <= x);
+        let j = self.fence.partition_point(|&s| s <= x);
+        if j == 0 {
+            return false;
+        }
+        // starts[lo] <= x < starts[hi] (when hi is in range), so the answer is in this block.
+        let lo = (j - 1) * FENCE;
+        let hi = (lo + FENCE).min(self.starts.len());
+        let Some(block) = self.starts.get(lo..hi) else {
+            return false;
+        };
+        let i = lo + block.partition_point(|&s| s <= x);
         i > 0 && self.ends.get(i - 1).is_some_and(|&e| x <= e)
     }
 

@@ -105,7 +105,9 @@ impl JwtError {
     pub fn www_authenticate(&self) -> String {
         match self {
             JwtError::Missing => r#"Bearer realm="moltgate""#.to_string(),
-            other => format!(r#"Bearer realm="moltgate", error="invalid_token", error_description="{other}""#),
+            other => format!(
+                r#"Bearer realm="moltgate", error="invalid_token", error_description="{other}""#
+            ),
         }
     }
 }
@@ -152,10 +154,19 @@ impl std::fmt::Debug for JwtVerifier {
 impl JwtVerifier {
     /// Compiles `cfg`, read from `file` (whose text is `text`); key files are
     /// resolved against `dir`.
-    pub fn new(cfg: &JwtValidationConfig, dir: &Path, file: &Path, text: &str) -> Result<Self, FileError> {
+    pub fn new(
+        cfg: &JwtValidationConfig,
+        dir: &Path,
+        file: &Path,
+        text: &str,
+    ) -> Result<Self, FileError> {
         let at = |needle: &str, msg: String| FileError::at(file, locate(text, needle), msg);
         let algorithms: Vec<Algorithm> = if cfg.algorithms.is_empty() {
-            vec![if cfg.secret.is_some() { Algorithm::HS256 } else { Algorithm::RS256 }]
+            vec![if cfg.secret.is_some() {
+                Algorithm::HS256
+            } else {
+                Algorithm::RS256
+            }]
         } else {
             cfg.algorithms
                 .iter()
@@ -169,10 +180,18 @@ impl JwtVerifier {
                 })
                 .collect::<Result<_, _>>()?
         };
-        let hmac = algorithms.iter().any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
-        let asym = algorithms.iter().any(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let hmac = algorithms
+            .iter()
+            .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let asym = algorithms
+            .iter()
+            .any(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
         if hmac && asym {
-            return Err(at("algorithms", "jwt_validation.algorithms mixes HS* with public-key algorithms; use one family".into()));
+            return Err(at(
+                "algorithms",
+                "jwt_validation.algorithms mixes HS* with public-key algorithms; use one family"
+                    .into(),
+            ));
         }
         let read = |p: &str| {
             let path = dir.join(p);
@@ -191,11 +210,17 @@ impl JwtVerifier {
                 Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
                 _ => DecodingKey::from_rsa_pem(&pem),
             }
-            .map_err(|e| at(p, format!("public_key {p} is not a valid {alg:?} PEM public key: {e}")))?;
+            .map_err(|e| {
+                at(
+                    p,
+                    format!("public_key {p} is not a valid {alg:?} PEM public key: {e}"),
+                )
+            })?;
             Keys::One(key)
         } else if let Some(p) = &cfg.jwks {
             let raw = read(p)?;
-            let set: JwkSet = serde_json::from_slice(&raw).map_err(|e| at(p, format!("jwks {p} is not a JWKS document: {e}")))?;
+            let set: JwkSet = serde_json::from_slice(&raw)
+                .map_err(|e| at(p, format!("jwks {p} is not a JWKS document: {e}")))?;
             let keys = set
                 .keys
                 .iter()
@@ -220,12 +245,21 @@ impl JwtVerifier {
         if cfg.audiences.is_empty() {
             validation.validate_aud = false;
         } else {
-            validation.set_audience(&cfg.audiences.iter().map(|a| a.0.as_str()).collect::<Vec<_>>());
+            validation.set_audience(
+                &cfg.audiences
+                    .iter()
+                    .map(|a| a.0.as_str())
+                    .collect::<Vec<_>>(),
+            );
         }
         Ok(Self {
             validation,
             keys,
-            secret: cfg.secret.as_ref().filter(|_| hmac).map(|s| s.as_bytes().to_vec()),
+            secret: cfg
+                .secret
+                .as_ref()
+                .filter(|_| hmac)
+                .map(|s| s.as_bytes().to_vec()),
             issuer: cfg.issuer.as_ref().map(|s| s.0.clone()),
             audience: cfg.audiences.first().map(|s| s.0.clone()),
         })
@@ -257,15 +291,21 @@ impl JwtVerifier {
             Keys::Set(keys) => {
                 let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
                 let found = match &header.kid {
-                    Some(kid) => keys.iter().find(|(k, _)| k.as_deref() == Some(kid.as_str())),
+                    Some(kid) => keys
+                        .iter()
+                        .find(|(k, _)| k.as_deref() == Some(kid.as_str())),
                     None if keys.len() == 1 => keys.first(),
                     None => None,
                 };
                 &found.ok_or(JwtError::Key)?.1
             }
         };
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, &self.validation)
-            .map_err(|e| map_error(e.kind()))?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &self.validation,
+        )
+        .map_err(|e| map_error(e.kind()))?;
         subject_from_claims(&data.claims)
     }
 
@@ -276,7 +316,12 @@ impl JwtVerifier {
 
     /// Mints an HS256 token for `sub` with extra claims, valid for `ttl_secs`.
     /// Refuses when no HS secret is configured.
-    pub fn mint(&self, sub: &str, extra: &BTreeMap<String, serde_json::Value>, ttl_secs: u64) -> Result<String, String> {
+    pub fn mint(
+        &self,
+        sub: &str,
+        extra: &BTreeMap<String, serde_json::Value>,
+        ttl_secs: u64,
+    ) -> Result<String, String> {
         let secret = self
             .hs_secret()
             .ok_or("no HS secret is configured in jwt_validation.secret; tokens for public-key algorithms must come from your identity provider")?;
@@ -294,8 +339,18 @@ impl JwtVerifier {
         for (k, v) in extra {
             claims.insert(k.clone(), v.clone());
         }
-        let alg = self.validation.algorithms.first().copied().unwrap_or(Algorithm::HS256);
-        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).map_err(|e| e.to_string())
+        let alg = self
+            .validation
+            .algorithms
+            .first()
+            .copied()
+            .unwrap_or(Algorithm::HS256);
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -307,15 +362,21 @@ fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> JwtError {
         K::InvalidIssuer => JwtError::Issuer,
         K::InvalidAudience => JwtError::Audience,
         K::InvalidSignature => JwtError::Signature,
-        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::InvalidKeyFormat | K::InvalidRsaKey(_) | K::InvalidEcdsaKey => {
-            JwtError::Key
+        K::InvalidAlgorithm
+        | K::InvalidAlgorithmName
+        | K::InvalidKeyFormat
+        | K::InvalidRsaKey(_)
+        | K::InvalidEcdsaKey => JwtError::Key,
+        K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) | K::InvalidSubject => {
+            JwtError::Claims
         }
-        K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) | K::InvalidSubject => JwtError::Claims,
         _ => JwtError::Malformed,
     }
 }
 
-fn subject_from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> Result<Subject, JwtError> {
+fn subject_from_claims(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Subject, JwtError> {
     use serde_json::Value;
     let text = |k: &str| match claims.get(k) {
         Some(Value::String(s)) => s.clone(),
@@ -327,8 +388,15 @@ fn subject_from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> R
         return Err(JwtError::Claims);
     }
     let roles = match claims.get("roles") {
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-        Some(Value::String(s)) => s.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect(),
         _ => Vec::new(),
     };
     let scalars = claims
@@ -355,12 +423,18 @@ mod tests {
 
     fn verifier(extra: &str) -> JwtVerifier {
         let text = format!("issuer: auth.example.com\naudiences: [moltbot.api]\nleeway: 5\nsecret: s3cret\n{extra}");
-        let cfg: JwtValidationConfig = crate::config::yaml::parse_str(Path::new("p.yaml"), &text).unwrap();
+        let cfg: JwtValidationConfig =
+            crate::config::yaml::parse_str(Path::new("p.yaml"), &text).unwrap();
         JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), &text).unwrap()
     }
 
     fn token(secret: &[u8], claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     fn now() -> i64 {
@@ -377,7 +451,10 @@ mod tests {
         let s = v.verify(Some(&format!("Bearer {t}"))).unwrap();
         assert_eq!(s.id, "alice");
         assert_eq!(s.roles, vec!["admin", "user"]);
-        assert_eq!((s.tenant.as_str(), s.device_type.as_str()), ("acme", "mobile"));
+        assert_eq!(
+            (s.tenant.as_str(), s.device_type.as_str()),
+            ("acme", "mobile")
+        );
         assert_eq!(s.claims.get("dept").map(String::as_str), Some("sre"));
     }
 
@@ -393,21 +470,41 @@ mod tests {
         assert_eq!(v.verify(None), Err(JwtError::Missing));
         assert_eq!(v.verify(Some("Basic abc")), Err(JwtError::Missing));
         assert_eq!(v.verify(Some("Bearer not.a.jwt")), Err(JwtError::Malformed));
-        assert_eq!(v.verify(Some(&with("exp", (now() - 3600).into()))), Err(JwtError::Expired));
-        assert_eq!(v.verify(Some(&with("iss", "evil".into()))), Err(JwtError::Issuer));
-        assert_eq!(v.verify(Some(&with("aud", "other".into()))), Err(JwtError::Audience));
-        assert_eq!(v.verify(Some(&with("nbf", (now() + 3600).into()))), Err(JwtError::NotYetValid));
+        assert_eq!(
+            v.verify(Some(&with("exp", (now() - 3600).into()))),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            v.verify(Some(&with("iss", "evil".into()))),
+            Err(JwtError::Issuer)
+        );
+        assert_eq!(
+            v.verify(Some(&with("aud", "other".into()))),
+            Err(JwtError::Audience)
+        );
+        assert_eq!(
+            v.verify(Some(&with("nbf", (now() + 3600).into()))),
+            Err(JwtError::NotYetValid)
+        );
         let forged = format!("Bearer {}", token(b"wrong", good.clone()));
         assert_eq!(v.verify(Some(&forged)), Err(JwtError::Signature));
-        assert_eq!(JwtVerifier::unconfigured().verify(Some(&forged)), Err(JwtError::NotConfigured));
-        assert!(JwtError::Expired.www_authenticate().contains(r#"error="invalid_token""#));
+        assert_eq!(
+            JwtVerifier::unconfigured().verify(Some(&forged)),
+            Err(JwtError::NotConfigured)
+        );
+        assert!(JwtError::Expired
+            .www_authenticate()
+            .contains(r#"error="invalid_token""#));
     }
 
     #[test]
     fn alg_none_and_swapped_algorithms_are_refused() {
         let v = verifier("");
         // {"alg":"none"} with no signature.
-        let header = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, br#"{"alg":"none","typ":"JWT"}"#);
+        let header = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"alg":"none","typ":"JWT"}"#,
+        );
         let body = base64::Engine::encode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
             serde_json::json!({"sub":"a","exp":now()+60}).to_string(),
@@ -419,7 +516,10 @@ mod tests {
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap();
-        assert_eq!(v.verify(Some(&format!("Bearer {hs512}"))), Err(JwtError::Key));
+        assert_eq!(
+            v.verify(Some(&format!("Bearer {hs512}"))),
+            Err(JwtError::Key)
+        );
     }
 
     #[test]
@@ -429,19 +529,25 @@ mod tests {
         extra.insert("roles".to_string(), serde_json::json!(["user"]));
         let t = v.mint("bob", &extra, 60).unwrap();
         let s = v.verify(Some(&format!("Bearer {t}"))).unwrap();
-        assert_eq!((s.id.as_str(), s.roles.clone()), ("bob", vec!["user".to_string()]));
+        assert_eq!(
+            (s.id.as_str(), s.roles.clone()),
+            ("bob", vec!["user".to_string()])
+        );
         assert!(JwtVerifier::unconfigured().mint("bob", &extra, 60).is_err());
     }
 
     #[test]
     fn config_errors_are_located() {
         let text = "secret: x\nalgorithms: [HS257]\n";
-        let cfg: JwtValidationConfig = crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
+        let cfg: JwtValidationConfig =
+            crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
         let e = JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), text).unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         let text = "public_key: missing.pem\nalgorithms: [RS256]\n";
-        let cfg: JwtValidationConfig = crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
-        let e = JwtVerifier::new(&cfg, Path::new("/nonexistent"), Path::new("p.yaml"), text).unwrap_err();
+        let cfg: JwtValidationConfig =
+            crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
+        let e = JwtVerifier::new(&cfg, Path::new("/nonexistent"), Path::new("p.yaml"), text)
+            .unwrap_err();
         assert!(e.message.contains("cannot read"), "{e}");
     }
 }

@@ -6,7 +6,13 @@
 //! compiles every file first and swaps only if all of them succeed, so the
 //! old set keeps serving when an operator saves a broken file.
 
+pub mod abac;
+pub mod dlp;
+pub mod explain;
+pub mod ip;
 pub mod jwt;
+pub mod rate;
+pub mod rbac;
 pub mod reload;
 pub mod security;
 
@@ -40,7 +46,8 @@ impl PolicySet {
             return Err(FileError::whole(dir, "policies directory does not exist"));
         }
         let security_path = dir.join(SECURITY_FILE);
-        let (security, security_text) = read_optional::<security::SecurityPolicyFile>(&security_path)?;
+        let (security, security_text) =
+            read_optional::<security::SecurityPolicyFile>(&security_path)?;
         let jwt = match &security.jwt_validation {
             Some(cfg) => jwt::JwtVerifier::new(cfg, dir, &security_path, &security_text)?,
             None => jwt::JwtVerifier::unconfigured(),
@@ -50,7 +57,9 @@ impl PolicySet {
 }
 
 /// Reads and parses `path` if it exists; defaults (and empty text) if not.
-fn read_optional<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<(T, String), FileError> {
+fn read_optional<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+) -> Result<(T, String), FileError> {
     match std::fs::read_to_string(path) {
         Ok(text) if text.trim().is_empty() => Ok((T::default(), text)),
         Ok(text) => Ok((yaml::parse_str(path, &text)?, text)),
@@ -102,12 +111,18 @@ impl PolicyStore {
             Ok(set) => {
                 self.current.store(Arc::new(set));
                 self.versions.store(version, Ordering::Release);
-                self.metrics.policy_reloads.with_label_values(&["success"]).inc();
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["success"])
+                    .inc();
                 tracing::info!(version, dir = %self.dir.display(), "policies reloaded");
                 Ok(version)
             }
             Err(e) => {
-                self.metrics.policy_reloads.with_label_values(&["failure"]).inc();
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
                 tracing::error!(error = %e, "policy reload refused; the previous policies keep serving");
                 Err(e)
             }

@@ -700,16 +700,17 @@ mod tests {
         let e =
             parse("rate_limiting:\n  per_ipp: { window: 30s, max_requests: 50 }\n").unwrap_err();
         assert_eq!((e.line, e.column), (Some(2), Some(3)), "{e}");
-        // The shared loader words nested unknown keys itself; both wordings name the key.
         assert!(
-            e.message.contains("per_ipp") && e.message.contains("per_ip"),
+            e.message
+                .contains("unknown key 'per_ipp' (did you mean 'per_ip'?)"),
             "{e}"
         );
 
         let e = parse("rate_limiting:\n  per_ip: { window: 30s, max_request: 50 }\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         assert!(
-            e.message.contains("max_request") && e.message.contains("max_requests"),
+            e.message
+                .contains("unknown key 'max_request' (did you mean 'max_requests'?)"),
             "{e}"
         );
 

@@ -2,31 +2,62 @@
 //! SIGHUP, and `POST /reload` on the admin listener all call
 //! [`super::PolicyStore::reload`].
 
+use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::{self, RecursiveMode};
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::PolicyStore;
 
 /// How long the watcher waits for a burst of writes (editors save in several
-/// steps) to settle before reloading once.
+/// steps: truncate, write, rename) to settle before reloading once.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Watches the policies directory; keep the returned value alive.
-pub fn watch(store: Arc<PolicyStore>) -> Result<Debouncer<notify::RecommendedWatcher>, notify::Error> {
-    let dir = store.dir().to_path_buf();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |res: DebounceEventResult| match res {
-        Ok(events) if !events.is_empty() => {
-            tracing::info!(changed = events.len(), "policy files changed");
+/// Whether an event can change what a reload would read. Reads (access
+/// events) do not: reacting to them would make every reload trigger the next.
+fn changes_content(event: &Event) -> bool {
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+    ) && !matches!(
+        event.kind,
+        EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+    )
+}
+
+/// Watches the policies directory and reloads once per settled burst of
+/// changes. Keep the returned watcher alive; dropping it stops the thread.
+pub fn watch(store: Arc<PolicyStore>) -> Result<RecommendedWatcher, notify::Error> {
+    let (tx, rx) = channel::<notify::Result<Event>>();
+    let mut watcher = notify::recommended_watcher(tx)?;
+    watcher.watch(store.dir(), RecursiveMode::NonRecursive)?;
+    std::thread::Builder::new()
+        .name("moltgate-policy-watch".into())
+        .spawn(move || loop {
+            // Wait for the first relevant change…
+            match rx.recv() {
+                Ok(Ok(e)) if changes_content(&e) => {}
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "policy watcher error");
+                    continue;
+                }
+                Err(_) => return, // watcher dropped
+            }
+            // …then until the burst settles.
+            loop {
+                match rx.recv_timeout(DEBOUNCE) {
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            tracing::info!("policy files changed");
             let _ = store.reload();
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "policy watcher error"),
-    })?;
-    debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive)?;
-    Ok(debouncer)
+        })
+        .map_err(|e| notify::Error::generic(&e.to_string()))?;
+    Ok(watcher)
 }
 
 /// Reloads on every SIGHUP, forever (spawn it on a runtime).

@@ -73,7 +73,11 @@ impl ServeHttp for AdminApp {
         while let Ok(Some(chunk)) = session.read_request_body().await {
             drained += chunk.len();
             if drained > 64 * 1024 {
-                return reply(StatusCode::PAYLOAD_TOO_LARGE, "application/json", r#"{"error":"body_too_large"}"#.into());
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "application/json",
+                    r#"{"error":"body_too_large"}"#.into(),
+                );
             }
         }
         self.answer(&method, &path)

@@ -77,8 +77,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let cert = config.resolve(&config.listen.public.tls.cert);
     let key = config.resolve(&config.listen.public.tls.key);
     if config.listen.public.tls.dev_autogenerate && (!cert.exists() || !key.exists()) {
-        let dir = cert.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-        let made = crate::tls::create_dev_certs(&dir).map_err(|e| StartError::Listener(e.to_string()))?;
+        let dir = cert
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let made =
+            crate::tls::create_dev_certs(&dir).map_err(|e| StartError::Listener(e.to_string()))?;
         tracing::warn!(
             dir = %dir.display(),
             ca = %made.ca_cert.display(),
@@ -110,7 +114,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
     for cluster in gateway.clusters() {
         core.spawn(crate::upstream::health::run(cluster.clone()));
     }
-    core.spawn(crate::policy::reload::reload_on_sighup(gateway.policies.clone()));
+    core.spawn(crate::policy::reload::reload_on_sighup(
+        gateway.policies.clone(),
+    ));
     let _watcher = match crate::policy::reload::watch(gateway.policies.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -120,7 +126,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
 
     let mut conf = ServerConf {
-        threads: config.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        threads: config.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
         grace_period_seconds: Some(config.shutdown.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.shutdown.timeout.0.as_secs()),
         ..ServerConf::default()
@@ -138,8 +148,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         },
         "moltgate public",
     );
-    let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert.display().to_string(), &key.display().to_string())
-        .map_err(|e| StartError::Listener(format!("loading {} / {}: {e}", cert.display(), key.display())))?;
+    let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+    .map_err(|e| {
+        StartError::Listener(format!(
+            "loading {} / {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
     tls.enable_h2();
     public.add_tls_with_settings(&public_addr.to_string(), None, tls);
 

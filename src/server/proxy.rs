@@ -13,8 +13,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Response, StatusCode};
-use pingora::prelude::*;
 use pingora::http::ResponseHeader;
+use pingora::prelude::*;
 
 use crate::pipeline::{Gateway, IncomingRequest};
 
@@ -32,7 +32,11 @@ enum BodyError {
 }
 
 /// Reads the whole body, refusing past `limit` bytes or after `deadline`.
-async fn read_body(session: &mut Session, limit: usize, deadline: Instant) -> Result<Bytes, BodyError> {
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, BodyError> {
     let mut buf = BytesMut::new();
     loop {
         let chunk = tokio::time::timeout_at(deadline.into(), session.read_request_body())
@@ -59,7 +63,9 @@ pub async fn write_response(session: &mut Session, resp: Response<Bytes>) -> Res
         header.append_header(name.clone(), value.clone())?;
     }
     header.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    session.write_response_header(Box::new(header), body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(header), body.is_empty())
+        .await?;
     if !body.is_empty() {
         session.write_response_body(Some(body), true).await?;
     }
@@ -76,15 +82,32 @@ impl ProxyHttp for PublicProxy {
         let gw = &self.gateway;
         let path = session.req_header().uri.path().to_string();
         let Some(route) = gw.route(&path).cloned() else {
-            let resp = gw.refuse("unmatched", "none", StatusCode::NOT_FOUND, "unknown_path", "no route for this path");
+            let resp = gw.refuse(
+                "unmatched",
+                "none",
+                StatusCode::NOT_FOUND,
+                "unknown_path",
+                "no route for this path",
+            );
             write_response(session, resp).await?;
             return Ok(true);
         };
         let platform = route.platform.as_str();
         let method = session.req_header().method.clone();
         if !route.methods().contains(&method) {
-            let allowed = route.methods().iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
-            let mut resp = gw.refuse(&route.path, platform, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route");
+            let allowed = route
+                .methods()
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut resp = gw.refuse(
+                &route.path,
+                platform,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            );
             if let Ok(v) = HeaderValue::from_str(&allowed) {
                 resp.headers_mut().insert(header::ALLOW, v);
             }
@@ -99,7 +122,16 @@ impl ProxyHttp for PublicProxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > route.body_limit as u64) {
-            let resp = gw.refuse(&route.path, platform, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &format!("body exceeds the route's limit of {} bytes", route.body_limit));
+            let resp = gw.refuse(
+                &route.path,
+                platform,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!(
+                    "body exceeds the route's limit of {} bytes",
+                    route.body_limit
+                ),
+            );
             write_response(session, resp).await?;
             return Ok(true);
         }
@@ -108,9 +140,24 @@ impl ProxyHttp for PublicProxy {
             Ok(b) => b,
             Err(e) => {
                 let (status, reason, msg) = match e {
-                    BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("body exceeds the route's limit of {} bytes", route.body_limit)),
-                    BodyError::Timeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout", "the body did not arrive in time".to_string()),
-                    BodyError::Broken => (StatusCode::BAD_REQUEST, "body_unreadable", "the body could not be read".to_string()),
+                    BodyError::TooLarge => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!(
+                            "body exceeds the route's limit of {} bytes",
+                            route.body_limit
+                        ),
+                    ),
+                    BodyError::Timeout => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "the body did not arrive in time".to_string(),
+                    ),
+                    BodyError::Broken => (
+                        StatusCode::BAD_REQUEST,
+                        "body_unreadable",
+                        "the body could not be read".to_string(),
+                    ),
                 };
                 let resp = gw.refuse(&route.path, platform, status, reason, &msg);
                 // The rest of the body is unread: do not reuse the connection.
@@ -136,8 +183,15 @@ impl ProxyHttp for PublicProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         // Every translate-mode request is answered in request_filter.
-        Err(Error::explain(ErrorType::InternalError, "no upstream peer for a request answered by the gateway"))
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "no upstream peer for a request answered by the gateway",
+        ))
     }
 }

@@ -85,9 +85,8 @@ impl DispatchError {
     /// Seconds the client should wait before retrying.
     pub fn retry_after(&self) -> u32 {
         match self {
-            DispatchError::NoHealthyNode { retry_after, .. } | DispatchError::NoneAccepted { retry_after, .. } => {
-                *retry_after
-            }
+            DispatchError::NoHealthyNode { retry_after, .. }
+            | DispatchError::NoneAccepted { retry_after, .. } => *retry_after,
         }
     }
 
@@ -167,12 +166,24 @@ pub struct Cluster {
 impl Cluster {
     /// Builds the cluster. gRPC channels connect lazily, so this needs a
     /// Tokio runtime context but no reachable node.
-    pub fn new(name: &str, cfg: &UpstreamConfig, config_path: &std::path::Path, resolve: impl Fn(&str) -> std::path::PathBuf, metrics: Metrics) -> Result<Self, FileError> {
+    pub fn new(
+        name: &str,
+        cfg: &UpstreamConfig,
+        config_path: &std::path::Path,
+        resolve: impl Fn(&str) -> std::path::PathBuf,
+        metrics: Metrics,
+    ) -> Result<Self, FileError> {
         let tls = match &cfg.tls {
             Some(t) => {
                 let ca_path = resolve(&t.ca);
                 let pem = std::fs::read(&ca_path).map_err(|e| {
-                    FileError::whole(config_path, format!("upstream '{name}': cannot read tls.ca {}: {e}", ca_path.display()))
+                    FileError::whole(
+                        config_path,
+                        format!(
+                            "upstream '{name}': cannot read tls.ca {}: {e}",
+                            ca_path.display()
+                        ),
+                    )
                 })?;
                 let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
                 if let Some(domain) = &t.domain {
@@ -188,7 +199,12 @@ impl Cluster {
                 Transport::Embedded
             } else {
                 let scheme = if tls.is_some() { "https" } else { "http" };
-                let bad = |e: String| FileError::whole(config_path, format!("upstream '{name}': node '{node}': {e}"));
+                let bad = |e: String| {
+                    FileError::whole(
+                        config_path,
+                        format!("upstream '{name}': node '{node}': {e}"),
+                    )
+                };
                 let mut ep = Endpoint::from_shared(format!("{scheme}://{}", node.0))
                     .map_err(|e| bad(e.to_string()))?
                     .connect_timeout(cfg.accept_timeout.0)
@@ -200,7 +216,10 @@ impl Cluster {
                 }
                 Transport::Grpc(ep.connect_lazy())
             };
-            metrics.node_healthy.with_label_values(&[name, &node.0]).set(1);
+            metrics
+                .node_healthy
+                .with_label_values(&[name, &node.0])
+                .set(1);
             nodes.push(Arc::new(Node {
                 name: node.0.clone(),
                 transport,
@@ -269,14 +288,18 @@ impl Cluster {
         let mut attempts = 0;
         let mut last = (String::from("none"), tonic::Code::Unavailable as i32);
         for i in self.balancer.order(&self.node_names, key) {
-            let Some(node) = self.nodes.get(i) else { continue };
+            let Some(node) = self.nodes.get(i) else {
+                continue;
+            };
             if !node.is_healthy() {
                 continue;
             }
             attempts += 1;
             match self.try_node(node, env, deadline).await {
                 Ok(replies) => {
-                    self.metrics.accept_latency.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .accept_latency
+                        .observe(started.elapsed().as_secs_f64());
                     self.count_attempt(node, "accepted", None);
                     return Ok(Accepted {
                         node: node.name.clone(),
@@ -326,14 +349,22 @@ impl Cluster {
     }
 
     /// One attempt: open the stream and wait for `accepted`.
-    async fn try_node(&self, node: &Node, env: &Envelope, deadline: Instant) -> Result<ReplyStream, (&'static str, i32)> {
+    async fn try_node(
+        &self,
+        node: &Node,
+        env: &Envelope,
+        deadline: Instant,
+    ) -> Result<ReplyStream, (&'static str, i32)> {
         let accept_by = deadline.min(Instant::now() + self.accept_timeout);
         let attempt = async {
             let mut stream: ReplyStream = match node.channel() {
                 None => DemoAssistant::stream(env),
                 Some(channel) => {
                     let mut client = AssistantClient::new(channel);
-                    let resp = client.handle(env.clone()).await.map_err(|s| (status_reason(&s), s.code() as i32))?;
+                    let resp = client
+                        .handle(env.clone())
+                        .await
+                        .map_err(|s| (status_reason(&s), s.code() as i32))?;
                     Box::pin(resp.into_inner())
                 }
             };
@@ -355,7 +386,11 @@ impl Cluster {
 fn status_reason(s: &tonic::Status) -> &'static str {
     use tonic::Code;
     match s.code() {
-        Code::Unavailable if s.message().contains("connect") || s.message().contains("transport") => "connect",
+        Code::Unavailable
+            if s.message().contains("connect") || s.message().contains("transport") =>
+        {
+            "connect"
+        }
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "deadline",
         Code::ResourceExhausted => "resource_exhausted",

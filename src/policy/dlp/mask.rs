@@ -27,7 +27,11 @@ fn default_char() -> char {
 
 impl Default for MaskSpec {
     fn default() -> Self {
-        Self { mask_char: '*', keep_prefix: 0, keep_suffix: 0 }
+        Self {
+            mask_char: '*',
+            keep_prefix: 0,
+            keep_suffix: 0,
+        }
     }
 }
 
@@ -54,10 +58,21 @@ impl MaskSpec {
         } else {
             (self.keep_prefix, n - self.keep_prefix - self.keep_suffix)
         };
-        let mut offsets = span.char_indices().map(|(i, _)| start + i).chain(std::iter::once(end));
+        let mut offsets = span
+            .char_indices()
+            .map(|(i, _)| start + i)
+            .chain(std::iter::once(end));
         let from = offsets.nth(skip)?;
-        let to = if take == 0 { from } else { offsets.nth(take - 1)? };
-        Some(MaskRange { start: from, end: to, mask_char: self.mask_char })
+        let to = if take == 0 {
+            from
+        } else {
+            offsets.nth(take - 1)?
+        };
+        Some(MaskRange {
+            start: from,
+            end: to,
+            mask_char: self.mask_char,
+        })
     }
 }
 
@@ -99,30 +114,53 @@ mod tests {
 
     #[test]
     fn partial_phone_mask() {
-        let spec = MaskSpec { mask_char: '*', keep_prefix: 3, keep_suffix: 4 };
+        let spec = MaskSpec {
+            mask_char: '*',
+            keep_prefix: 3,
+            keep_suffix: 4,
+        };
         assert_eq!(mask("tel 13812341234.", spec, 4, 15), "tel 138****1234.");
     }
 
     #[test]
     fn full_mask_counts_characters_not_bytes() {
         assert_eq!(mask("是机密吗", MaskSpec::default(), 3, 9), "是**吗");
-        let hash = MaskSpec { mask_char: '#', ..MaskSpec::default() };
+        let hash = MaskSpec {
+            mask_char: '#',
+            ..MaskSpec::default()
+        };
         assert_eq!(mask("a-b", hash, 0, 3), "###");
     }
 
     #[test]
     fn keeping_everything_masks_everything() {
-        let spec = MaskSpec { mask_char: '*', keep_prefix: 3, keep_suffix: 4 };
+        let spec = MaskSpec {
+            mask_char: '*',
+            keep_prefix: 3,
+            keep_suffix: 4,
+        };
         assert_eq!(mask("abc123", spec, 0, 6), "******");
     }
 
     #[test]
     fn overlapping_ranges_merge() {
         let text = "0123456789";
-        let a = MaskRange { start: 1, end: 5, mask_char: '*' };
-        let b = MaskRange { start: 3, end: 8, mask_char: '#' };
+        let a = MaskRange {
+            start: 1,
+            end: 5,
+            mask_char: '*',
+        };
+        let b = MaskRange {
+            start: 3,
+            end: 8,
+            mask_char: '#',
+        };
         assert_eq!(apply(text, vec![b, a]), "0*******89");
-        let inner = MaskRange { start: 2, end: 3, mask_char: '#' };
+        let inner = MaskRange {
+            start: 2,
+            end: 3,
+            mask_char: '#',
+        };
         assert_eq!(apply(text, vec![a, inner]), "0****56789");
     }
 }

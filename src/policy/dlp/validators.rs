@@ -40,10 +40,17 @@ fn is_separator(b: u8) -> bool {
 /// digit (`0000 0000 0000 0000`) passes Luhn but is never a real card.
 pub fn luhn(candidate: &str) -> bool {
     let bytes = candidate.as_bytes();
-    if bytes.iter().any(|&b| !b.is_ascii_digit() && !is_separator(b)) {
+    if bytes
+        .iter()
+        .any(|&b| !b.is_ascii_digit() && !is_separator(b))
+    {
         return false;
     }
-    let digits: Vec<u32> = bytes.iter().filter(|b| b.is_ascii_digit()).map(|&b| u32::from(b - b'0')).collect();
+    let digits: Vec<u32> = bytes
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|&b| u32::from(b - b'0'))
+        .collect();
     if !(12..=19).contains(&digits.len()) || digits.iter().all(|&d| d == digits[0]) {
         return false;
     }
@@ -54,7 +61,11 @@ pub fn luhn(candidate: &str) -> bool {
         .map(|(i, &d)| {
             if i % 2 == 1 {
                 let x = d * 2;
-                if x > 9 { x - 9 } else { x }
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
             } else {
                 d
             }
@@ -72,14 +83,22 @@ pub fn gb11643(candidate: &str) -> bool {
     if bytes.len() != 18 || !bytes[..17].iter().all(u8::is_ascii_digit) {
         return false;
     }
-    let sum: u32 = bytes[..17].iter().zip(WEIGHTS).map(|(&b, w)| u32::from(b - b'0') * w).sum();
+    let sum: u32 = bytes[..17]
+        .iter()
+        .zip(WEIGHTS)
+        .map(|(&b, w)| u32::from(b - b'0') * w)
+        .sum();
     CHECK[(sum % 11) as usize] == bytes[17].to_ascii_uppercase()
 }
 
 /// ISO 13616: move the first four characters to the end, letters become
 /// 10..35, and the number mod 97 must be 1.
 pub fn iban(candidate: &str) -> bool {
-    let chars: Vec<u8> = candidate.bytes().filter(|&b| b != b' ').map(|b| b.to_ascii_uppercase()).collect();
+    let chars: Vec<u8> = candidate
+        .bytes()
+        .filter(|&b| b != b' ')
+        .map(|b| b.to_ascii_uppercase())
+        .collect();
     if !(15..=34).contains(&chars.len())
         || !chars[..2].iter().all(u8::is_ascii_uppercase)
         || !chars[2..4].iter().all(u8::is_ascii_digit)
@@ -89,8 +108,16 @@ pub fn iban(candidate: &str) -> bool {
     }
     let mut rem: u32 = 0;
     for &b in chars[4..].iter().chain(&chars[..4]) {
-        let v = if b.is_ascii_digit() { u32::from(b - b'0') } else { u32::from(b - b'A') + 10 };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        let v = if b.is_ascii_digit() {
+            u32::from(b - b'0')
+        } else {
+            u32::from(b - b'A') + 10
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -99,7 +126,9 @@ pub fn iban(candidate: &str) -> bool {
 /// then a check symbol.
 pub fn uscc(candidate: &str) -> bool {
     const ALPHABET: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
-    const WEIGHTS: [usize; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+    const WEIGHTS: [usize; 17] = [
+        1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+    ];
     let bytes = candidate.as_bytes();
     if bytes.len() != 18 {
         return false;
@@ -121,10 +150,22 @@ mod tests {
 
     #[test]
     fn luhn_accepts_test_cards_and_rejects_noise() {
-        for ok in ["4111111111111111", "4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005", "6212345678901232"] {
+        for ok in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "5500-0000-0000-0004",
+            "378282246310005",
+            "6212345678901232",
+        ] {
             assert!(luhn(ok), "{ok}");
         }
-        for bad in ["4111111111111112", "2023112412345678", "0000000000000000", "12345", "4111a11111111111"] {
+        for bad in [
+            "4111111111111112",
+            "2023112412345678",
+            "0000000000000000",
+            "12345",
+            "4111a11111111111",
+        ] {
             assert!(!luhn(bad), "{bad}");
         }
     }
@@ -155,6 +196,14 @@ mod tests {
     #[test]
     fn validator_names_parse() {
         let v: Vec<Validator> = serde_yaml::from_str("[luhn, gb11643, iban, uscc]").unwrap();
-        assert_eq!(v, [Validator::Luhn, Validator::Gb11643, Validator::Iban, Validator::Uscc]);
+        assert_eq!(
+            v,
+            [
+                Validator::Luhn,
+                Validator::Gb11643,
+                Validator::Iban,
+                Validator::Uscc
+            ]
+        );
     }
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing moltgate needs on a fresh Debian machine
+# with a Rust toolchain: cmake (Pingora's zlib-ng build) and, for the test
+# suite, the third-party platform clients used as independent implementations.
+# Idempotent: skips what is already there.
+set -euo pipefail
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+if [ "${1:-}" = "test" ]; then
+  command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null 2>&1 || {
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  }
+fi
+
+if [ "${1:-}" = "test" ] && [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then
+  python3 -m pip install -q --disable-pip-version-check -r "$(dirname "$0")/../tests/requirements.txt"
+fi

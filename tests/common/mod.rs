@@ -1,0 +1,297 @@
+//! Test harness: starts the real `moltgate` binary on ephemeral loopback
+//! ports with its own config, policies and dev certificates, and talks to it
+//! over real TLS.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_moltgate");
+
+/// A free loopback port (bound then released; the kernel does not hand it
+/// out again immediately).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The demo JWT policy used by tests.
+pub const SECURITY_POLICY: &str = "jwt_validation:\n  issuer: auth.example.com\n  audiences: [moltbot.api]\n  leeway: 5\n  algorithms: [HS256]\n  secret: test-secret\n";
+
+/// A running gateway, killed on drop.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub public: u16,
+    pub admin: u16,
+    pub child: Option<Child>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Files and settings for one gateway.
+pub struct Setup {
+    pub upstreams: String,
+    pub routes: String,
+    pub extra: String,
+    pub policies: Vec<(&'static str, String)>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            upstreams: "  assistant: { kind: grpc, nodes: [embedded], balance: conversation, timeout: 5s }\n".into(),
+            routes: "  - { path: /v1/messages, platform: generic, upstream: assistant }\n".into(),
+            extra: String::new(),
+            policies: vec![("security_policy.yaml", SECURITY_POLICY.into())],
+        }
+    }
+}
+
+impl Setup {
+    /// Writes config, policies and certs into a new temp dir; returns (dir, ports, config path).
+    pub fn write(&self) -> (tempfile::TempDir, u16, u16, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, admin) = (free_port(), free_port());
+        let status = Command::new(BIN)
+            .args(["certs", "dev"])
+            .arg(dir.path().join("certs"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        for (name, text) in &self.policies {
+            std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+        }
+        let config = format!(
+            "listen:\n  public: {{ address: 127.0.0.1:{public}, tls: {{ cert: certs/server.crt, key: certs/server.key }} }}\n  admin: {{ address: 127.0.0.1:{admin} }}\npolicies: policies/\nupstreams:\n{}routes:\n{}shutdown: {{ grace_period: 1s, timeout: 1s }}\nlog: {{ format: json, level: info }}\n{}",
+            self.upstreams, self.routes, self.extra
+        );
+        let path = dir.path().join("moltgate.yaml");
+        std::fs::write(&path, config).unwrap();
+        (dir, public, admin, path)
+    }
+
+    /// Starts a gateway and waits until `/healthz` answers.
+    pub fn start(&self) -> Gateway {
+        let (dir, public, admin, path) = self.write();
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let gw = Gateway {
+            dir,
+            public,
+            admin,
+            child: Some(child),
+            logs,
+        };
+        gw.wait_admin("/healthz", 200);
+        gw
+    }
+}
+
+impl Gateway {
+    /// Polls an admin path until it answers `status` (bounded: 15 s).
+    pub fn wait_admin(&self, path: &str, status: u16) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if admin_get(self.admin, path).map(|(s, _)| s) == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never answered {status}; logs:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.public)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("certs/ca.crt")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("moltgate.yaml")
+    }
+
+    pub fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// A reqwest client that trusts only the dev CA; h2 via ALPN unless `http1`.
+    pub fn client(&self, http1: bool) -> reqwest::Client {
+        client_for(&self.ca(), http1)
+    }
+
+    /// Mints a token with the CLI, as a user would.
+    pub fn token(&self, sub: &str, claims: &[&str]) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["token", "-c"])
+            .arg(self.config_path())
+            .args(["--sub", sub]);
+        for c in claims {
+            cmd.args(["--claim", c]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Audit lines (parsed JSON) written so far.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "moltgate::audit")
+            .collect()
+    }
+
+    /// Waits (bounded) until an audit line satisfies `pred`.
+    pub fn wait_audit(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = self.audit_lines().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit line; logs:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        admin_get(self.admin, "/metrics").unwrap().1
+    }
+
+    /// Sends a signal and waits for exit (bounded); returns the exit status.
+    pub fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not stop on {sig}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A reqwest client trusting `ca`.
+pub fn client_for(ca: &Path, http1: bool) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap();
+    let mut b = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(20))
+        .no_proxy();
+    if http1 {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+/// A blocking GET on the admin listener: (status, body).
+pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    admin_request(port, "GET", path)
+}
+
+/// A blocking request on the admin listener: (status, body).
+pub fn admin_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A running `moltgate assistant` node, killed on drop.
+pub struct AssistantNode {
+    pub port: u16,
+    pub child: Child,
+}
+
+impl AssistantNode {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["assistant", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "assistant did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AssistantNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
