@@ -213,8 +213,8 @@ pub fn token(
 ) -> Result<String, String> {
     let config = load_config(path).map_err(|e| e.to_string())?;
     let ttl = crate::config::yaml::parse_duration(ttl)?;
-    let set =
-        crate::policy::PolicySet::load(&config.policies_dir(), 0).map_err(|e| e.to_string())?;
+    let set = crate::policy::PolicySet::load(&config.policies_dir(), 0, None)
+        .map_err(|e| e.to_string())?;
     let mut extra = BTreeMap::new();
     for c in claims {
         let (k, v) = c

@@ -9,6 +9,8 @@
 pub mod assistant;
 pub mod cli;
 pub mod config;
+pub mod context;
+pub mod dedupe;
 pub mod envelope;
 pub mod observe;
 pub mod pipeline;
@@ -18,3 +20,4 @@ pub mod proto;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod writeback;

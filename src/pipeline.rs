@@ -1,28 +1,55 @@
 //! The message path, assembled in one readable place.
 //!
 //! ```text
-//! route ─▶ method/limits ─▶ authenticate (JWT | platform verify) ─▶ parse
-//!       ─▶ Envelope ─▶ forward (cluster: balance, failover, accepted) ─▶ replies
+//! IP policy (before the body) ─▶ authenticate + parse (JWT | platform verify)
+//!   ─▶ dedupe ─▶ identity ─▶ rate limits ─▶ ABAC + RBAC ─▶ DLP ingress
+//!   ─▶ context ─▶ forward (cluster: balance, failover, `accepted`)
+//!   ─▶ replies ─▶ DLP egress ─▶ writeback (inline within the deadline, else API)
 //! ```
 //!
 //! [`Gateway::handle`] is a plain async function from a fully read request
-//! to a response: the Pingora glue in `server` only reads bodies and writes
-//! answers, so every stage here is testable without sockets.
+//! to an [`Outcome`]: the Pingora glue in `server` only reads bodies, writes
+//! answers and proxies passthrough requests, so every stage here is testable
+//! without sockets. Each stage either lets the message go on or ends it with
+//! an answer, an audit line and a metric.
+
+// Stages return `Err(response)` to end a message early; a Response is a few
+// hundred bytes on a path that is not hot, so boxing it buys nothing.
+#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-use crate::config::{Config, FileError, PlatformKind, RouteMode, UpstreamKind};
+use crate::config::{Config, FileError, PlatformKind, RouteConfig, RouteMode, UpstreamKind};
+use crate::dedupe::{Claim, Dedupe, Seen};
 use crate::envelope;
 use crate::observe::{Audit, Metrics};
-use crate::platform::generic;
-use crate::policy::PolicyStore;
-use crate::upstream::{Cluster, DispatchError};
+use crate::platform::{
+    self, generic, Inbound, PlatformAdapter, PlatformMessage, WebhookRequest, WebhookResponse,
+};
+use crate::policy::abac::{AccessRequest, Environment, Subject};
+use crate::policy::dlp::Direction;
+use crate::policy::rate::RateKeys;
+use crate::policy::{PolicySet, PolicyStore};
+use crate::proto::v1::{DlpFinding, Envelope, Verdict};
+use crate::upstream::{Accepted, Cluster, Collected, DispatchError};
+use crate::writeback::Writeback;
+
+/// What the user is told when a reply is withheld by egress DLP.
+pub const WITHHELD_REPLY: &str =
+    "[reply withheld: it contained data the policy does not allow to leave]";
+/// What a rate-limited platform user is told (once per window).
+pub const SLOW_DOWN: &str =
+    "You are sending messages faster than allowed. Please wait a moment and try again.";
+/// What a user is told when policy denies their message.
+pub const DENIED: &str = "Sorry, this request is not allowed by policy.";
 
 /// A request with its whole body read, as the pipeline sees it.
 #[derive(Debug, Clone)]
@@ -35,11 +62,26 @@ pub struct IncomingRequest {
     pub headers: HeaderMap,
     /// The whole body (already checked against the route's limit).
     pub body: Bytes,
-    /// The socket peer's address.
-    pub peer: IpAddr,
+    /// The client's address (the socket peer, or `X-Forwarded-For` from a trusted proxy).
+    pub client_ip: IpAddr,
 }
 
-/// One configured route, resolved against its upstream.
+/// An HTTP bot behind a passthrough route.
+pub struct HttpUpstream {
+    /// `host:port` of each node.
+    pub nodes: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl HttpUpstream {
+    /// The next node, round robin.
+    pub fn pick(&self) -> Option<&str> {
+        let n = self.nodes.len();
+        (n > 0).then(|| self.nodes[self.next.fetch_add(1, Ordering::Relaxed) % n].as_str())
+    }
+}
+
+/// One configured route, resolved against its upstream and platform.
 pub struct Route {
     /// The exact path.
     pub path: String,
@@ -53,16 +95,53 @@ pub struct Route {
     pub deadline: Duration,
     /// The gRPC cluster (translate mode).
     pub cluster: Option<Arc<Cluster>>,
+    /// The HTTP bot (passthrough mode).
+    pub http_upstream: Option<Arc<HttpUpstream>>,
+    /// The platform adapter (every platform but generic).
+    pub adapter: Option<Arc<dyn PlatformAdapter>>,
+    /// Redelivered message ids.
+    pub dedupe: Dedupe,
 }
 
 impl Route {
     /// Methods this route accepts.
     pub fn methods(&self) -> &'static [Method] {
-        &[Method::POST]
+        match &self.adapter {
+            Some(a) => a.methods(),
+            None => &[Method::POST],
+        }
+    }
+
+    fn platform_name(&self) -> &'static str {
+        self.platform.as_str()
     }
 }
 
-/// The gateway: routes, clusters, policies and metrics.
+/// Passthrough bodies are held in memory to be re-sent; bigger ones are refused.
+pub const PASSTHROUGH_BODY_LIMIT: usize = 64 * 1024;
+
+/// What to do with a request.
+pub enum Outcome {
+    /// Answer it from the gateway.
+    Respond(Response<Bytes>),
+    /// Proxy it to a passthrough route's HTTP bot.
+    Proxy(ProxyPlan),
+}
+
+/// How to proxy a passthrough request.
+#[derive(Debug, Clone)]
+pub struct ProxyPlan {
+    /// `host:port` of the bot.
+    pub peer: String,
+    /// A replacement body (re-signed or re-encrypted), if policy changed it.
+    pub body: Option<Bytes>,
+    /// Headers to set on the proxied request (new signature, timestamp).
+    pub headers: Vec<(String, String)>,
+    /// A replacement query string (WeCom signs in the query).
+    pub query: Option<String>,
+}
+
+/// The gateway: routes, clusters, policies, caches and metrics.
 pub struct Gateway {
     routes: HashMap<String, Arc<Route>>,
     clusters: HashMap<String, Arc<Cluster>>,
@@ -72,6 +151,21 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Header and body timeouts.
     pub limits: crate::config::Limits,
+    /// Sends replies through platform APIs.
+    pub writeback: Writeback,
+}
+
+/// A verified message moving down the path, with what the stages learnt.
+struct Message {
+    platform: &'static str,
+    msg: PlatformMessage,
+    roles: Vec<String>,
+    device_type: String,
+    claims: std::collections::BTreeMap<String, serde_json::Value>,
+    person: Option<String>,
+    client_ip: IpAddr,
+    audit: Audit,
+    verdict: Verdict,
 }
 
 impl Gateway {
@@ -80,27 +174,57 @@ impl Gateway {
     pub fn build(config: &Config, metrics: Metrics) -> Result<Self, FileError> {
         let policies = Arc::new(PolicyStore::load(&config.policies_dir(), metrics.clone())?);
         let mut clusters = HashMap::new();
+        let mut http_upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
-            if up.kind == UpstreamKind::Grpc {
-                let cluster = Cluster::new(
-                    name,
-                    up,
-                    &config.source,
-                    |p| config.resolve(p),
-                    metrics.clone(),
-                )?;
-                clusters.insert(name.clone(), Arc::new(cluster));
+            match up.kind {
+                UpstreamKind::Grpc => {
+                    let cluster = Cluster::new(
+                        name,
+                        up,
+                        &config.source,
+                        |p| config.resolve(p),
+                        metrics.clone(),
+                    )?;
+                    clusters.insert(name.clone(), Arc::new(cluster));
+                }
+                UpstreamKind::Http => {
+                    http_upstreams.insert(
+                        name.clone(),
+                        Arc::new(HttpUpstream {
+                            nodes: up.nodes.iter().map(|n| n.0.clone()).collect(),
+                            next: AtomicUsize::new(0),
+                        }),
+                    );
+                }
             }
         }
         let mut routes = HashMap::new();
         for rc in &config.routes {
+            let adapter = build_adapter(rc).map_err(|e| {
+                FileError::whole(&config.source, format!("route '{}': {e}", rc.path))
+            })?;
+            let body_limit = match rc.mode {
+                RouteMode::Passthrough => config.body_limit(rc).min(PASSTHROUGH_BODY_LIMIT),
+                RouteMode::Translate => config.body_limit(rc),
+            };
+            let dedupe_ttl = adapter
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |a| a.dedupe_ttl());
+            let deadline = rc
+                .deadline
+                .map(|d| d.0)
+                .or_else(|| adapter.as_ref().map(|a| a.default_deadline()))
+                .unwrap_or(Duration::from_secs(3));
             let route = Route {
                 path: rc.path.0.clone(),
                 platform: rc.platform,
                 mode: rc.mode,
-                body_limit: config.body_limit(rc),
-                deadline: rc.deadline.map(|d| d.0).unwrap_or(Duration::from_secs(3)),
+                body_limit,
+                deadline,
                 cluster: clusters.get(&rc.upstream.0).cloned(),
+                http_upstream: http_upstreams.get(&rc.upstream.0).cloned(),
+                adapter,
+                dedupe: Dedupe::new(config.limits.dedupe_capacity, dedupe_ttl),
             };
             routes.insert(route.path.clone(), Arc::new(route));
         }
@@ -108,6 +232,7 @@ impl Gateway {
             routes,
             clusters,
             policies,
+            writeback: Writeback::new(metrics.clone(), Default::default()),
             metrics,
             limits: config.limits.clone(),
         })
@@ -132,6 +257,36 @@ impl Gateway {
             .all(|c| c.is_healthy())
     }
 
+    /// The IP policy, before any body is read: the client's address (socket
+    /// peer, or `X-Forwarded-For` from a trusted proxy) if admitted, else a 403.
+    pub fn admit(
+        &self,
+        route: &str,
+        platform: &'static str,
+        peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<IpAddr, Response<Bytes>> {
+        let policies = self.policies.current();
+        let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let ip = policies.ip.client_ip(peer, xff);
+        match policies.ip.check(ip) {
+            crate::policy::ip::IpDecision::Allowed => Ok(ip),
+            crate::policy::ip::IpDecision::Denied { reason } => {
+                self.metrics
+                    .policy_decisions
+                    .with_label_values(&["ip", "deny", reason.as_str()])
+                    .inc();
+                Err(self.refuse(
+                    route,
+                    platform,
+                    StatusCode::FORBIDDEN,
+                    reason.as_str(),
+                    "your address is not allowed",
+                ))
+            }
+        }
+    }
+
     /// Refuses a request before the pipeline runs (unknown path, wrong
     /// method, oversized or slow body): audit line, metric, clear answer.
     pub fn refuse(
@@ -143,7 +298,6 @@ impl Gateway {
         message: &str,
     ) -> Response<Bytes> {
         let mut audit = Audit::start(route, platform);
-        audit.reason = reason.to_string();
         self.finish_refusal(&mut audit, status, reason, message)
     }
 
@@ -151,7 +305,7 @@ impl Gateway {
         &self,
         audit: &mut Audit,
         status: StatusCode,
-        reason: &'static str,
+        reason: &str,
         message: &str,
     ) -> Response<Bytes> {
         audit.decision = "rejected";
@@ -162,29 +316,135 @@ impl Gateway {
             .rejections
             .with_label_values(&[&audit.route, reason])
             .inc();
-        self.metrics
-            .requests
-            .with_label_values(&[&audit.route, audit.platform, "rejected"])
-            .inc();
+        self.count(audit, "rejected");
         json_error(status, reason, message)
     }
 
-    /// Handles one request on `route`.
-    pub async fn handle(&self, route: &Route, req: IncomingRequest) -> Response<Bytes> {
-        match route.platform {
-            PlatformKind::Generic => self.handle_generic(route, req).await,
-            other => self.refuse(
-                &route.path,
-                other.as_str(),
-                StatusCode::NOT_IMPLEMENTED,
-                "platform_not_enabled",
-                "this platform is not enabled in this build",
-            ),
-        }
+    fn count(&self, audit: &Audit, outcome: &str) {
+        self.metrics
+            .requests
+            .with_label_values(&[&audit.route, audit.platform, outcome])
+            .inc();
     }
 
-    async fn handle_generic(&self, route: &Route, req: IncomingRequest) -> Response<Bytes> {
-        let mut audit = Audit::start(&route.path, "generic");
+    /// Handles one request on `route`.
+    pub async fn handle(&self, route: &Route, req: IncomingRequest) -> Outcome {
+        let started = Instant::now();
+        let (message, claim) = match self.authenticate(route, &req) {
+            Ok(m) => m,
+            Err(resp) => return Outcome::Respond(resp),
+        };
+        let policies = self.policies.current();
+        self.process(route, &req, &policies, message, claim, started)
+            .await
+    }
+
+    /// Stage 1: who is this, and what did they say? JWT + JSON for the
+    /// generic API; the platform adapter's verification for webhooks. Then
+    /// dedupe, so a redelivery stops here.
+    fn authenticate(
+        &self,
+        route: &Route,
+        req: &IncomingRequest,
+    ) -> Result<(Message, Option<Claim>), Response<Bytes>> {
+        let platform = route.platform_name();
+        let mut audit = Audit::start(&route.path, platform);
+        let Some(adapter) = &route.adapter else {
+            return self.authenticate_generic(req, audit).map(|m| (m, None));
+        };
+        let wreq = WebhookRequest {
+            method: &req.method,
+            query: req.query.as_deref(),
+            headers: &req.headers,
+            body: &req.body,
+            now: SystemTime::now(),
+        };
+        let msg = match adapter.receive(&wreq) {
+            Ok(Inbound::Message(m)) => *m,
+            Ok(Inbound::Answer { response, event }) => {
+                audit.decision = "answered";
+                audit.reason = event.to_string();
+                audit.status = response.status.as_u16();
+                audit.emit();
+                self.count(&audit, "challenge");
+                return Err(webhook_response(response));
+            }
+            Ok(Inbound::Skip { response, reason }) => {
+                audit.decision = "ignored";
+                audit.reason = reason.to_string();
+                audit.status = response.status.as_u16();
+                audit.emit();
+                self.metrics
+                    .ignored_events
+                    .with_label_values(&[platform, reason])
+                    .inc();
+                self.count(&audit, "ignored");
+                return Err(webhook_response(response));
+            }
+            Err(rejection) => {
+                return Err(self.finish_refusal(
+                    &mut audit,
+                    rejection.status(),
+                    rejection.kind(),
+                    &rejection.to_string(),
+                ));
+            }
+        };
+        audit.sender_id = msg.sender_id.clone();
+        audit.thread_id = msg.thread_id.clone();
+        let claim = if msg.message_id.is_empty() {
+            None
+        } else {
+            match route.dedupe.check(&msg.message_id) {
+                (Seen::New, claim) => claim,
+                (Seen::Done, _) => {
+                    audit.decision = "duplicate";
+                    audit.status = 200;
+                    audit.emit();
+                    self.metrics.duplicates.with_label_values(&[platform]).inc();
+                    self.count(&audit, "duplicate");
+                    return Err(webhook_response(adapter.ack(&msg)));
+                }
+                (Seen::InFlight, _) => {
+                    // The first delivery is still being handled; if it fails
+                    // the platform must be able to deliver again.
+                    audit.decision = "duplicate_in_flight";
+                    audit.status = 503;
+                    audit.emit();
+                    self.metrics.duplicates.with_label_values(&[platform]).inc();
+                    self.count(&audit, "duplicate");
+                    let mut resp = json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "in_flight",
+                        "an earlier delivery of this message is still being processed",
+                    );
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(1));
+                    return Err(resp);
+                }
+            }
+        };
+        Ok((
+            Message {
+                platform,
+                msg,
+                roles: Vec::new(),
+                device_type: String::new(),
+                claims: Default::default(),
+                person: None,
+                client_ip: req.client_ip,
+                audit,
+                verdict: Verdict::default(),
+            },
+            claim,
+        ))
+    }
+
+    fn authenticate_generic(
+        &self,
+        req: &IncomingRequest,
+        mut audit: Audit,
+    ) -> Result<Message, Response<Bytes>> {
         let policies = self.policies.current();
         let auth = req
             .headers
@@ -202,64 +462,509 @@ impl Gateway {
                 if let Ok(v) = HeaderValue::from_str(&e.www_authenticate()) {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
-                return resp;
+                return Err(resp);
             }
         };
         audit.sender_id = subject.id.clone();
-        let msg = match generic::parse(&req.body) {
+        let body = match generic::parse(&req.body) {
             Ok(m) => m,
             Err(e) => {
-                return self.finish_refusal(
+                return Err(self.finish_refusal(
                     &mut audit,
                     StatusCode::BAD_REQUEST,
                     "malformed_json",
                     &e.to_string(),
-                )
+                ))
             }
         };
-        let msg = generic::to_platform_message(msg, &subject);
-        let env = envelope::build(
-            "generic",
-            &route.path,
-            &msg,
-            subject.roles.clone(),
-            subject.device_type.clone(),
-        );
-        audit.envelope_id = env.id.clone();
+        let msg = generic::to_platform_message(body, &subject);
         audit.thread_id = msg.thread_id.clone();
+        Ok(Message {
+            platform: "generic",
+            msg,
+            roles: subject.roles,
+            device_type: subject.device_type,
+            claims: subject
+                .claims
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+            person: None,
+            client_ip: req.client_ip,
+            audit,
+            verdict: Verdict::default(),
+        })
+    }
 
+    /// Stages 2 and on: identity, rate limits, ABAC/RBAC, DLP, forward, reply.
+    async fn process(
+        &self,
+        route: &Route,
+        req: &IncomingRequest,
+        policies: &PolicySet,
+        mut m: Message,
+        claim: Option<Claim>,
+        started: Instant,
+    ) -> Outcome {
+        // Identity: which person, which roles.
+        m.person = policies
+            .identities
+            .person_of(m.platform, &m.msg.sender_id)
+            .map(str::to_string);
+        let user_key = format!("{}:{}", m.platform, m.msg.sender_id);
+
+        // Rate limits.
+        let keys = RateKeys {
+            ip: m.client_ip,
+            user: Some(user_key.as_str()),
+            tenant: Some(m.msg.tenant.as_str()).filter(|t| !t.is_empty()),
+            route: &route.path,
+        };
+        if let Err(limited) = policies.rate.check(&keys, Instant::now()) {
+            self.metrics
+                .policy_decisions
+                .with_label_values(&["rate", "deny", limited.scope])
+                .inc();
+            m.audit.rules.push(format!("rate:{}", limited.scope));
+            commit(claim);
+            if route.adapter.is_none() {
+                m.audit.decision = "rate_limited";
+                let mut resp = self.end(
+                    &mut m,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests; slow down",
+                );
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(limited.retry_after_secs()),
+                );
+                return Outcome::Respond(resp);
+            }
+            // Webhooks get 200 so the platform does not redeliver into a
+            // storm; the user hears about it once per window.
+            let notify = policies.rate.should_notify(&user_key, Instant::now());
+            return Outcome::Respond(self.tell_platform_user(
+                route,
+                &mut m,
+                "rate_limited",
+                notify.then_some(SLOW_DOWN),
+            ));
+        }
+
+        // ABAC + RBAC: forward, and the command if the text starts with one.
+        let command = envelope::command_of(&m.msg.text);
+        let mut access = AccessRequest {
+            subject: Subject {
+                id: m.msg.sender_id.clone(),
+                person: m.person.clone(),
+                roles: m.roles.clone(),
+                tenant: Some(m.msg.tenant.clone()).filter(|t| !t.is_empty()),
+                device_type: Some(m.device_type.clone()).filter(|t| !t.is_empty()),
+                platform: Some(m.platform.to_string()),
+                claims: m.claims.clone(),
+            },
+            resource: route.path.clone(),
+            action: "forward".into(),
+            chat_type: Some(m.msg.chat_type.clone()).filter(|t| !t.is_empty()),
+            command: Some(command.clone()).filter(|c| !c.is_empty()),
+            environment: Environment {
+                ip: Some(m.client_ip),
+                time: chrono::Utc::now(),
+            },
+        };
+        let mut actions = vec!["forward".to_string()];
+        if !command.is_empty() {
+            actions.push(format!("command:{command}"));
+        }
+        for action in actions {
+            access.action = action;
+            let decision = policies.abac.decide(&access, &policies.permissions);
+            let label = decision.decided_by.metric_label().to_string();
+            self.metrics
+                .policy_decisions
+                .with_label_values(&[
+                    "abac",
+                    if decision.allowed { "allow" } else { "deny" },
+                    &label,
+                ])
+                .inc();
+            m.audit.rules.push(decision.decided_by.to_string());
+            m.verdict
+                .matched_rules
+                .push(decision.decided_by.to_string());
+            if !decision.allowed {
+                commit(claim);
+                m.audit.reason = decision.decided_by.to_string();
+                return Outcome::Respond(match route.adapter {
+                    None => {
+                        m.audit.decision = "denied";
+                        self.end(
+                            &mut m,
+                            StatusCode::FORBIDDEN,
+                            "forbidden",
+                            "denied by policy",
+                        )
+                    }
+                    Some(_) => self.tell_platform_user(route, &mut m, "denied", Some(DENIED)),
+                });
+            }
+        }
+        m.roles = policies.permissions.effective_roles(&access.subject);
+
+        // DLP on the way in.
+        let original_text = m.msg.text.clone();
+        let scan = policies.dlp.scan(&m.msg.text, Direction::Ingress);
+        for f in &scan.findings {
+            self.metrics
+                .dlp_findings
+                .with_label_values(&[&f.rule, f.action.as_str(), "ingress"])
+                .inc();
+            m.audit
+                .rules
+                .push(format!("dlp:{}:{}", f.rule, f.action.as_str()));
+            m.verdict.dlp_findings.push(DlpFinding {
+                r#type: f.rule.to_string(),
+                start: f.start as u32,
+                end: f.end as u32,
+                action: f.action.as_str().into(),
+            });
+        }
+        if let Some(rule) = &scan.blocked_by {
+            commit(claim);
+            m.audit.reason = format!("dlp:{rule}");
+            let notice = format!(
+                "Your message was not sent: it contains data that must not be shared ({rule})."
+            );
+            return Outcome::Respond(match route.adapter {
+                None => {
+                    m.audit.decision = "blocked";
+                    self.end(
+                        &mut m,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "dlp_blocked",
+                        &notice,
+                    )
+                }
+                Some(_) => self.tell_platform_user(route, &mut m, "blocked", Some(&notice)),
+            });
+        }
+        if let Some(masked) = scan.masked {
+            m.msg.text = masked;
+        }
+
+        if route.mode == RouteMode::Passthrough {
+            return self.passthrough(route, req, m, claim, original_text);
+        }
+
+        // Forward.
+        let env = self.envelope(route, &m);
+        m.audit.envelope_id = env.id.clone();
         let Some(cluster) = &route.cluster else {
-            return self.finish_refusal(
-                &mut audit,
+            return Outcome::Respond(self.end(
+                &mut m,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_upstream",
                 "route has no assistant upstream",
-            );
+            ));
         };
         let accepted = match cluster.dispatch(&env).await {
             Ok(a) => a,
-            Err(e) => return self.unavailable(&mut audit, &e),
+            // The claim is released on drop: the redelivery will be processed.
+            Err(e) => return Outcome::Respond(self.unavailable(&mut m.audit, &e)),
         };
-        audit.node = accepted.node.clone();
+        commit(claim);
+        m.audit.node = accepted.node.clone();
+        match route.adapter.clone() {
+            None => Outcome::Respond(self.answer_generic(m, env, accepted).await),
+            Some(adapter) => Outcome::Respond(
+                self.answer_platform(route, adapter, m, accepted, started)
+                    .await,
+            ),
+        }
+    }
+
+    fn envelope(&self, route: &Route, m: &Message) -> Envelope {
+        let mut env = envelope::build(
+            m.platform,
+            &route.path,
+            &m.msg,
+            m.roles.clone(),
+            m.device_type.clone(),
+        );
+        if let Some(sender) = env.sender.as_mut() {
+            sender.person_id = m.person.clone().unwrap_or_default();
+        }
+        env.verdict = Some(m.verdict.clone());
+        env
+    }
+
+    /// Egress DLP on one reply: masked text, or the withheld notice.
+    fn egress(&self, text: &str) -> String {
+        egress_with(&self.policies.current(), &self.metrics, text)
+    }
+
+    async fn answer_generic(
+        &self,
+        mut m: Message,
+        env: Envelope,
+        accepted: Accepted,
+    ) -> Response<Bytes> {
         let collected = accepted.collect().await;
-        audit.ai_response_code = collected.code;
-        audit.decision = "answered";
-        audit.status = 200;
+        m.audit.ai_response_code = collected.code;
+        let replies: Vec<String> = collected.texts.iter().map(|t| self.egress(t)).collect();
         let body = serde_json::json!({
             "envelope_id": env.id,
-            "replies": collected.texts.iter().map(|t| serde_json::json!({"text": t})).collect::<Vec<_>>(),
+            "replies": replies.iter().map(|t| serde_json::json!({"text": t})).collect::<Vec<_>>(),
             "complete": collected.code == 0,
         });
+        self.answered(&mut m, 200);
+        json_response(StatusCode::OK, &body)
+    }
+
+    /// Waits for the assistant until the platform's deadline: a complete
+    /// answer goes inline when the platform allows it; otherwise the webhook
+    /// is acknowledged now and the reply follows through the platform's API.
+    async fn answer_platform(
+        &self,
+        route: &Route,
+        adapter: Arc<dyn PlatformAdapter>,
+        mut m: Message,
+        accepted: Accepted,
+        started: Instant,
+    ) -> Response<Bytes> {
+        // Leave a margin for writing the answer before the platform gives up.
+        let inline_by = (started + route.deadline.mul_f32(0.8)).min(accepted.deadline);
+        let Accepted {
+            node,
+            mut replies,
+            deadline,
+        } = accepted;
+        let mut early = Collected::default();
+        let mut complete = false;
+        loop {
+            match tokio::time::timeout_at(inline_by.into(), replies.next()).await {
+                Err(_) => break,
+                Ok(None) => {
+                    complete = true;
+                    break;
+                }
+                Ok(Some(Err(status))) => {
+                    early.code = status.code() as i32;
+                    complete = true;
+                    break;
+                }
+                Ok(Some(Ok(r))) => match r.kind {
+                    Some(crate::proto::v1::reply::Kind::Text(t)) => early.texts.push(t.text),
+                    Some(crate::proto::v1::reply::Kind::Final(f)) => {
+                        early.state = f.state;
+                        complete = true;
+                        break;
+                    }
+                    _ => {}
+                },
+            }
+        }
+        if complete {
+            m.audit.ai_response_code = early.code;
+            let text = self.egress(&early.texts.join("\n"));
+            if !text.is_empty() {
+                if let Some(resp) = adapter.inline_reply(&m.msg, &text, SystemTime::now()) {
+                    m.audit.reason = "inline_reply".into();
+                    self.answered(&mut m, resp.status.as_u16());
+                    return webhook_response(resp);
+                }
+                self.send_reply(adapter.as_ref(), m.platform, &m.msg, &text);
+            }
+            m.audit.reason = "api_reply".into();
+            let ack = adapter.ack(&m.msg);
+            self.answered(&mut m, ack.status.as_u16());
+            return webhook_response(ack);
+        }
+        // Past the deadline: acknowledge now, reply when the assistant is done.
+        let rest = Accepted {
+            node,
+            replies,
+            deadline,
+        };
+        let ack = adapter.ack(&m.msg);
+        m.audit.reason = "deferred_reply".into();
+        self.answered(&mut m, ack.status.as_u16());
+        let writeback = self.writeback.clone();
+        let gateway_dlp = self.policies.clone();
+        let metrics = self.metrics.clone();
+        let platform = m.platform;
+        let msg = m.msg;
+        tokio::spawn(async move {
+            let more = rest.collect().await;
+            let mut texts = early.texts;
+            texts.extend(more.texts);
+            let text = egress_with(&gateway_dlp.current(), &metrics, &texts.join("\n"));
+            if text.is_empty() {
+                return;
+            }
+            match adapter.reply_calls(&msg, &text) {
+                Ok(calls) => {
+                    let _ = writeback.send(platform, calls).await;
+                }
+                Err(e) => {
+                    metrics
+                        .writebacks
+                        .with_label_values(&[platform, "failed"])
+                        .inc();
+                    tracing::error!(platform, error = %e, "cannot build the reply call; the reply is dropped");
+                }
+            }
+        });
+        webhook_response(ack)
+    }
+
+    /// Sends `text` to the user through the platform API, in the background.
+    fn send_reply(
+        &self,
+        adapter: &dyn PlatformAdapter,
+        platform: &'static str,
+        msg: &PlatformMessage,
+        text: &str,
+    ) {
+        match adapter.reply_calls(msg, text) {
+            Ok(calls) => {
+                let writeback = self.writeback.clone();
+                tokio::spawn(async move {
+                    let _ = writeback.send(platform, calls).await;
+                });
+            }
+            Err(e) => {
+                self.metrics
+                    .writebacks
+                    .with_label_values(&[platform, "failed"])
+                    .inc();
+                tracing::error!(platform, error = %e, "cannot build the reply call; the reply is dropped");
+            }
+        }
+    }
+
+    /// A webhook message that stops here (denied, blocked, rate limited):
+    /// the platform gets 200, the user gets `notice` (inline or by API).
+    fn tell_platform_user(
+        &self,
+        route: &Route,
+        m: &mut Message,
+        decision: &'static str,
+        notice: Option<&str>,
+    ) -> Response<Bytes> {
+        m.audit.decision = decision;
+        m.audit.status = 200;
+        m.audit.emit();
+        self.count(&m.audit, decision);
+        let Some(adapter) = &route.adapter else {
+            return json_error(StatusCode::FORBIDDEN, decision, "refused by policy");
+        };
+        if let Some(text) = notice {
+            if let Some(resp) = adapter.inline_reply(&m.msg, text, SystemTime::now()) {
+                return webhook_response(resp);
+            }
+            self.send_reply(adapter.as_ref(), m.platform, &m.msg, text);
+        }
+        webhook_response(adapter.ack(&m.msg))
+    }
+
+    /// Passthrough: policies passed; proxy the original request, re-sealed
+    /// if DLP changed the text, refused if the platform cannot be re-sealed.
+    fn passthrough(
+        &self,
+        route: &Route,
+        req: &IncomingRequest,
+        mut m: Message,
+        claim: Option<Claim>,
+        original_text: String,
+    ) -> Outcome {
+        let Some(peer) = route
+            .http_upstream
+            .as_ref()
+            .and_then(|u| u.pick())
+            .map(str::to_string)
+        else {
+            return Outcome::Respond(self.end(
+                &mut m,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_upstream",
+                "route has no HTTP upstream",
+            ));
+        };
+        let mut plan = ProxyPlan {
+            peer,
+            body: None,
+            headers: Vec::new(),
+            query: None,
+        };
+        if m.msg.text != original_text {
+            let Some(adapter) = &route.adapter else {
+                return Outcome::Respond(self.end(
+                    &mut m,
+                    StatusCode::FORBIDDEN,
+                    "cannot_reseal",
+                    "masked content cannot be re-signed",
+                ));
+            };
+            let wreq = WebhookRequest {
+                method: &req.method,
+                query: req.query.as_deref(),
+                headers: &req.headers,
+                body: &req.body,
+                now: SystemTime::now(),
+            };
+            match adapter.reseal(&wreq, &m.msg, &m.msg.text) {
+                Some(sealed) => {
+                    plan.body = Some(sealed.body);
+                    plan.headers = sealed.headers;
+                    plan.query = sealed.query;
+                    m.audit.reason = "resealed".into();
+                }
+                None => {
+                    commit(claim);
+                    m.audit.decision = "refused";
+                    return Outcome::Respond(self.end(
+                        &mut m,
+                        StatusCode::FORBIDDEN,
+                        "cannot_reseal",
+                        "this platform's signature cannot be renewed, so masked content is refused rather than passed on unmasked",
+                    ));
+                }
+            }
+        }
+        commit(claim);
+        m.audit.decision = "proxied";
+        m.audit.node = plan.peer.clone();
+        m.audit.status = 0;
+        m.audit.emit();
+        self.count(&m.audit, "proxied");
+        Outcome::Proxy(plan)
+    }
+
+    /// Ends a message with a JSON answer (API) and its audit line.
+    fn end(&self, m: &mut Message, status: StatusCode, code: &str, text: &str) -> Response<Bytes> {
+        if m.audit.decision == "rejected" {
+            m.audit.decision = "refused";
+        }
+        if m.audit.reason.is_empty() {
+            m.audit.reason = code.to_string();
+        }
+        m.audit.status = status.as_u16();
+        m.audit.emit();
+        self.count(&m.audit, m.audit.decision);
+        json_error(status, code, text)
+    }
+
+    fn answered(&self, m: &mut Message, status: u16) {
+        m.audit.decision = "answered";
+        m.audit.status = status;
         self.metrics
             .message_latency
-            .with_label_values(&["generic"])
-            .observe(audit.elapsed_secs());
-        self.metrics
-            .requests
-            .with_label_values(&[&route.path, "generic", "answered"])
-            .inc();
-        audit.emit();
-        json_response(StatusCode::OK, &body)
+            .with_label_values(&[m.platform])
+            .observe(m.audit.elapsed_secs());
+        self.count(&m.audit, "answered");
+        m.audit.emit();
     }
 
     /// 503 with `Retry-After`: no node accepted, so nothing was acknowledged
@@ -271,10 +976,7 @@ impl Gateway {
         audit.reason = "no_node_accepted".into();
         audit.status = 503;
         audit.emit();
-        self.metrics
-            .requests
-            .with_label_values(&[&audit.route, audit.platform, "unavailable"])
-            .inc();
+        self.count(audit, "unavailable");
         let mut resp = json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream_unavailable",
@@ -284,6 +986,59 @@ impl Gateway {
             .insert(header::RETRY_AFTER, HeaderValue::from(e.retry_after()));
         resp
     }
+}
+
+/// Egress DLP outside a request (deferred replies).
+fn egress_with(policies: &PolicySet, metrics: &Metrics, text: &str) -> String {
+    let scan = policies.dlp.scan(text, Direction::Egress);
+    for f in &scan.findings {
+        metrics
+            .dlp_findings
+            .with_label_values(&[&f.rule, f.action.as_str(), "egress"])
+            .inc();
+    }
+    if scan.is_blocked() {
+        return WITHHELD_REPLY.to_string();
+    }
+    scan.masked.unwrap_or_else(|| text.to_string())
+}
+
+fn commit(claim: Option<Claim>) {
+    if let Some(c) = claim {
+        c.commit();
+    }
+}
+
+/// Builds the adapter for a route's platform from its secrets.
+pub fn build_adapter(rc: &RouteConfig) -> Result<Option<Arc<dyn PlatformAdapter>>, String> {
+    let secrets = rc.secrets.to_map();
+    let api = rc.api_base.as_ref().map(|s| s.0.as_str());
+    Ok(Some(match rc.platform {
+        PlatformKind::Generic => return Ok(None),
+        PlatformKind::Feishu => Arc::new(platform::feishu::FeishuAdapter::new(&secrets, api)?),
+        PlatformKind::Wecom => Arc::new(platform::wecom::WecomAdapter::new(&secrets, api)?),
+        PlatformKind::Dingtalk => {
+            Arc::new(platform::dingtalk::DingtalkAdapter::new(&secrets, api)?)
+        }
+        PlatformKind::Slack => Arc::new(platform::slack::SlackAdapter::new(&secrets, api)?),
+        PlatformKind::Discord => Arc::new(platform::discord::DiscordAdapter::new(&secrets, api)?),
+        PlatformKind::Telegram => {
+            Arc::new(platform::telegram::TelegramAdapter::new(&secrets, api)?)
+        }
+    }))
+}
+
+/// An adapter's answer as an HTTP response.
+pub fn webhook_response(r: WebhookResponse) -> Response<Bytes> {
+    let mut resp = Response::new(r.body);
+    *resp.status_mut() = r.status;
+    if !r.content_type.is_empty() {
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(r.content_type),
+        );
+    }
+    resp
 }
 
 /// A JSON response.

@@ -390,6 +390,13 @@ pub struct Limits {
     /// Time allowed for the whole body to arrive.
     #[serde(default = "default_body_timeout")]
     pub body_timeout: HumanDuration,
+    /// Message ids remembered per route to recognise redeliveries.
+    #[serde(default = "default_dedupe_capacity")]
+    pub dedupe_capacity: u64,
+}
+
+fn default_dedupe_capacity() -> u64 {
+    200_000
 }
 
 fn default_body_limit() -> usize {
@@ -408,6 +415,7 @@ impl Default for Limits {
             body: default_body_limit(),
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
+            dedupe_capacity: default_dedupe_capacity(),
         }
     }
 }

@@ -323,6 +323,8 @@ pub struct Resealed {
     pub body: Bytes,
     /// Headers to set on the proxied request.
     pub headers: Vec<(String, String)>,
+    /// A new query string, for schemes that sign in the query (WeCom).
+    pub query: Option<String>,
 }
 
 /// The per-platform behaviour the pipeline drives.

@@ -446,6 +446,7 @@ impl PlatformAdapter for DingtalkAdapter {
         Some(Resealed {
             body: Bytes::from(body.to_string()),
             headers: vec![("timestamp".to_string(), ts), ("sign".to_string(), sign)],
+            query: None,
         })
     }
 }

@@ -505,6 +505,7 @@ impl PlatformAdapter for FeishuAdapter {
         Some(Resealed {
             body: Bytes::from(body),
             headers,
+            query: None,
         })
     }
 }

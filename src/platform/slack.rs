@@ -321,6 +321,7 @@ impl PlatformAdapter for SlackAdapter {
                 (TIMESTAMP_HEADER.into(), timestamp),
                 (SIGNATURE_HEADER.into(), signature),
             ],
+            query: None,
         })
     }
 

@@ -354,6 +354,7 @@ impl PlatformAdapter for TelegramAdapter {
         Some(Resealed {
             body: serde_json::to_vec(&value).ok()?.into(),
             headers: vec![(SECRET_HEADER.into(), self.secret_token.clone())],
+            query: None,
         })
     }
 

@@ -412,11 +412,7 @@ impl WecomAdapter {
 
     /// Passthrough rewrite: the new body plus the new query string
     /// (`msg_signature`, `timestamp`, `nonce`), since WeCom signs in the query.
-    pub fn reseal_with_query(
-        &self,
-        req: &WebhookRequest<'_>,
-        text: &str,
-    ) -> Option<(Resealed, String)> {
+    pub fn reseal_with_query(&self, req: &WebhookRequest<'_>, text: &str) -> Option<Resealed> {
         let (outer, plain, inner) = self.open_post(req).ok()?;
         let content = inner.field("Content")?;
         let new_plain = format!(
@@ -442,13 +438,11 @@ impl WecomAdapter {
         let nonce = wxcrypt::random_nonce();
         let signature = wxcrypt::msg_signature(&self.token, &timestamp, &nonce, &encrypt);
         let query = format!("msg_signature={signature}&timestamp={timestamp}&nonce={nonce}");
-        Some((
-            Resealed {
-                body: Bytes::from(new_body),
-                headers: Vec::new(),
-            },
-            query,
-        ))
+        Some(Resealed {
+            body: Bytes::from(new_body),
+            headers: Vec::new(),
+            query: Some(query),
+        })
     }
 
     fn token_source(&self) -> Result<TokenSource, Rejection> {
@@ -555,16 +549,15 @@ impl PlatformAdapter for WecomAdapter {
         Ok(vec![call])
     }
 
-    /// The proxied request must carry a new query signature, which
-    /// [`Resealed`] cannot express yet: see [`WecomAdapter::reseal_with_query`].
-    /// Until the contract carries a query, refuse (fail closed).
+    /// WeCom signs in the query string, so the new signature, timestamp
+    /// and nonce travel in [`Resealed::query`].
     fn reseal(
         &self,
-        _req: &WebhookRequest<'_>,
+        req: &WebhookRequest<'_>,
         _msg: &PlatformMessage,
-        _text: &str,
+        text: &str,
     ) -> Option<Resealed> {
-        None
+        self.reseal_with_query(req, text)
     }
 }
 
@@ -1032,7 +1025,8 @@ mod tests {
         );
         let later = at(ts) + Duration::from_secs(7);
         let r_later = WebhookRequest { now: later, ..r };
-        let (sealed, new_q) = a.reseal_with_query(&r_later, "你好 ****").unwrap();
+        let sealed = a.reseal_with_query(&r_later, "你好 ****").unwrap();
+        let new_q = sealed.query.clone().unwrap();
         assert!(sealed.headers.is_empty());
         assert!(new_q.contains(&format!("timestamp={}", unix_secs(later))));
         let r2 = req(&Method::POST, &new_q, &h, &sealed.body, later);

@@ -202,8 +202,8 @@ pub struct RuleTrace {
     pub failed: Option<String>,
 }
 
-/// A compiled `abac.yaml`.
-#[derive(Debug)]
+/// A compiled `abac.yaml`. The default has no rules, so it denies everything.
+#[derive(Debug, Default)]
 pub struct AbacPolicy {
     rules: Vec<Rule>,
     index: Index,

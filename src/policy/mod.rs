@@ -9,6 +9,7 @@
 pub mod abac;
 pub mod dlp;
 pub mod explain;
+pub mod identities;
 pub mod ip;
 pub mod jwt;
 pub mod rate;
@@ -26,22 +27,56 @@ use crate::config::yaml;
 use crate::config::FileError;
 use crate::observe::Metrics;
 
-/// File names inside the policies directory.
+/// `security_policy.yaml`: JWT, IP lists, trusted proxies, rate limits.
 pub const SECURITY_FILE: &str = "security_policy.yaml";
+/// `abac.yaml`: attribute rules.
+pub const ABAC_FILE: &str = "abac.yaml";
+/// `permissions.yaml`: roles, their permissions, and who has them.
+pub const PERMISSIONS_FILE: &str = "permissions.yaml";
+/// `dlp.yaml`: keywords and patterns to block, mask or alert on.
+pub const DLP_FILE: &str = "dlp.yaml";
+/// `identities.yaml`: which platform accounts belong to one person.
+pub const IDENTITIES_FILE: &str = "identities.yaml";
 
 /// Every compiled policy, as one immutable snapshot.
-#[derive(Debug)]
 pub struct PolicySet {
     /// Increases by one on every successful reload.
     pub version: u64,
     /// Bearer-token verification for the generic API.
     pub jwt: jwt::JwtVerifier,
+    /// IP allow and deny lists, and which proxies' `X-Forwarded-For` to trust.
+    pub ip: ip::IpPolicy,
+    /// Rate limits; counters carry over reloads.
+    pub rate: rate::RateLimiter,
+    /// Attribute-based rules.
+    pub abac: abac::AbacPolicy,
+    /// Roles and permissions.
+    pub permissions: rbac::Permissions,
+    /// Data-loss prevention.
+    pub dlp: dlp::DlpPolicy,
+    /// Linked identities.
+    pub identities: identities::Identities,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("version", &self.version)
+            .field("abac_rules", &self.abac.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PolicySet {
     /// Parses and compiles every policy file in `dir`. A missing file means
-    /// that policy's defaults; a present but broken file is an error.
-    pub fn load(dir: &Path, version: u64) -> Result<PolicySet, FileError> {
+    /// that policy's defaults (a missing `abac.yaml` denies everything); a
+    /// present but broken file is an error. `previous` hands over the rate
+    /// limiter's counters.
+    pub fn load(
+        dir: &Path,
+        version: u64,
+        previous: Option<&PolicySet>,
+    ) -> Result<PolicySet, FileError> {
         if !dir.is_dir() {
             return Err(FileError::whole(dir, "policies directory does not exist"));
         }
@@ -52,7 +87,52 @@ impl PolicySet {
             Some(cfg) => jwt::JwtVerifier::new(cfg, dir, &security_path, &security_text)?,
             None => jwt::JwtVerifier::unconfigured(),
         };
-        Ok(PolicySet { version, jwt })
+        let ip = ip::IpPolicy::new(
+            &security.ip_whitelist,
+            &security.ip_blacklist,
+            &security.trusted_proxies,
+        );
+        let rate = match previous {
+            Some(p) => p.rate.reconfigure(&security.rate_limiting),
+            None => rate::RateLimiter::new(&security.rate_limiting),
+        };
+        let abac = compile_optional(&dir.join(ABAC_FILE), abac::AbacPolicy::from_yaml)?
+            .unwrap_or_else(|| {
+                tracing::warn!(dir = %dir.display(), "no abac.yaml: every message is denied (default deny)");
+                abac::AbacPolicy::default()
+            });
+        let permissions =
+            compile_optional(&dir.join(PERMISSIONS_FILE), rbac::Permissions::from_yaml)?
+                .unwrap_or_default();
+        let dlp = compile_optional(&dir.join(DLP_FILE), dlp::DlpPolicy::from_yaml)?
+            .unwrap_or_else(dlp::DlpPolicy::empty);
+        let identities = compile_optional(
+            &dir.join(IDENTITIES_FILE),
+            identities::Identities::from_yaml,
+        )?
+        .unwrap_or_default();
+        Ok(PolicySet {
+            version,
+            jwt,
+            ip,
+            rate,
+            abac,
+            permissions,
+            dlp,
+            identities,
+        })
+    }
+}
+
+/// Compiles `path` with `compile` if it exists.
+fn compile_optional<T>(
+    path: &Path,
+    compile: fn(&Path, &str) -> Result<T, FileError>,
+) -> Result<Option<T>, FileError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => compile(path, &text).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FileError::whole(path, format!("cannot read: {e}"))),
     }
 }
 
@@ -80,7 +160,7 @@ pub struct PolicyStore {
 impl PolicyStore {
     /// Loads the initial set; an error here stops the gateway from starting.
     pub fn load(dir: &Path, metrics: Metrics) -> Result<Self, FileError> {
-        let set = PolicySet::load(dir, 1)?;
+        let set = PolicySet::load(dir, 1, None)?;
         metrics.policy_reloads.with_label_values(&["initial"]).inc();
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -107,7 +187,8 @@ impl PolicyStore {
         // request path never takes this lock.
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let version = self.versions.load(Ordering::Acquire) + 1;
-        match PolicySet::load(&self.dir, version) {
+        let previous = self.current();
+        match PolicySet::load(&self.dir, version, Some(&previous)) {
             Ok(set) => {
                 self.current.store(Arc::new(set));
                 self.versions.store(version, Ordering::Release);

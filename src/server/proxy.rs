@@ -13,15 +13,22 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Response, StatusCode};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
-use crate::pipeline::{Gateway, IncomingRequest};
+use crate::config::RouteMode;
+use crate::pipeline::{Gateway, IncomingRequest, Outcome, ProxyPlan};
 
 /// The public listener's proxy logic.
 pub struct PublicProxy {
     /// The gateway the requests go to.
     pub gateway: Arc<Gateway>,
+}
+
+/// A passthrough request on its way to the bot.
+pub struct Passthrough {
+    plan: ProxyPlan,
+    body_replaced: bool,
 }
 
 /// Why reading a body stopped early.
@@ -74,11 +81,14 @@ pub async fn write_response(session: &mut Session, resp: Response<Bytes>) -> Res
 
 #[async_trait]
 impl ProxyHttp for PublicProxy {
-    type CTX = ();
+    /// Set when a passthrough request is to be proxied.
+    type CTX = Option<Passthrough>;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Self::CTX {
+        None
+    }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let gw = &self.gateway;
         let path = session.req_header().uri.path().to_string();
         let Some(route) = gw.route(&path).cloned() else {
@@ -93,6 +103,20 @@ impl ProxyHttp for PublicProxy {
             return Ok(true);
         };
         let platform = route.platform.as_str();
+        // The IP policy runs before a byte of the body is read.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let client_ip = match gw.admit(&route.path, platform, peer, &session.req_header().headers) {
+            Ok(ip) => ip,
+            Err(resp) => {
+                session.set_keepalive(None);
+                write_response(session, resp).await?;
+                return Ok(true);
+            }
+        };
         let method = session.req_header().method.clone();
         if !route.methods().contains(&method) {
             let allowed = route
@@ -135,6 +159,11 @@ impl ProxyHttp for PublicProxy {
             write_response(session, resp).await?;
             return Ok(true);
         }
+        if route.mode == RouteMode::Passthrough {
+            // Keep the body so Pingora can send it on to the bot (at most 64 KiB,
+            // which the route's limit already enforces).
+            session.enable_retry_buffering();
+        }
         let deadline = Instant::now() + gw.limits.body_timeout.0;
         let body = match read_body(session, route.body_limit, deadline).await {
             Ok(b) => b,
@@ -172,26 +201,82 @@ impl ProxyHttp for PublicProxy {
             query: header.uri.query().map(str::to_string),
             headers: header.headers.clone(),
             body,
-            peer: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            client_ip,
         };
-        let resp = gw.handle(&route, req).await;
-        write_response(session, resp).await?;
-        Ok(true)
+        match gw.handle(&route, req).await {
+            Outcome::Respond(resp) => {
+                write_response(session, resp).await?;
+                Ok(true)
+            }
+            Outcome::Proxy(plan) => {
+                *ctx = Some(Passthrough {
+                    plan,
+                    body_replaced: false,
+                });
+                Ok(false)
+            }
+        }
     }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        // Every translate-mode request is answered in request_filter.
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "no upstream peer for a request answered by the gateway",
-        ))
+        match ctx {
+            Some(p) => Ok(Box::new(HttpPeer::new(
+                p.plan.peer.as_str(),
+                false,
+                String::new(),
+            ))),
+            // Translate-mode requests are answered in request_filter.
+            None => Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream peer for a request answered by the gateway",
+            )),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(p) = ctx else { return Ok(()) };
+        for (name, value) in &p.plan.headers {
+            upstream.insert_header(name.clone(), value.as_str())?;
+        }
+        if let Some(body) = &p.plan.body {
+            upstream.remove_header(&header::TRANSFER_ENCODING);
+            upstream.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        }
+        if let Some(query) = &p.plan.query {
+            let uri = format!("{}?{query}", upstream.uri.path())
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InternalError, "resealed query", e))?;
+            upstream.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // A resealed body replaces the original: sent once, in place of the
+        // first chunk; later chunks of the original are dropped.
+        if let Some(p) = ctx {
+            if let Some(new) = p.plan.body.take() {
+                *body = Some(new);
+                p.body_replaced = true;
+            } else if p.body_replaced {
+                *body = None;
+            }
+        }
+        Ok(())
     }
 }

@@ -25,6 +25,9 @@ pub fn free_port() -> u16 {
 /// The demo JWT policy used by tests.
 pub const SECURITY_POLICY: &str = "jwt_validation:\n  issuer: auth.example.com\n  audiences: [moltbot.api]\n  leeway: 5\n  algorithms: [HS256]\n  secret: test-secret\n";
 
+/// Allows every message on every route (tests of other stages).
+pub const ALLOW_ALL_ABAC: &str = "policies:\n  - id: allow_all\n    effect: Allow\n    resources: [\"/**\"]\n    actions: [\"*\", \"command:*\"]\n";
+
 /// A running gateway, killed on drop.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
@@ -48,7 +51,7 @@ impl Default for Setup {
             upstreams: "  assistant: { kind: grpc, nodes: [embedded], balance: conversation, timeout: 5s }\n".into(),
             routes: "  - { path: /v1/messages, platform: generic, upstream: assistant }\n".into(),
             extra: String::new(),
-            policies: vec![("security_policy.yaml", SECURITY_POLICY.into())],
+            policies: vec![("security_policy.yaml", SECURITY_POLICY.into()), ("abac.yaml", ALLOW_ALL_ABAC.into())],
         }
     }
 }
@@ -229,15 +232,30 @@ impl Drop for Gateway {
 
 /// A reqwest client trusting `ca`.
 pub fn client_for(ca: &Path, http1: bool) -> reqwest::Client {
-    let pem = std::fs::read(ca).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(moltgate::tls::client_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(ca))
+        .with_no_client_auth();
+    tls.alpn_protocols = if http1 { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
     let mut b = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(20))
         .no_proxy();
     if http1 {
         b = b.http1_only();
     }
     b.build().unwrap()
+}
+
+/// A root store with just the dev CA.
+pub fn roots(ca: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
 }
 
 /// A blocking GET on the admin listener: (status, body).
