@@ -3,6 +3,8 @@
 //! over real TLS.
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

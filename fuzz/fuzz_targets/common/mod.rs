@@ -84,7 +84,7 @@ pub fn headers(pairs: &[(&'static str, Option<&[u8]>)]) -> HeaderMap {
     for (name, value) in pairs {
         if let Some(v) = value {
             if let Ok(v) = HeaderValue::from_bytes(v) {
-                h.append(HeaderName::from_static(name), v);
+                h.append(HeaderName::from_static(*name), v);
             }
         }
     }
