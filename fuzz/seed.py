@@ -148,7 +148,7 @@ other = {"schema": "2.0", "header": {"token": "vtoken", "event_type": "im.chat.m
 for body in [v2, v1, chal, bot, img, other]:
     add("feishu_receive", frame(0, ["", "", ""], j(body)))              # token-only route
     add("feishu_receive", frame(7, [fs["timestamp"], "n1", ""], j(body)))  # encrypted + signed
-add("feishu_receive", frame(5, ["", "", ""], j(chal)))  # encrypted challenge, unsigned
+add("feishu_receive", frame(5, [], j(chal)))  # encrypted challenge, no signature header
 add("feishu_receive", frame(3, [fs["timestamp"], "n1", ""], j(v2)))  # signed plaintext on encrypted route
 
 add("feishu_decrypt", frame(0, [fd["encrypt_key"]], fd["encrypt"]))
@@ -198,7 +198,7 @@ add("wecom_receive", frame(0x02, [om["timestamp"], om["nonce"], ""], om["plainte
 add("wecom_receive", frame(0x26, [lm["timestamp"], lm["nonce"], ""], legacy_plain))
 add("wecom_receive", frame(0x02, [om["timestamp"], om["nonce"], ""],
                            om["plaintext"].replace("<MsgType>text", "<MsgType>event")))
-add("wecom_receive", frame(0x0A, [ov["timestamp"], ov["nonce"], ""], ov["reply"]))
+add("wecom_receive", frame(0x1A, [ov["timestamp"], ov["nonce"], ""], ov["reply"]))
 add("wecom_receive", frame(0x03, [om["timestamp"], om["nonce"], "wrong_corp"], om["plaintext"]))
 add("wecom_receive", frame(0x02, ["1476400000", om["nonce"], ""], om["plaintext"]))
 

@@ -210,3 +210,48 @@ impl PolicyStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+    }
+
+    /// The product's seed examples (DESIGN.md), verbatim, load as a policies directory.
+    #[test]
+    fn seed_examples_load_unchanged() {
+        let set = PolicySet::load(&fixture("tests/fixtures/seed"), 1, None).unwrap();
+        assert_eq!(set.abac.len(), 1);
+        assert!(set.dlp.rule_names().any(|r| r == "credit_card"));
+        assert!(set.ip.check("10.1.2.3".parse().unwrap()).is_allowed());
+        assert!(!set.ip.check("127.0.0.1".parse().unwrap()).is_allowed());
+    }
+
+    /// The shipped policies load, and serve the local demo.
+    #[test]
+    fn shipped_policies_load() {
+        let set = PolicySet::load(&fixture("policies"), 1, None).unwrap();
+        assert!(set.ip.check("127.0.0.1".parse().unwrap()).is_allowed());
+        assert!(set.jwt.hs_secret().is_some());
+        assert!(set.abac.len() > 1);
+    }
+
+    /// A broken file is refused and the old set keeps serving.
+    #[test]
+    fn broken_reload_keeps_old_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ABAC_FILE), "policies:\n  - id: a\n    effect: Allow\n    resources: ['/x']\n    actions: [forward]\n").unwrap();
+        let metrics = Metrics::new();
+        let store = PolicyStore::load(dir.path(), metrics.clone()).unwrap();
+        std::fs::write(dir.path().join(ABAC_FILE), "policies:\n  - id: a\n    effect: Allow\n    resources: ['/x']\n    actions: [forward]\n    conditions: { ipRnage: 10.0.0.0/8 }\n").unwrap();
+        let err = store.reload().unwrap_err();
+        assert!(err.to_string().contains("abac.yaml:6:19: unknown key 'ipRnage' (did you mean 'ipRange'?)"), "{err}");
+        assert_eq!(store.current().version, 1);
+        assert!(metrics.render().contains("moltgate_policy_reload_total{result=\"failure\"} 1"));
+        std::fs::write(dir.path().join(ABAC_FILE), "policies: []\n").unwrap();
+        assert_eq!(store.reload().unwrap(), 2);
+        assert_eq!(store.current().abac.len(), 0);
+    }
+}
