@@ -170,7 +170,11 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
-        Command::Explain { policies, json, request } => match explain(&policies, &request, json) {
+        Command::Explain {
+            policies,
+            json,
+            request,
+        } => match explain(&policies, &request, json) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
@@ -247,26 +251,42 @@ pub fn check(path: &ConfigArgPath) -> Result<String, String> {
 }
 
 /// Reads one policy file from `dir` with `compile`; a missing file is an error here.
-fn load_policy<T>(dir: &Path, name: &str, compile: fn(&Path, &str) -> Result<T, crate::config::FileError>) -> Result<T, String> {
+fn load_policy<T>(
+    dir: &Path,
+    name: &str,
+    compile: fn(&Path, &str) -> Result<T, crate::config::FileError>,
+) -> Result<T, String> {
     let path = dir.join(name);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     compile(&path, &text).map_err(|e| e.to_string())
 }
 
 /// `moltgate dlp scan`: one JSON line per input line, streamed.
 pub fn dlp_scan(dir: &Path, input: &str) -> Result<(), String> {
     use std::io::{BufRead, Write};
-    let policy = load_policy(dir, crate::policy::DLP_FILE, crate::policy::dlp::DlpPolicy::from_yaml)?;
+    let policy = load_policy(
+        dir,
+        crate::policy::DLP_FILE,
+        crate::policy::dlp::DlpPolicy::from_yaml,
+    )?;
     let reader: Box<dyn BufRead> = if input == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(input).map_err(|e| format!("{input}: {e}"))?))
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input).map_err(|e| format!("{input}: {e}"))?,
+        ))
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| format!("{input}: line {}: {e}", i + 1))?;
-        writeln!(out, "{}", crate::policy::dlp::scan_line_json(&policy, i + 1, &line)).map_err(|e| e.to_string())?;
+        writeln!(
+            out,
+            "{}",
+            crate::policy::dlp::scan_line_json(&policy, i + 1, &line)
+        )
+        .map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())
 }
@@ -274,15 +294,29 @@ pub fn dlp_scan(dir: &Path, input: &str) -> Result<(), String> {
 /// `moltgate explain`: the decision for a request file, as text or JSON.
 pub fn explain(dir: &Path, request: &Path, json: bool) -> Result<String, String> {
     use crate::policy::explain;
-    let abac = load_policy(dir, crate::policy::ABAC_FILE, crate::policy::abac::AbacPolicy::from_yaml)?;
+    let abac = load_policy(
+        dir,
+        crate::policy::ABAC_FILE,
+        crate::policy::abac::AbacPolicy::from_yaml,
+    )?;
     let perms = match std::fs::read_to_string(dir.join(crate::policy::PERMISSIONS_FILE)) {
-        Ok(text) => crate::policy::rbac::Permissions::from_yaml(&dir.join(crate::policy::PERMISSIONS_FILE), &text).map_err(|e| e.to_string())?,
+        Ok(text) => crate::policy::rbac::Permissions::from_yaml(
+            &dir.join(crate::policy::PERMISSIONS_FILE),
+            &text,
+        )
+        .map_err(|e| e.to_string())?,
         Err(_) => Default::default(),
     };
-    let text = std::fs::read_to_string(request).map_err(|e| format!("{}: cannot read: {e}", request.display()))?;
-    let req = explain::parse_request(request, &text, chrono::Utc::now()).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(request)
+        .map_err(|e| format!("{}: cannot read: {e}", request.display()))?;
+    let req =
+        explain::parse_request(request, &text, chrono::Utc::now()).map_err(|e| e.to_string())?;
     let x = explain::explain(&abac, &perms, req);
-    Ok(if json { format!("{}\n", explain::render_json(&x)) } else { explain::render_text(&x) })
+    Ok(if json {
+        format!("{}\n", explain::render_json(&x))
+    } else {
+        explain::render_text(&x)
+    })
 }
 
 /// `moltgate token`: an HS256 token for `sub` with the configured secret.

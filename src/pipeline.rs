@@ -743,6 +743,10 @@ impl Gateway {
         let mut early = Collected::default();
         let mut complete = false;
         loop {
+            // Replies that are already waiting must not sneak in after the deadline.
+            if Instant::now() >= inline_by {
+                break;
+            }
             match tokio::time::timeout_at(inline_by.into(), replies.next()).await {
                 Err(_) => break,
                 Ok(None) => {

@@ -18,6 +18,8 @@
 #   TOOL         wrk (HTTP/1.1, p50/p99) or h2load             [wrk]
 #   H2LOAD_PROTO h2 or h1 when TOOL=h2load                     [h2]
 #   UPSTREAM     external (separate assistant process) or embedded [external]
+#   CONVERSATIONS distinct conversations the wrk requests cycle through [1000]
+#                (h2load sends one body, so one conversation)
 #   MOLTGATE_BIN the binary [target/release/moltgate, built if missing]
 #   KEEP=1       keep the temp dir (configs, logs) for inspection
 #
@@ -34,6 +36,7 @@ ROUNDS=${ROUNDS:-1}
 TOOL=${TOOL:-wrk}
 H2LOAD_PROTO=${H2LOAD_PROTO:-h2}
 UPSTREAM=${UPSTREAM:-external}
+CONVERSATIONS=${CONVERSATIONS:-1000}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -45,11 +48,12 @@ die() { say "run.sh: $*"; exit 1; }
 case "$TOOL" in wrk|h2load) ;; *) die "TOOL must be wrk or h2load, not '$TOOL'";; esac
 case "$UPSTREAM" in external|embedded) ;; *) die "UPSTREAM must be external or embedded, not '$UPSTREAM'";; esac
 case "$H2LOAD_PROTO" in h2|h1) ;; *) die "H2LOAD_PROTO must be h2 or h1";; esac
-for v in DURATION WARMUP CONNECTIONS THREADS WORKERS ROUNDS; do
+for v in DURATION WARMUP CONNECTIONS THREADS WORKERS ROUNDS CONVERSATIONS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 (( DURATION >= 1 && DURATION <= 600 )) || die "DURATION must be 1..600 seconds"
 (( ROUNDS >= 1 && ROUNDS <= 10 )) || die "ROUNDS must be 1..10"
+(( CONVERSATIONS >= 1 && CONVERSATIONS <= 100000 )) || die "CONVERSATIONS must be 1..100000"
 
 # ---------------------------------------------------------------- tools
 SUDO=
@@ -86,7 +90,7 @@ chmod 755 "$WORK"
 PIDS=()
 cleanup() {
     local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done  # fast stop (moltgate, nginx, assistant)
     for _ in $(seq 50); do
         local alive=0
         for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
@@ -133,9 +137,17 @@ wait_port() { # wait_port PORT WHAT PID
 "$BIN" certs dev "$WORK/certs" >/dev/null
 CERT=$WORK/certs/server.crt KEY=$WORK/certs/server.key CA=$WORK/certs/ca.crt
 
+# The shipped policies (ABAC, RBAC, identities, DLP ingress and egress all
+# run), with security_policy.yaml replaced: the same checks, but rate limits
+# too high to ever trigger, the loopback whitelisted, and a known JWT secret.
 mkdir -p "$WORK/policies"
+cp "$ROOT"/policies/*.yaml "$WORK/policies/"
 cat >"$WORK/policies/security_policy.yaml" <<'EOF'
-# Only JWT: no IP list, no rate limit, so the load is never throttled.
+rate_limiting:
+  global:   { window: 60s, max_requests: 1000000000 }
+  per_ip:   { window: 30s, max_requests: 1000000000 }
+  per_user: { window: 60s, max_requests: 1000000000 }
+ip_whitelist: [127.0.0.0/8, "::1/128"]
 jwt_validation:
   issuer: "auth.example.com"
   audiences: ["moltbot.api"]
@@ -163,7 +175,7 @@ EOF
 
 TOKEN=$("$BIN" token -c "$WORK/moltgate.yaml" --sub bench-user --claim roles=user --claim tenant=acme --ttl 2h)
 # A typical generic-API message (no ' \ or $, so it can be inlined below).
-BODY='{"platform":"web","sender":{"id":"u-1842","name":"Alice Martin"},"content":{"text":"Hi! Can you summarise the incident report and list the follow-up actions for the on-call team?"},"timestamp":1732190000,"context":{"room_id":"ops-room","thread_id":"t-77","chat_type":"group"}}'
+BODY='{"platform":"web","sender":{"id":"u-1842","name":"Alice Martin"},"content":{"text":"Hi! Can you summarise the incident report and list the follow-up actions for the on-call team?"},"timestamp":1732190000,"context":{"room_id":"ops-room","thread_id":"t-1","chat_type":"group"}}'
 printf '%s' "$BODY" >"$WORK/body.json"
 
 # ---------------------------------------------------------------- moltgate
@@ -228,11 +240,23 @@ tls_of() { # the negotiated protocol and cipher; and whether TLS 1.2 is refused
 
 # ---------------------------------------------------------------- load
 if [[ $TOOL == wrk ]]; then
+    TEMPLATE=${BODY/'"t-1"'/'"t-%d"'}
+    [[ $TEMPLATE == *'"t-%d"'* ]] || die "no thread id to vary in the body"
     cat >"$WORK/post.lua" <<EOF
 wrk.method = "POST"
-wrk.body = [[$BODY]]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $TOKEN"
+-- The same message in $CONVERSATIONS conversations (thread ids t-1, t-2, ...),
+-- requests pre-formatted once per thread and cycled through.
+local template = [[$TEMPLATE]]
+local requests, n = {}, 0
+init = function(args)
+  for i = 1, $CONVERSATIONS do requests[i] = wrk.format(nil, nil, nil, string.format(template, i)) end
+end
+request = function()
+  n = n % #requests + 1
+  return requests[n]
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT requests=%d duration_us=%d status_errors=%d socket_errors=%d p50_us=%d p90_us=%d p99_us=%d mean_us=%.0f\n",
@@ -329,7 +353,7 @@ echo "            $BIN run -c $WORK/moltgate.yaml"
 echo "  nginx:    $NGINX -p $WORK -c $WORK/nginx.conf"
 echo "  load:     $(load_cmd "$MG_PUBLIC" "$DURATION")"
 echo "            $(load_cmd "$NG_PUBLIC" "$DURATION")"
-echo "request: POST /v1/messages, ${#BODY} B JSON body, Authorization: Bearer <HS256 JWT, ${#TOKEN} B>"
+echo "request: POST /v1/messages, ${#BODY} B JSON body, Authorization: Bearer <HS256 JWT, ${#TOKEN} B>; $([[ $TOOL == wrk ]] && echo "$CONVERSATIONS conversations" || echo "1 conversation")"
 
 MG_PIDS=("$MG_PID"); [[ $UPSTREAM == external ]] && MG_PIDS+=("$ASSISTANT_PID")
 for ROUND in $(seq "$ROUNDS"); do

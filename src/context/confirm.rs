@@ -68,7 +68,7 @@ pub struct HeldMessage {
 #[derive(Debug, PartialEq)]
 pub enum ConfirmOutcome {
     /// The right code, in time: forward this message (state FORWARDED).
-    Forward(HeldMessage),
+    Forward(Box<HeldMessage>),
     /// A wrong code. `remaining` tries are left; at 0 the held message was
     /// rejected and dropped (state REJECTED).
     Wrong {
@@ -99,11 +99,11 @@ struct Pending {
     expires_at: Instant,
     envelope_id: String,
     attempts_left: u32,
-    held: Mutex<Option<HeldMessage>>,
+    held: Mutex<Option<Box<HeldMessage>>>,
 }
 
 impl Pending {
-    fn take(&self) -> Option<HeldMessage> {
+    fn take(&self) -> Option<Box<HeldMessage>> {
         match self.held.lock() {
             Ok(mut held) => held.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -152,7 +152,10 @@ impl ConfirmStore {
     pub fn new(ttl: Duration, max_pending: u64, attempts: u32) -> Self {
         // The cache keeps entries past `ttl` (by a grace period) so a late
         // code is answered `Expired` rather than treated as a new message.
-        let grace = ttl.max(Duration::from_secs(60));
+        Self::with_grace(ttl, max_pending, attempts, ttl.max(Duration::from_secs(60)))
+    }
+
+    fn with_grace(ttl: Duration, max_pending: u64, attempts: u32, grace: Duration) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_pending.max(1))
             .eviction_policy(EvictionPolicy::lru())
@@ -201,7 +204,7 @@ impl ConfirmStore {
             expires_at: now + self.ttl,
             envelope_id: envelope_id.clone(),
             attempts_left: self.attempts,
-            held: Mutex::new(Some(held)),
+            held: Mutex::new(Some(Box::new(held))),
         };
         self.cache.insert(who.to_string(), Arc::new(pending));
         audit("confirm_await", who, &envelope_id, "");
@@ -326,7 +329,7 @@ mod tests {
             &format!(" {code}\n"),
             now + Duration::from_secs(10),
         );
-        assert_eq!(out, ConfirmOutcome::Forward(held("e1")));
+        assert_eq!(out, ConfirmOutcome::Forward(Box::new(held("e1"))));
         assert!(!s.is_pending("zhangsan", now));
         // Used twice: nothing is held any more, so it is an ordinary message.
         assert_eq!(
@@ -368,7 +371,7 @@ mod tests {
         );
         assert_eq!(
             s.respond("u", &code, now),
-            ConfirmOutcome::Forward(held("e1"))
+            ConfirmOutcome::Forward(Box::new(held("e1")))
         );
     }
 
@@ -397,12 +400,12 @@ mod tests {
         let just = now + TTL - Duration::from_millis(1);
         assert_eq!(
             s.respond("u", &code, just),
-            ConfirmOutcome::Forward(held("e2"))
+            ConfirmOutcome::Forward(Box::new(held("e2")))
         );
     }
 
     #[test]
-    fn unanswered_holds_are_swept() {
+    fn a_late_code_is_expired_not_a_new_message() {
         let s = ConfirmStore::new(Duration::ZERO, 100, 3);
         let now = Instant::now();
         s.hold("u", held("e1"), now);
@@ -425,7 +428,7 @@ mod tests {
         // It cost zhangsan nothing.
         assert_eq!(
             s.respond("zhangsan", &code, now),
-            ConfirmOutcome::Forward(held("e1"))
+            ConfirmOutcome::Forward(Box::new(held("e1")))
         );
     }
 
@@ -444,7 +447,7 @@ mod tests {
         }
         assert_eq!(
             s.respond("u", &code, now),
-            ConfirmOutcome::Forward(held("e1"))
+            ConfirmOutcome::Forward(Box::new(held("e1")))
         );
     }
 
@@ -463,7 +466,7 @@ mod tests {
         );
         assert_eq!(
             s.respond("u", &second, now),
-            ConfirmOutcome::Forward(held("e2"))
+            ConfirmOutcome::Forward(Box::new(held("e2")))
         );
     }
 
@@ -537,6 +540,32 @@ mod tests {
             codes.push(s.hold("zhaoliu", m, now));
             s.run_pending_tasks();
         });
+        // An unanswered hold is swept by the cache, and audited.
+        let sweep = Buf::default();
+        let writer = sweep.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .without_time()
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let s = ConfirmStore::with_grace(Duration::ZERO, 100, 3, Duration::from_millis(20));
+            s.hold("zhouqi", held("env-2"), Instant::now());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while s.pending() > 0 || s.cache.contains_key("zhouqi") {
+                assert!(Instant::now() < deadline, "never swept");
+                std::thread::sleep(Duration::from_millis(10));
+                s.run_pending_tasks();
+            }
+        });
+        let swept = String::from_utf8(sweep.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            swept.contains(
+                "decision=\"confirm_expired\" sender_id=zhouqi envelope_id=env-2 reason=\"unanswered\""
+            ),
+            "{swept}"
+        );
+
         let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         for needle in [
             "moltgate::audit",

@@ -824,6 +824,10 @@ mod tests {
         });
         assert!(ended, "the conversation outlived its ttl");
         assert!(started.elapsed() >= Duration::from_millis(300));
+        // The gauge followed the replacement of the expired entry.
+        let (s2, m) = (&s, &s.metrics);
+        assert!(eventually(s2, || m.context_entries.get() as u64 == s2.entries()));
+        assert_eq!(s.entries(), 1);
     }
 
     #[test]

@@ -281,7 +281,10 @@ pub struct TokenSource {
 }
 
 /// One HTTP call to a platform API, described rather than performed.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its `Debug` shows only the method and the URL's origin: URLs, headers and
+/// bodies carry bot tokens and app secrets.
+#[derive(Clone, PartialEq)]
 pub struct ApiCall {
     /// HTTP method.
     pub method: Method,
@@ -296,6 +299,22 @@ pub struct ApiCall {
     /// JSON pointer and expected value that mark success in a 200 answer,
     /// for APIs that report errors in the body (`/ok` = true, `/errcode` = 0).
     pub success: Option<(&'static str, serde_json::Value)>,
+}
+
+impl std::fmt::Debug for ApiCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let origin = self
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.host()?)))
+            .unwrap_or_else(|| "<unparseable url>".into());
+        f.debug_struct("ApiCall")
+            .field("method", &self.method)
+            .field("origin", &origin)
+            .field("auth", &self.auth.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiCall {

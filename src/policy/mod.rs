@@ -247,9 +247,15 @@ mod tests {
         let store = PolicyStore::load(dir.path(), metrics.clone()).unwrap();
         std::fs::write(dir.path().join(ABAC_FILE), "policies:\n  - id: a\n    effect: Allow\n    resources: ['/x']\n    actions: [forward]\n    conditions: { ipRnage: 10.0.0.0/8 }\n").unwrap();
         let err = store.reload().unwrap_err();
-        assert!(err.to_string().contains("abac.yaml:6:19: unknown key 'ipRnage' (did you mean 'ipRange'?)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("abac.yaml:6:19: unknown key 'ipRnage' (did you mean 'ipRange'?)"),
+            "{err}"
+        );
         assert_eq!(store.current().version, 1);
-        assert!(metrics.render().contains("moltgate_policy_reload_total{result=\"failure\"} 1"));
+        assert!(metrics
+            .render()
+            .contains("moltgate_policy_reload_total{result=\"failure\"} 1"));
         std::fs::write(dir.path().join(ABAC_FILE), "policies: []\n").unwrap();
         assert_eq!(store.reload().unwrap(), 2);
         assert_eq!(store.current().abac.len(), 0);

@@ -25,30 +25,38 @@ pub struct Recorded {
 impl Recorded {
     /// The body as JSON (panics in tests if it is not).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{} body is not JSON: {e}", self.path))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{} body is not JSON: {e}", self.path))
     }
 }
 
 /// The universal success answer.
 pub const OK_BODY: &str = r#"{"ok":true,"code":0,"errcode":0,"errmsg":"ok","msg":"ok","tenant_access_token":"t-fake-token","expire":7200,"access_token":"at-fake-token","expires_in":7200,"result":{}}"#;
 
+/// Scripted failures: path prefix -> statuses to answer before succeeding.
+type Failures = Arc<Mutex<Vec<(String, Vec<u16>)>>>;
+
 /// The running fake; stops with its runtime thread when dropped.
 pub struct FakeApi {
     pub port: u16,
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// Scripted failures: path prefix -> remaining statuses to answer first.
-    failures: Arc<Mutex<Vec<(String, Vec<u16>)>>>,
+    failures: Failures,
     _rt: tokio::runtime::Runtime,
 }
 
 impl FakeApi {
     /// Starts the fake on an ephemeral loopback port.
     pub fn start() -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let failures: Arc<Mutex<Vec<(String, Vec<u16>)>>> = Arc::new(Mutex::new(Vec::new()));
+        let failures: Failures = Arc::new(Mutex::new(Vec::new()));
         let (reqs, fails) = (requests.clone(), failures.clone());
         rt.spawn(async move {
             loop {
@@ -129,7 +137,10 @@ impl FakeApi {
 
     /// Answers the next requests under `path_prefix` with `statuses` first.
     pub fn fail_next(&self, path_prefix: &str, statuses: &[u16]) {
-        self.failures.lock().unwrap().push((path_prefix.to_string(), statuses.to_vec()));
+        self.failures
+            .lock()
+            .unwrap()
+            .push((path_prefix.to_string(), statuses.to_vec()));
     }
 
     /// Everything received so far.
@@ -139,7 +150,10 @@ impl FakeApi {
 
     /// Requests whose path starts with `prefix`.
     pub fn requests_to(&self, prefix: &str) -> Vec<Recorded> {
-        self.requests().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .collect()
     }
 
     /// Waits (bounded, 10 s) until `n` requests under `prefix` have arrived.
@@ -150,7 +164,12 @@ impl FakeApi {
             if got.len() >= n {
                 return got;
             }
-            assert!(Instant::now() < deadline, "expected {n} request(s) to {prefix}, got {}: {:?}", got.len(), self.requests().iter().map(|r| &r.path).collect::<Vec<_>>());
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} request(s) to {prefix}, got {}: {:?}",
+                got.len(),
+                self.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

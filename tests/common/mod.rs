@@ -83,38 +83,66 @@ impl Setup {
         (dir, public, admin, path)
     }
 
-    /// Starts a gateway and waits until `/healthz` answers.
+    /// Starts a gateway and waits until `/healthz` answers and the public
+    /// port accepts connections. Ports are picked free then released, so
+    /// another process can take one first: then start again on new ports.
     pub fn start(&self) -> Gateway {
-        let (dir, public, admin, path) = self.write();
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+        for attempt in 1..=3 {
+            let (dir, public, admin, path) = self.write();
+            let mut child = Command::new(BIN)
+                .arg("run")
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let logs = Arc::new(Mutex::new(Vec::new()));
+            let stderr = child.stderr.take().unwrap();
+            let sink = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            let mut gw = Gateway {
+                dir,
+                public,
+                admin,
+                child: Some(child),
+                logs,
+            };
+            if gw.wait_started() {
+                return gw;
             }
-        });
-        let gw = Gateway {
-            dir,
-            public,
-            admin,
-            child: Some(child),
-            logs,
-        };
-        gw.wait_admin("/healthz", 200);
-        gw
+            eprintln!("gateway start attempt {attempt} failed (port taken?); logs:\n{}", gw.log_text());
+        }
+        panic!("the gateway did not start in 3 attempts");
     }
 }
 
 impl Gateway {
+    /// Waits (bounded) until the process serves both listeners; false if it exited.
+    fn wait_started(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            let admin_up = admin_get(self.admin, "/healthz").map(|(s, _)| s) == Some(200);
+            if admin_up && std::net::TcpStream::connect(("127.0.0.1", self.public)).is_ok() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Polls an admin path until it answers `status` (bounded: 15 s).
     pub fn wait_admin(&self, path: &str, status: u16) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -239,7 +267,11 @@ pub fn client_for(ca: &Path, http1: bool) -> reqwest::Client {
         .unwrap()
         .with_root_certificates(roots(ca))
         .with_no_client_auth();
-    tls.alpn_protocols = if http1 { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
+    tls.alpn_protocols = if http1 {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(Duration::from_secs(20))
