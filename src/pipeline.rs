@@ -261,12 +261,12 @@ impl Gateway {
     /// peer, or `X-Forwarded-For` from a trusted proxy) if admitted, else a 403.
     pub fn admit(
         &self,
+        policies: &PolicySet,
         route: &str,
         platform: &'static str,
         peer: IpAddr,
         headers: &HeaderMap,
     ) -> Result<IpAddr, Response<Bytes>> {
-        let policies = self.policies.current();
         let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         let ip = policies.ip.client_ip(peer, xff);
         match policies.ip.check(ip) {
@@ -327,15 +327,25 @@ impl Gateway {
             .inc();
     }
 
-    /// Handles one request on `route`.
-    pub async fn handle(&self, route: &Route, req: IncomingRequest) -> Outcome {
+    /// The policy set in force now. A request takes one snapshot and uses it
+    /// for every decision, so a reload never splits a request between sets.
+    pub fn snapshot(&self) -> Arc<PolicySet> {
+        self.policies.current()
+    }
+
+    /// Handles one request on `route`, decided entirely by `policies`.
+    pub async fn handle(
+        &self,
+        route: &Route,
+        req: IncomingRequest,
+        policies: Arc<PolicySet>,
+    ) -> Outcome {
         let started = Instant::now();
-        let (message, claim) = match self.authenticate(route, &req) {
+        let (message, claim) = match self.authenticate(route, &req, &policies) {
             Ok(m) => m,
             Err(resp) => return Outcome::Respond(resp),
         };
-        let policies = self.policies.current();
-        self.process(route, &req, &policies, message, claim, started)
+        self.process(route, &req, policies, message, claim, started)
             .await
     }
 
@@ -346,11 +356,14 @@ impl Gateway {
         &self,
         route: &Route,
         req: &IncomingRequest,
+        policies: &PolicySet,
     ) -> Result<(Message, Option<Claim>), Response<Bytes>> {
         let platform = route.platform_name();
         let mut audit = Audit::start(&route.path, platform);
         let Some(adapter) = &route.adapter else {
-            return self.authenticate_generic(req, audit).map(|m| (m, None));
+            return self
+                .authenticate_generic(req, audit, policies)
+                .map(|m| (m, None));
         };
         let wreq = WebhookRequest {
             method: &req.method,
@@ -444,8 +457,8 @@ impl Gateway {
         &self,
         req: &IncomingRequest,
         mut audit: Audit,
+        policies: &PolicySet,
     ) -> Result<Message, Response<Bytes>> {
-        let policies = self.policies.current();
         let auth = req
             .headers
             .get(header::AUTHORIZATION)
@@ -501,7 +514,7 @@ impl Gateway {
         &self,
         route: &Route,
         req: &IncomingRequest,
-        policies: &PolicySet,
+        policies: Arc<PolicySet>,
         mut m: Message,
         claim: Option<Claim>,
         started: Instant,
@@ -676,9 +689,9 @@ impl Gateway {
         commit(claim);
         m.audit.node = accepted.node.clone();
         match route.adapter.clone() {
-            None => Outcome::Respond(self.answer_generic(m, env, accepted).await),
+            None => Outcome::Respond(self.answer_generic(&policies, m, env, accepted).await),
             Some(adapter) => Outcome::Respond(
-                self.answer_platform(route, adapter, m, accepted, started)
+                self.answer_platform(route, policies.clone(), adapter, m, accepted, started)
                     .await,
             ),
         }
@@ -700,19 +713,24 @@ impl Gateway {
     }
 
     /// Egress DLP on one reply: masked text, or the withheld notice.
-    fn egress(&self, text: &str) -> String {
-        egress_with(&self.policies.current(), &self.metrics, text)
+    fn egress(&self, policies: &PolicySet, text: &str) -> String {
+        egress_with(policies, &self.metrics, text)
     }
 
     async fn answer_generic(
         &self,
+        policies: &PolicySet,
         mut m: Message,
         env: Envelope,
         accepted: Accepted,
     ) -> Response<Bytes> {
         let collected = accepted.collect().await;
         m.audit.ai_response_code = collected.code;
-        let replies: Vec<String> = collected.texts.iter().map(|t| self.egress(t)).collect();
+        let replies: Vec<String> = collected
+            .texts
+            .iter()
+            .map(|t| self.egress(policies, t))
+            .collect();
         let body = serde_json::json!({
             "envelope_id": env.id,
             "replies": replies.iter().map(|t| serde_json::json!({"text": t})).collect::<Vec<_>>(),
@@ -728,6 +746,7 @@ impl Gateway {
     async fn answer_platform(
         &self,
         route: &Route,
+        policies: Arc<PolicySet>,
         adapter: Arc<dyn PlatformAdapter>,
         mut m: Message,
         accepted: Accepted,
@@ -771,7 +790,7 @@ impl Gateway {
         }
         if complete {
             m.audit.ai_response_code = early.code;
-            let text = self.egress(&early.texts.join("\n"));
+            let text = self.egress(&policies, &early.texts.join("\n"));
             if !text.is_empty() {
                 if let Some(resp) = adapter.inline_reply(&m.msg, &text, SystemTime::now()) {
                     m.audit.reason = "inline_reply".into();
@@ -795,7 +814,7 @@ impl Gateway {
         m.audit.reason = "deferred_reply".into();
         self.answered(&mut m, ack.status.as_u16());
         let writeback = self.writeback.clone();
-        let gateway_dlp = self.policies.clone();
+        let request_policies = policies.clone();
         let metrics = self.metrics.clone();
         let platform = m.platform;
         let msg = m.msg;
@@ -803,7 +822,7 @@ impl Gateway {
             let more = rest.collect().await;
             let mut texts = early.texts;
             texts.extend(more.texts);
-            let text = egress_with(&gateway_dlp.current(), &metrics, &texts.join("\n"));
+            let text = egress_with(&request_policies, &metrics, &texts.join("\n"));
             if text.is_empty() {
                 return;
             }

@@ -109,7 +109,15 @@ impl ProxyHttp for PublicProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let client_ip = match gw.admit(&route.path, platform, peer, &session.req_header().headers) {
+        // One policy snapshot decides the whole request, IP check included.
+        let policies = gw.snapshot();
+        let client_ip = match gw.admit(
+            &policies,
+            &route.path,
+            platform,
+            peer,
+            &session.req_header().headers,
+        ) {
             Ok(ip) => ip,
             Err(resp) => {
                 session.set_keepalive(None);
@@ -203,7 +211,7 @@ impl ProxyHttp for PublicProxy {
             body,
             client_ip,
         };
-        match gw.handle(&route, req).await {
+        match gw.handle(&route, req, policies).await {
             Outcome::Respond(resp) => {
                 write_response(session, resp).await?;
                 Ok(true)

@@ -115,7 +115,10 @@ impl Setup {
             if gw.wait_started() {
                 return gw;
             }
-            eprintln!("gateway start attempt {attempt} failed (port taken?); logs:\n{}", gw.log_text());
+            eprintln!(
+                "gateway start attempt {attempt} failed (port taken?); logs:\n{}",
+                gw.log_text()
+            );
         }
         panic!("the gateway did not start in 3 attempts");
     }
