@@ -81,6 +81,7 @@ fn memory(default_n: u64) {
         max_conversations: n,
         ttl: HumanDuration(Duration::from_secs(24 * 3600)),
         turns: TURNS,
+        ..ContextConfig::default()
     };
     let metrics = Metrics::new();
     let limits = ContextLimits::from_config(&cfg);

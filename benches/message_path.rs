@@ -85,6 +85,7 @@ fn whole(body: &[u8], subject: &Subject) -> Vec<u8> {
     let env = envelope::build(
         "generic",
         ROUTE,
+        key(&msg),
         &msg,
         subject.roles.clone(),
         subject.device_type.clone(),
@@ -99,6 +100,7 @@ fn bench_message_path(c: &mut Criterion) {
     let env = envelope::build(
         "generic",
         ROUTE,
+        key(&platform_msg),
         &platform_msg,
         subject.roles.clone(),
         subject.device_type.clone(),
@@ -122,6 +124,7 @@ fn bench_message_path(c: &mut Criterion) {
             envelope::build(
                 "generic",
                 ROUTE,
+                key(&platform_msg),
                 black_box(&platform_msg),
                 subject.roles.clone(),
                 subject.device_type.clone(),
@@ -165,3 +168,15 @@ criterion_group! {
     targets = bench_message_path, bench_jwt
 }
 criterion_main!(benches);
+
+/// The conversation key the pipeline derives (part of building the envelope).
+fn key(m: &moltgate::platform::PlatformMessage) -> String {
+    moltgate::context::conversation_key(
+        "generic",
+        &m.chat_type,
+        &m.room_id,
+        &m.thread_id,
+        &m.sender_id,
+        None,
+    )
+}

@@ -27,19 +27,6 @@ pub fn command_of(text: &str) -> String {
     }
 }
 
-/// The conversation key: a group is keyed by its room (and thread); a
-/// private chat by the sender. Identity linking may replace the private key
-/// with the person's.
-pub fn conversation_key(platform: &str, msg: &PlatformMessage) -> String {
-    if msg.chat_type == "private" || msg.room_id.is_empty() {
-        format!("{platform}:dm:{}", msg.sender_id)
-    } else if msg.thread_id.is_empty() {
-        format!("{platform}:room:{}", msg.room_id)
-    } else {
-        format!("{platform}:room:{}:thread:{}", msg.room_id, msg.thread_id)
-    }
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     SystemTime::now()
@@ -48,10 +35,12 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// Builds the Envelope for a verified message on `route`.
+/// Builds the Envelope for a verified message on `route`, in conversation
+/// `conversation_key` (see [`crate::context::conversation_key`]).
 pub fn build(
     platform: &str,
     route: &str,
+    conversation_key: String,
     msg: &PlatformMessage,
     roles: Vec<String>,
     device_type: String,
@@ -70,7 +59,7 @@ pub fn build(
             attributes: msg.attributes.clone().into_iter().collect(),
         }),
         conversation: Some(Conversation {
-            id: conversation_key(platform, msg),
+            id: conversation_key,
             room_id: msg.room_id.clone(),
             thread_id: msg.thread_id.clone(),
             chat_type: msg.chat_type.clone(),
@@ -100,20 +89,5 @@ mod tests {
         assert_eq!(command_of("hello /x"), "");
         assert_eq!(command_of("/"), "");
         assert_eq!(command_of("/../etc"), "");
-    }
-
-    #[test]
-    fn conversation_keys() {
-        let mut m = PlatformMessage {
-            sender_id: "u1".into(),
-            room_id: "c1".into(),
-            chat_type: "group".into(),
-            ..Default::default()
-        };
-        assert_eq!(conversation_key("slack", &m), "slack:room:c1");
-        m.thread_id = "t".into();
-        assert_eq!(conversation_key("slack", &m), "slack:room:c1:thread:t");
-        m.chat_type = "private".into();
-        assert_eq!(conversation_key("slack", &m), "slack:dm:u1");
     }
 }

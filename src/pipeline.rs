@@ -28,6 +28,8 @@ use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use crate::config::{Config, FileError, PlatformKind, RouteConfig, RouteMode, UpstreamKind};
+use crate::context::confirm::{self, ConfirmOutcome, ConfirmStore, HeldMessage};
+use crate::context::{ContextLimits, ContextStore};
 use crate::dedupe::{Claim, Dedupe, Seen};
 use crate::envelope;
 use crate::observe::{Audit, Metrics};
@@ -153,6 +155,10 @@ pub struct Gateway {
     pub limits: crate::config::Limits,
     /// Sends replies through platform APIs.
     pub writeback: Writeback,
+    /// Conversation context.
+    pub context: Arc<ContextStore>,
+    /// Messages held for a second-step confirmation.
+    pub confirm: ConfirmStore,
 }
 
 /// A verified message moving down the path, with what the stages learnt.
@@ -166,6 +172,8 @@ struct Message {
     client_ip: IpAddr,
     audit: Audit,
     verdict: Verdict,
+    /// Who answers a confirmation: `person:<id>` when linked, else `platform:sender`.
+    who: String,
 }
 
 impl Gateway {
@@ -228,7 +236,20 @@ impl Gateway {
             };
             routes.insert(route.path.clone(), Arc::new(route));
         }
+        let mut limits = ContextLimits::from_config(&config.context);
+        if let Some(idle) = config.context.idle {
+            limits.idle = idle.0;
+        }
+        if let Some(max_bytes) = config.context.max_bytes {
+            limits.max_bytes = max_bytes;
+        }
         Ok(Self {
+            context: Arc::new(ContextStore::with_limits(limits, metrics.clone())),
+            confirm: ConfirmStore::new(
+                config.context.confirm_ttl.0,
+                confirm::DEFAULT_MAX_PENDING,
+                confirm::DEFAULT_ATTEMPTS,
+            ),
             routes,
             clusters,
             policies,
@@ -340,13 +361,11 @@ impl Gateway {
         req: IncomingRequest,
         policies: Arc<PolicySet>,
     ) -> Outcome {
-        let started = Instant::now();
         let (message, claim) = match self.authenticate(route, &req, &policies) {
             Ok(m) => m,
             Err(resp) => return Outcome::Respond(resp),
         };
-        self.process(route, &req, policies, message, claim, started)
-            .await
+        self.process(route, &req, policies, message, claim).await
     }
 
     /// Stage 1: who is this, and what did they say? JWT + JSON for the
@@ -448,6 +467,7 @@ impl Gateway {
                 client_ip: req.client_ip,
                 audit,
                 verdict: Verdict::default(),
+                who: String::new(),
             },
             claim,
         ))
@@ -506,6 +526,7 @@ impl Gateway {
             client_ip: req.client_ip,
             audit,
             verdict: Verdict::default(),
+            who: String::new(),
         })
     }
 
@@ -517,7 +538,6 @@ impl Gateway {
         policies: Arc<PolicySet>,
         mut m: Message,
         claim: Option<Claim>,
-        started: Instant,
     ) -> Outcome {
         // Identity: which person, which roles.
         m.person = policies
@@ -525,6 +545,10 @@ impl Gateway {
             .person_of(m.platform, &m.msg.sender_id)
             .map(str::to_string);
         let user_key = format!("{}:{}", m.platform, m.msg.sender_id);
+        m.who = match &m.person {
+            Some(p) => format!("person:{p}"),
+            None => user_key.clone(),
+        };
 
         // Rate limits.
         let keys = RateKeys {
@@ -565,6 +589,61 @@ impl Gateway {
             ));
         }
 
+        // A reply to a second-step confirmation (from the same person, on any
+        // linked platform) releases, rejects or expires the held message.
+        if confirm::is_code_shaped(&m.msg.text) {
+            match self.confirm.respond(&m.who, &m.msg.text, Instant::now()) {
+                ConfirmOutcome::NotPending => {}
+                ConfirmOutcome::Forward(held) => {
+                    m.audit.reason = "confirmed".into();
+                    m.msg.text = held
+                        .envelope
+                        .content
+                        .as_ref()
+                        .map(|c| c.text.clone())
+                        .unwrap_or_default();
+                    let mut env = held.envelope;
+                    // Fresh context: the conversation may have moved on while it waited.
+                    env.context = env
+                        .conversation
+                        .as_ref()
+                        .map(|c| self.context.snapshot(&c.id));
+                    return self.forward(route, policies, m, env, claim).await;
+                }
+                outcome => {
+                    commit(claim);
+                    let (decision, status, code, text) = match outcome {
+                        ConfirmOutcome::Wrong { remaining: 0 } => (
+                            "confirm_rejected",
+                            StatusCode::FORBIDDEN,
+                            "confirmation_rejected",
+                            "That code is wrong; the request was cancelled.".to_string(),
+                        ),
+                        ConfirmOutcome::Wrong { remaining } => (
+                            "confirm_wrong_code",
+                            StatusCode::FORBIDDEN,
+                            "confirmation_wrong_code",
+                            format!("That code is wrong; {remaining} tries left."),
+                        ),
+                        _ => (
+                            "confirm_expired",
+                            StatusCode::GONE,
+                            "confirmation_expired",
+                            "That code has expired; the request was not sent.".to_string(),
+                        ),
+                    };
+                    m.audit.reason = code.into();
+                    return Outcome::Respond(match route.adapter {
+                        None => {
+                            m.audit.decision = decision;
+                            self.end(&mut m, status, code, &text)
+                        }
+                        Some(_) => self.tell_platform_user(route, &mut m, decision, Some(&text)),
+                    });
+                }
+            }
+        }
+
         // ABAC + RBAC: forward, and the command if the text starts with one.
         let command = envelope::command_of(&m.msg.text);
         let mut access = AccessRequest {
@@ -590,9 +669,11 @@ impl Gateway {
         if !command.is_empty() {
             actions.push(format!("command:{command}"));
         }
+        let mut needs_confirm = false;
         for action in actions {
             access.action = action;
             let decision = policies.abac.decide(&access, &policies.permissions);
+            needs_confirm |= decision.confirm;
             let label = decision.decided_by.metric_label().to_string();
             self.metrics
                 .policy_decisions
@@ -667,11 +748,78 @@ impl Gateway {
         }
 
         if route.mode == RouteMode::Passthrough {
+            if needs_confirm {
+                // A proxied request cannot be replayed later: fail closed.
+                commit(claim);
+                m.audit.decision = "denied";
+                m.audit.reason = "confirm_unsupported_in_passthrough".into();
+                return Outcome::Respond(self.tell_platform_user(
+                    route,
+                    &mut m,
+                    "denied",
+                    Some(DENIED),
+                ));
+            }
             return self.passthrough(route, req, m, claim, original_text);
         }
 
-        // Forward.
-        let env = self.envelope(route, &m);
+        let mut env = self.envelope(route, &m);
+        if needs_confirm {
+            return Outcome::Respond(self.hold_for_confirmation(route, m, env, claim));
+        }
+        env.context = env
+            .conversation
+            .as_ref()
+            .map(|c| self.context.snapshot(&c.id));
+        self.forward(route, policies, m, env, claim).await
+    }
+
+    /// Holds a message whose rule says `confirm: true` and sends the person
+    /// a one-time code; the message goes on only when they send it back.
+    fn hold_for_confirmation(
+        &self,
+        route: &Route,
+        mut m: Message,
+        env: Envelope,
+        claim: Option<Claim>,
+    ) -> Response<Bytes> {
+        commit(claim);
+        m.audit.envelope_id = env.id.clone();
+        m.audit.reason = "confirm_required".into();
+        let ttl = self.confirm.ttl().as_secs();
+        let code = self.confirm.hold(
+            &m.who,
+            HeldMessage {
+                envelope: env,
+                reply: serde_json::Value::Null,
+            },
+            Instant::now(),
+        );
+        let notice = format!("This request needs confirmation. Reply with the code {code} within {ttl} seconds to go ahead.");
+        match route.adapter {
+            None => {
+                m.audit.decision = "confirm_required";
+                m.audit.status = 202;
+                m.audit.emit();
+                self.count(&m.audit, "confirm_required");
+                json_response(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({"status": "confirmation_required", "code": code, "expires_in": ttl, "message": notice}),
+                )
+            }
+            Some(_) => self.tell_platform_user(route, &mut m, "confirm_required", Some(&notice)),
+        }
+    }
+
+    /// Sends `env` to the route's cluster and answers with its replies.
+    async fn forward(
+        &self,
+        route: &Route,
+        policies: Arc<PolicySet>,
+        mut m: Message,
+        env: Envelope,
+        claim: Option<Claim>,
+    ) -> Outcome {
         m.audit.envelope_id = env.id.clone();
         let Some(cluster) = &route.cluster else {
             return Outcome::Respond(self.end(
@@ -691,16 +839,25 @@ impl Gateway {
         match route.adapter.clone() {
             None => Outcome::Respond(self.answer_generic(&policies, m, env, accepted).await),
             Some(adapter) => Outcome::Respond(
-                self.answer_platform(route, policies.clone(), adapter, m, accepted, started)
+                self.answer_platform(route, policies.clone(), adapter, m, &env, accepted)
                     .await,
             ),
         }
     }
 
     fn envelope(&self, route: &Route, m: &Message) -> Envelope {
+        let key = crate::context::conversation_key(
+            m.platform,
+            &m.msg.chat_type,
+            &m.msg.room_id,
+            &m.msg.thread_id,
+            &m.msg.sender_id,
+            m.person.as_deref(),
+        );
         let mut env = envelope::build(
             m.platform,
             &route.path,
+            key,
             &m.msg,
             m.roles.clone(),
             m.device_type.clone(),
@@ -731,6 +888,7 @@ impl Gateway {
             .iter()
             .map(|t| self.egress(policies, t))
             .collect();
+        record(&self.context, &env, &m.msg.text, &replies, &collected.state);
         let body = serde_json::json!({
             "envelope_id": env.id,
             "replies": replies.iter().map(|t| serde_json::json!({"text": t})).collect::<Vec<_>>(),
@@ -749,11 +907,11 @@ impl Gateway {
         policies: Arc<PolicySet>,
         adapter: Arc<dyn PlatformAdapter>,
         mut m: Message,
+        env: &Envelope,
         accepted: Accepted,
-        started: Instant,
     ) -> Response<Bytes> {
         // Leave a margin for writing the answer before the platform gives up.
-        let inline_by = (started + route.deadline.mul_f32(0.8)).min(accepted.deadline);
+        let inline_by = (m.audit.started() + route.deadline.mul_f32(0.8)).min(accepted.deadline);
         let Accepted {
             node,
             mut replies,
@@ -791,6 +949,13 @@ impl Gateway {
         if complete {
             m.audit.ai_response_code = early.code;
             let text = self.egress(&policies, &early.texts.join("\n"));
+            record(
+                &self.context,
+                env,
+                &m.msg.text,
+                std::slice::from_ref(&text),
+                &early.state,
+            );
             if !text.is_empty() {
                 if let Some(resp) = adapter.inline_reply(&m.msg, &text, SystemTime::now()) {
                     m.audit.reason = "inline_reply".into();
@@ -815,6 +980,8 @@ impl Gateway {
         self.answered(&mut m, ack.status.as_u16());
         let writeback = self.writeback.clone();
         let request_policies = policies.clone();
+        let context = self.context.clone();
+        let env = env.clone();
         let metrics = self.metrics.clone();
         let platform = m.platform;
         let msg = m.msg;
@@ -823,6 +990,15 @@ impl Gateway {
             let mut texts = early.texts;
             texts.extend(more.texts);
             let text = egress_with(&request_policies, &metrics, &texts.join("\n"));
+            let mut state = early.state;
+            state.extend(more.state);
+            record(
+                &context,
+                &env,
+                &msg.text,
+                std::slice::from_ref(&text),
+                &state,
+            );
             if text.is_empty() {
                 return;
             }
@@ -1024,6 +1200,27 @@ fn egress_with(policies: &PolicySet, metrics: &Metrics, text: &str) -> String {
         return WITHHELD_REPLY.to_string();
     }
     scan.masked.unwrap_or_else(|| text.to_string())
+}
+
+/// Appends one exchange to the conversation's context: the user's text as
+/// the assistant saw it (masked) and the replies as the user saw them.
+fn record(
+    context: &ContextStore,
+    env: &Envelope,
+    user_text: &str,
+    replies: &[String],
+    state: &std::collections::HashMap<String, String>,
+) {
+    if let Some(conversation) = &env.conversation {
+        context.record_exchange(
+            &conversation.id,
+            user_text,
+            replies,
+            state.iter(),
+            &env.platform,
+            envelope::now_millis(),
+        );
+    }
 }
 
 fn commit(claim: Option<Claim>) {

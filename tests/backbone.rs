@@ -318,6 +318,7 @@ fn failover_between_assistant_nodes() {
             "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"], balance: round_robin, timeout: 5s, accept_timeout: 2s, health_check: {{ interval: 1s, timeout: 500ms }} }}\n",
             a.port, b.port
         ),
+        extra: "context: { turns: 100 }\n".into(),
         ..Default::default()
     }
     .start();
@@ -341,7 +342,9 @@ fn failover_between_assistant_nodes() {
             let resp = send(&c, &gw.url("/v1/messages"), Some(&token), message(&format!("after {i}"))).await;
             assert_eq!(resp.status(), 200, "message {i} after the kill");
             let body: serde_json::Value = resp.json().await.unwrap();
-            assert_eq!(body["replies"][0]["text"], format!("echo: after {i} (turn 1)"));
+            // The context lives in the gateway, so the conversation goes on
+            // on the surviving node: 6 earlier turns, then these.
+            assert_eq!(body["replies"][0]["text"], format!("echo: after {i} (turn {})", 7 + i));
         }
         let metrics = gw.metrics();
         assert!(

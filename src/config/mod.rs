@@ -121,6 +121,21 @@ pub struct ContextConfig {
     /// Turns (user and assistant) kept per conversation.
     #[serde(default = "default_turns")]
     pub turns: usize,
+    /// A conversation is dropped this long after its last exchange
+    /// (default: the smaller of `ttl` and 2h).
+    #[serde(default)]
+    pub idle: Option<HumanDuration>,
+    /// Upper bound of the cache's weighed size in bytes (default: derived
+    /// from `max_conversations` and `turns`).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// How long a one-time confirmation code stays valid.
+    #[serde(default = "default_confirm_ttl")]
+    pub confirm_ttl: HumanDuration,
+}
+
+fn default_confirm_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 fn default_max_conversations() -> u64 {
@@ -139,6 +154,9 @@ impl Default for ContextConfig {
             max_conversations: default_max_conversations(),
             ttl: default_ttl(),
             turns: default_turns(),
+            idle: None,
+            max_bytes: None,
+            confirm_ttl: default_confirm_ttl(),
         }
     }
 }

@@ -54,6 +54,11 @@ impl Audit {
         }
     }
 
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Milliseconds since the request started.
     pub fn elapsed_ms(&self) -> f64 {
         self.started.elapsed().as_secs_f64() * 1000.0
