@@ -329,12 +329,10 @@ fn slack_bad_requests_refused() {
     assert_eq!(rejected("missing_field"), 2.0, "{m}");
     assert_eq!(rejected("body_too_large"), 2.0, "{m}");
     assert_eq!(accepted(&gw), 0.0, "nothing reached the assistant");
-    let audits = gw.audit_lines();
-    let refused: Vec<_> = audits
-        .iter()
-        .filter(|a| a["route"] == "/hooks/slack" && a["decision"] == "rejected")
-        .collect();
-    assert_eq!(refused.len(), 10, "one audit line per refusal: {audits:?}");
+    let refused = gw.wait_audits(10, |a| {
+        a["route"] == "/hooks/slack" && a["decision"] == "rejected"
+    });
+    assert_eq!(refused.len(), 10, "one audit line per refusal: {refused:?}");
     assert!(refused
         .iter()
         .any(|a| a["reason"] == "stale_timestamp" && a["status"] == 401));

@@ -288,10 +288,8 @@ fn ip_lists_refuse_before_the_body_with_xff_from_trusted_proxy() {
         "{metrics}"
     );
     let refused = gw
-        .audit_lines()
-        .into_iter()
-        .filter(|a| a["reason"] == "blacklist" && a["status"] == 403)
-        .count();
+        .wait_audits(2, |a| a["reason"] == "blacklist" && a["status"] == 403)
+        .len();
     assert_eq!(refused, 2);
 }
 
@@ -375,11 +373,7 @@ fn api_rate_limit_is_429_with_retry_after() {
         let (s, _, _) = post(&c, &url, &calm, message("hi", "private"), None).await;
         assert_eq!(s, 200, "another user has their own budget");
     });
-    let limited: Vec<Value> = gw
-        .audit_lines()
-        .into_iter()
-        .filter(|a| a["decision"] == "rate_limited")
-        .collect();
+    let limited: Vec<Value> = gw.wait_audits(2, |a| a["decision"] == "rate_limited");
     assert_eq!(limited.len(), 2);
     assert!(limited
         .iter()
@@ -462,11 +456,7 @@ fn webhook_rate_limit_acks_drops_and_says_slow_down_once() {
         3.0,
         "only admitted messages reach the assistant"
     );
-    let limited = gw
-        .audit_lines()
-        .into_iter()
-        .filter(|a| a["decision"] == "rate_limited")
-        .count();
+    let limited = gw.wait_audits(4, |a| a["decision"] == "rate_limited").len();
     assert_eq!(limited, 4);
     let m = gw.metrics();
     assert_eq!(

@@ -232,6 +232,23 @@ impl Gateway {
         }
     }
 
+    /// Waits (bounded) until at least `n` audit lines satisfy `pred` (they
+    /// arrive asynchronously through stderr); returns every matching line.
+    pub fn wait_audits(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<_> = self.audit_lines().into_iter().filter(|v| pred(v)).collect();
+            if found.len() >= n || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn metrics(&self) -> String {
         admin_get(self.admin, "/metrics").unwrap().1
     }
