@@ -68,6 +68,19 @@ pub struct IncomingRequest {
     pub client_ip: IpAddr,
 }
 
+impl IncomingRequest {
+    /// The request as a platform adapter sees it, at time `now`.
+    pub fn as_webhook(&self, now: SystemTime) -> WebhookRequest<'_> {
+        WebhookRequest {
+            method: &self.method,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            body: &self.body,
+            now,
+        }
+    }
+}
+
 /// An HTTP bot behind a passthrough route.
 pub struct HttpUpstream {
     /// `host:port` of each node.
@@ -384,13 +397,7 @@ impl Gateway {
                 .authenticate_generic(req, audit, policies)
                 .map(|m| (m, None));
         };
-        let wreq = WebhookRequest {
-            method: &req.method,
-            query: req.query.as_deref(),
-            headers: &req.headers,
-            body: &req.body,
-            now: SystemTime::now(),
-        };
+        let wreq = req.as_webhook(SystemTime::now());
         let msg = match adapter.receive(&wreq) {
             Ok(Inbound::Message(m)) => *m,
             Ok(Inbound::Answer { response, event }) => {
@@ -1106,13 +1113,7 @@ impl Gateway {
                     "masked content cannot be re-signed",
                 ));
             };
-            let wreq = WebhookRequest {
-                method: &req.method,
-                query: req.query.as_deref(),
-                headers: &req.headers,
-                body: &req.body,
-                now: SystemTime::now(),
-            };
+            let wreq = req.as_webhook(SystemTime::now());
             match adapter.reseal(&wreq, &m.msg, &m.msg.text) {
                 Some(sealed) => {
                     plan.body = Some(sealed.body);

@@ -135,6 +135,22 @@ async fn generic_reply(gw: &Gateway, token: &str, text: &str) -> String {
     replies[0]["text"].as_str().unwrap().to_string()
 }
 
+/// A Telegram update in topic `thread` of forum supergroup `chat`.
+fn tg_topic_update(update_id: i64, from: i64, chat: i64, thread: i64, text: &str) -> Vec<u8> {
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id % 100_000, "message_thread_id": thread, "is_topic_message": true,
+            "date": 1_700_000_000,
+            "from": {"id": from, "is_bot": false, "first_name": "P"},
+            "chat": {"id": chat, "type": "supergroup", "title": "Forum", "is_forum": true},
+            "text": text
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// A Telegram update: a private chat when `chat` is `None`, else a group.
 fn tg_update(update_id: i64, from: i64, chat: Option<i64>, text: &str) -> Vec<u8> {
     let chat = match chat {
@@ -188,6 +204,15 @@ async fn telegram(
     body["text"].as_str().unwrap().to_string()
 }
 
+/// N in `echo: <text> (turn N)`.
+fn turn_of(reply: &str) -> u32 {
+    reply
+        .rsplit_once("(turn ")
+        .and_then(|(_, n)| n.strip_suffix(')'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an echo: {reply:?}"))
+}
+
 /// The 6-digit code inside a notice.
 fn code_in(text: &str) -> String {
     let code = text
@@ -218,12 +243,10 @@ fn wrong(code: &str) -> String {
     format!("{:06}", (n + 1) % 1_000_000)
 }
 
-/// Audit lines with `decision`.
-fn audits(gw: &Gateway, decision: &str) -> Vec<Value> {
-    gw.audit_lines()
-        .into_iter()
-        .filter(|a| a["decision"] == decision)
-        .collect()
+/// Audit lines with `decision`, once at least `n` have arrived (they come
+/// asynchronously through stderr; bounded wait).
+fn audits(gw: &Gateway, n: usize, decision: &str) -> Vec<Value> {
+    gw.wait_audits(n, |a| a["decision"] == decision)
 }
 
 /// Asserts no log line carries `code` as a token, nor any of `texts`.
@@ -281,31 +304,72 @@ fn turn_numbers_count_up_and_metrics_move() {
             2.0,
             "{m}"
         );
-        assert_eq!(metric(&m, "moltgate_context_entries", &[]), 1.0, "{m}");
 
         // 4 turns kept = 2 user turns: the count stays at 3 from now on.
         assert_eq!(
             generic_reply(&gw, &token, "four").await,
             "echo: four (turn 3)"
         );
-        assert_eq!(
-            generic_reply(&gw, &token, "five").await,
-            "echo: five (turn 3)"
-        );
 
-        // A second conversation is a second entry.
+        // A second conversation: a second miss, and (with the cache's
+        // maintenance, which traffic drives) two entries in the gauge.
         let other = gw.token("erin", &[]);
         assert_eq!(generic_reply(&gw, &other, "hi").await, "echo: hi (turn 1)");
         let m = gw.metrics();
-        assert_eq!(metric(&m, "moltgate_context_entries", &[]), 2.0, "{m}");
         assert_eq!(
             metric(&m, "moltgate_context_events_total", &[("event", "miss")]),
             2.0,
             "{m}"
         );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut sent = 5;
+        while metric(&gw.metrics(), "moltgate_context_entries", &[]) != 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "the entries gauge never showed 2:\n{}",
+                gw.metrics()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                generic_reply(&gw, &token, "more").await,
+                "echo: more (turn 3)"
+            );
+            sent += 1;
+        }
+        assert_eq!(accepted(&gw), sent as f64);
     });
-    assert_eq!(accepted(&gw), 6.0);
-    assert_logs_clean(&gw, &[], &["echo: one", "three", "five"]);
+    assert_logs_clean(&gw, &[], &["echo: one", "three", "four"]);
+}
+
+/// `moltgate_context_entries` counts the conversations held, also on a
+/// quiet gateway: one conversation, then no more traffic, must show 1.
+/// FAILS: the gauge is only set right after a write, from moka's entry
+/// count as of the last maintenance, and nothing runs maintenance without
+/// traffic, so it stays 0 (and, the other way, keeps counting conversations
+/// that expired) until more messages arrive.
+#[test]
+fn context_entries_gauge_is_current_on_a_quiet_gateway() {
+    let fake = FakeApi::start();
+    let gw = start(&fake, "");
+    let token = gw.token("quiet", &[]);
+    rt().block_on(async {
+        assert_eq!(
+            generic_reply(&gw, &token, "only").await,
+            "echo: only (turn 1)"
+        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let m = gw.metrics();
+            if metric(&m, "moltgate_context_entries", &[]) == 1.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "one conversation is held but the gauge says otherwise:\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 /// Turns 1 and 2 on the HTTP API, turn 3 on Telegram (private chat, from
@@ -522,10 +586,13 @@ fn redelivery_after_eviction_reaches_the_assistant_once() {
         );
         assert_eq!(accepted(&gw), 1.0);
 
-        // Let the context go: keep talking in the chat until the eviction
-        // is counted and the chat starts over.
+        // Let the context go: keep talking in the chat until an eviction is
+        // counted and the chat has started over (its turn count fell; the
+        // cache's maintenance runs between a message's read and its write,
+        // so the restart shows as a lower count rather than always turn 1).
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut update = 940100;
+        let mut last_turn = 1;
         loop {
             assert!(
                 Instant::now() < deadline,
@@ -533,10 +600,11 @@ fn redelivery_after_eviction_reaches_the_assistant_once() {
                 gw.metrics()
             );
             update += 1;
-            let reply = telegram(&gw, update, 7002, None, "more").await;
-            if context_event(&gw, "evicted") >= 1.0 && reply == "echo: more (turn 1)" {
+            let turn = turn_of(&telegram(&gw, update, 7002, None, "more").await);
+            if context_event(&gw, "evicted") >= 1.0 && turn <= last_turn {
                 break;
             }
+            last_turn = turn;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let forwarded = accepted(&gw);
@@ -562,7 +630,7 @@ fn redelivery_after_eviction_reaches_the_assistant_once() {
             2.0,
             "{m}"
         );
-        assert_eq!(audits(&gw, "duplicate").len(), 2);
+        assert_eq!(audits(&gw, 2, "duplicate").len(), 2);
     });
     assert!(fake.requests().is_empty());
 }
@@ -610,7 +678,7 @@ fn right_code_forwards_once() {
             format!("echo: {code} (turn 3)")
         );
         assert_eq!(accepted(&gw), 3.0);
-        assert_eq!(audits(&gw, "confirm_forwarded").len(), 1);
+        assert_eq!(audits(&gw, 1, "confirm_forwarded").len(), 1);
         let m = gw.metrics();
         assert_eq!(
             metric(
@@ -658,7 +726,7 @@ fn linked_person_confirms_on_another_platform() {
         );
         assert_eq!(accepted(&gw), 2.0);
         codes.push(code);
-        assert_eq!(audits(&gw, "confirm_forwarded").len(), 2);
+        assert_eq!(audits(&gw, 2, "confirm_forwarded").len(), 2);
     });
     assert_logs_clean(&gw, &codes, &["reboot now", "reboot please"]);
 }
@@ -698,9 +766,9 @@ fn wrong_code_counts_down_then_rejects() {
             format!("echo: {code} (turn 1)")
         );
         assert_eq!(accepted(&gw), 1.0);
-        assert_eq!(audits(&gw, "confirm_wrong_code").len(), 2);
-        assert_eq!(audits(&gw, "confirm_wrong").len(), 2);
-        let rejected = audits(&gw, "confirm_rejected");
+        assert_eq!(audits(&gw, 2, "confirm_wrong_code").len(), 2);
+        assert_eq!(audits(&gw, 2, "confirm_wrong").len(), 2);
+        let rejected = audits(&gw, 2, "confirm_rejected");
         assert_eq!(
             rejected.len(),
             2,
@@ -712,7 +780,8 @@ fn wrong_code_counts_down_then_rejects() {
         assert!(rejected
             .iter()
             .any(|a| a["reason"] == "confirmation_rejected" && a["status"] == 403));
-        assert_eq!(audits(&gw, "confirm_forwarded").len(), 0);
+        audits(&gw, 1, "answered");
+        assert_eq!(audits(&gw, 0, "confirm_forwarded").len(), 0);
         codes.push(code);
 
         // On Telegram a wrong code is 200 and a notice.
@@ -741,7 +810,7 @@ fn wrong_code_counts_down_then_rejects() {
             generic_reply(&gw, &bob, &second).await,
             "echo: /reboot now (turn 1)"
         );
-        assert!(audits(&gw, "confirm_rejected")
+        assert!(audits(&gw, 3, "confirm_rejected")
             .iter()
             .any(|a| a["reason"] == "superseded"));
         codes.extend([code, first, second]);
@@ -780,7 +849,8 @@ fn expired_code_is_refused() {
         let reply = telegram(&gw, 970002, 555, None, &code).await;
         assert!(reply.contains("expired"), "{reply}");
         assert_eq!(accepted(&gw), 1.0);
-        assert_eq!(audits(&gw, "confirm_forwarded").len(), 0);
+        gw.wait_audit(|a| a["decision"] == "confirm_expired" && a["route"] == "/hooks/telegram");
+        assert_eq!(audits(&gw, 0, "confirm_forwarded").len(), 0);
         codes.push(code);
     });
     assert_logs_clean(&gw, &codes, &["reboot now"]);
@@ -811,9 +881,10 @@ fn code_from_another_person_does_not_release() {
             format!("echo: {code} (turn 1)")
         );
         assert_eq!(accepted(&gw), 3.0);
-        assert_eq!(audits(&gw, "confirm_forwarded").len(), 0);
+        assert_eq!(audits(&gw, 3, "answered").len(), 3);
+        assert_eq!(audits(&gw, 0, "confirm_forwarded").len(), 0);
         assert_eq!(
-            audits(&gw, "confirm_wrong").len(),
+            audits(&gw, 0, "confirm_wrong").len(),
             0,
             "another person's reply must not cost a try"
         );
@@ -824,6 +895,75 @@ fn code_from_another_person_does_not_release() {
         );
         assert_eq!(accepted(&gw), 4.0);
         codes.push(code);
+    });
+    assert_logs_clean(&gw, &codes, &["reboot now"]);
+}
+
+/// Forum topics of one supergroup are separate conversations.
+#[test]
+fn forum_topics_are_separate_conversations() {
+    let fake = FakeApi::start();
+    let gw = start(&fake, "");
+    rt().block_on(async {
+        for (update, from, thread, text, turn) in [
+            (990001, 555, 10, "x1", 1),
+            (990002, 9001, 10, "x2", 2),
+            (990003, 555, 11, "y1", 1),
+            (990004, 9002, 10, "x3", 3),
+            (990005, 555, 11, "y2", 2),
+        ] {
+            let (s, body) = telegram_raw(&gw, tg_topic_update(update, from, -1009, thread, text)).await;
+            assert_eq!(s, 200);
+            assert_eq!(
+                body,
+                json!({"method": "sendMessage", "chat_id": -1009, "text": format!("echo: {text} (turn {turn})"), "message_thread_id": thread})
+            );
+        }
+    });
+}
+
+/// `identities.yaml` is reloadable: linking `telegram:555` after the fact
+/// joins its private chat to the person's conversation, and lets it answer
+/// the person's confirmation code.
+#[test]
+fn identity_links_take_effect_on_reload() {
+    let fake = FakeApi::start();
+    let gw = start(&fake, "");
+    std::fs::write(
+        gw.policies().join("identities.yaml"),
+        "people:\n  zhangsan: [\"generic:alice\"]\n",
+    )
+    .unwrap();
+    let (s, body) = common::admin_request(gw.admin, "POST", "/reload").unwrap();
+    assert_eq!(s, 200, "{body}");
+    let alice = gw.token("alice", &[]);
+    let codes = rt().block_on(async {
+        assert_eq!(generic_reply(&gw, &alice, "a1").await, "echo: a1 (turn 1)");
+        assert_eq!(
+            telegram(&gw, 995001, 555, None, "t1").await,
+            "echo: t1 (turn 1)"
+        );
+        let code = hold_generic(&gw, &alice, 300).await;
+        // Not linked (yet): for 555 the code is a message of its own chat.
+        assert_eq!(
+            telegram(&gw, 995002, 555, None, &code).await,
+            format!("echo: {code} (turn 2)")
+        );
+
+        std::fs::write(gw.policies().join("identities.yaml"), IDENTITIES).unwrap();
+        let (s, body) = common::admin_request(gw.admin, "POST", "/reload").unwrap();
+        assert_eq!(s, 200, "{body}");
+        // Linked: 555's private chat is Alice's conversation now.
+        assert_eq!(
+            telegram(&gw, 995003, 555, None, "t2").await,
+            "echo: t2 (turn 2)"
+        );
+        assert_eq!(
+            telegram(&gw, 995004, 555, None, &code).await,
+            "echo: /reboot now (turn 3)"
+        );
+        assert_eq!(generic_reply(&gw, &alice, "a2").await, "echo: a2 (turn 4)");
+        vec![code]
     });
     assert_logs_clean(&gw, &codes, &["reboot now"]);
 }

@@ -361,17 +361,22 @@ pub trait PlatformAdapter: Send + Sync {
     fn receive(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection>;
 
     /// The webhook response that carries `text` as the reply, when the
-    /// platform allows inline replies.
+    /// platform allows inline replies. The default: it does not (the reply
+    /// goes through the API).
     fn inline_reply(
         &self,
-        msg: &PlatformMessage,
-        text: &str,
-        now: SystemTime,
-    ) -> Option<WebhookResponse>;
+        _msg: &PlatformMessage,
+        _text: &str,
+        _now: SystemTime,
+    ) -> Option<WebhookResponse> {
+        None
+    }
 
     /// The acknowledgement when the reply goes through the API instead (or
-    /// there is nothing to say inline).
-    fn ack(&self, msg: &PlatformMessage) -> WebhookResponse;
+    /// there is nothing to say inline). The default: an empty 200.
+    fn ack(&self, _msg: &PlatformMessage) -> WebhookResponse {
+        WebhookResponse::empty()
+    }
 
     /// The API calls that deliver `text` as a reply to `msg`.
     fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection>;

@@ -394,20 +394,6 @@ impl PlatformAdapter for DingtalkAdapter {
         }
     }
 
-    /// The brief routes DingTalk replies through `sessionWebhook` only.
-    fn inline_reply(
-        &self,
-        _msg: &PlatformMessage,
-        _text: &str,
-        _now: SystemTime,
-    ) -> Option<WebhookResponse> {
-        None
-    }
-
-    fn ack(&self, _msg: &PlatformMessage) -> WebhookResponse {
-        WebhookResponse::empty()
-    }
-
     fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
         let url = msg
             .reply_to

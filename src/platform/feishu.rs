@@ -8,7 +8,7 @@
 //! replies through the message API with a cached `tenant_access_token`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aes::Aes256;
 use base64::engine::general_purpose::STANDARD;
@@ -397,20 +397,6 @@ impl PlatformAdapter for FeishuAdapter {
         self.parse_event(&opened.event)
     }
 
-    /// Feishu ignores webhook response bodies for messages.
-    fn inline_reply(
-        &self,
-        _msg: &PlatformMessage,
-        _text: &str,
-        _now: SystemTime,
-    ) -> Option<WebhookResponse> {
-        None
-    }
-
-    fn ack(&self, _msg: &PlatformMessage) -> WebhookResponse {
-        WebhookResponse::empty()
-    }
-
     fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
         let message_id = msg
             .reply_to
@@ -514,6 +500,7 @@ impl PlatformAdapter for FeishuAdapter {
 mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue, Method};
+    use std::time::SystemTime;
     use std::time::UNIX_EPOCH;
 
     fn vectors() -> Value {

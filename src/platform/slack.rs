@@ -7,7 +7,7 @@
 //! go through `chat.postMessage`, in the message's thread.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use http::Method;
@@ -266,20 +266,6 @@ impl PlatformAdapter for SlackAdapter {
         parse_payload(req.body)
     }
 
-    fn inline_reply(
-        &self,
-        _msg: &PlatformMessage,
-        _text: &str,
-        _now: SystemTime,
-    ) -> Option<WebhookResponse> {
-        // The Events API ignores webhook response bodies.
-        None
-    }
-
-    fn ack(&self, _msg: &PlatformMessage) -> WebhookResponse {
-        WebhookResponse::empty()
-    }
-
     fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
         let token = self
             .bot_token
@@ -335,7 +321,7 @@ impl PlatformAdapter for SlackAdapter {
 pub(crate) mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue};
-    use std::time::UNIX_EPOCH;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     /// The published vectors (shared by the Slack, Discord and Telegram tests).
     pub(crate) fn vectors() -> Value {
