@@ -967,3 +967,32 @@ fn identity_links_take_effect_on_reload() {
     });
     assert_logs_clean(&gw, &codes, &["reboot now"]);
 }
+
+/// The same code sent several times at once releases the message once.
+#[test]
+fn concurrent_codes_forward_once() {
+    let fake = FakeApi::start();
+    let gw = start(&fake, "");
+    let alice = gw.token("alice", &[]);
+    let code = rt().block_on(async {
+        let code = hold_generic(&gw, &alice, 300).await;
+        let replies =
+            futures::future::join_all((0..8).map(|_| generic_reply(&gw, &alice, &code))).await;
+        let released = replies
+            .iter()
+            .filter(|r| r.starts_with("echo: /reboot now"))
+            .count();
+        assert_eq!(released, 1, "{replies:?}");
+        assert!(
+            replies
+                .iter()
+                .filter(|r| !r.starts_with("echo: /reboot now"))
+                .all(|r| r.starts_with(&format!("echo: {code} "))),
+            "{replies:?}"
+        );
+        assert_eq!(accepted(&gw), 8.0);
+        assert_eq!(audits(&gw, 1, "confirm_forwarded").len(), 1);
+        code
+    });
+    assert_logs_clean(&gw, &[code], &["reboot now"]);
+}

@@ -117,6 +117,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
     core.spawn(crate::policy::reload::reload_on_sighup(
         gateway.policies.clone(),
     ));
+    // Caches expire and evict lazily as they are used; a quiet gateway still
+    // owes its metrics an up-to-date count.
+    let context = gateway.context.clone();
+    core.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            context.run_pending_tasks();
+        }
+    });
     let _watcher = match crate::policy::reload::watch(gateway.policies.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
