@@ -96,16 +96,28 @@ impl PolicySet {
             Some(p) => p.rate.reconfigure(&security.rate_limiting),
             None => rate::RateLimiter::new(&security.rate_limiting),
         };
-        let abac = compile_optional(&dir.join(ABAC_FILE), abac::AbacPolicy::from_yaml)?
-            .unwrap_or_else(|| {
-                tracing::warn!(dir = %dir.display(), "no abac.yaml: every message is denied (default deny)");
-                abac::AbacPolicy::default()
+        // The two big compiles (rules, keyword automaton) run side by side:
+        // a reload's latency is the slower of them, not their sum.
+        let (abac, dlp) = std::thread::scope(|scope| {
+            let dlp =
+                scope.spawn(|| compile_optional(&dir.join(DLP_FILE), dlp::DlpPolicy::from_yaml));
+            let abac = compile_optional(&dir.join(ABAC_FILE), abac::AbacPolicy::from_yaml);
+            let dlp = dlp.join().unwrap_or_else(|_| {
+                Err(FileError::whole(
+                    &dir.join(DLP_FILE),
+                    "compiling dlp.yaml panicked",
+                ))
             });
+            (abac, dlp)
+        });
+        let abac = abac?.unwrap_or_else(|| {
+            tracing::warn!(dir = %dir.display(), "no abac.yaml: every message is denied (default deny)");
+            abac::AbacPolicy::default()
+        });
+        let dlp = dlp?.unwrap_or_else(dlp::DlpPolicy::empty);
         let permissions =
             compile_optional(&dir.join(PERMISSIONS_FILE), rbac::Permissions::from_yaml)?
                 .unwrap_or_default();
-        let dlp = compile_optional(&dir.join(DLP_FILE), dlp::DlpPolicy::from_yaml)?
-            .unwrap_or_else(dlp::DlpPolicy::empty);
         let identities = compile_optional(
             &dir.join(IDENTITIES_FILE),
             identities::Identities::from_yaml,
