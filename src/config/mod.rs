@@ -402,9 +402,6 @@ pub struct Limits {
     /// Default body limit per route, in bytes.
     #[serde(default = "default_body_limit")]
     pub body: usize,
-    /// Time allowed between reads while a request's headers arrive.
-    #[serde(default = "default_header_timeout")]
-    pub header_timeout: HumanDuration,
     /// Time allowed for the whole body to arrive.
     #[serde(default = "default_body_timeout")]
     pub body_timeout: HumanDuration,
@@ -420,9 +417,6 @@ fn default_dedupe_capacity() -> u64 {
 fn default_body_limit() -> usize {
     1024 * 1024
 }
-fn default_header_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
-}
 fn default_body_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(15))
 }
@@ -431,7 +425,6 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             body: default_body_limit(),
-            header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             dedupe_capacity: default_dedupe_capacity(),
         }
