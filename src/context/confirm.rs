@@ -506,8 +506,23 @@ mod tests {
         }
     }
 
+    /// Other tests hit the audit callsites on threads with no subscriber, and
+    /// tracing may cache "nobody is interested" for them. A global sink that
+    /// is interested in INFO keeps the interest up, so the scoped subscriber
+    /// below reliably sees every event.
+    fn interested_global_sink() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let sink = tracing_subscriber::fmt()
+                .with_writer(std::io::sink)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(sink);
+        });
+    }
+
     #[test]
     fn every_transition_is_audited_without_code_or_text() {
+        interested_global_sink();
         let buf = Buf::default();
         let writer = buf.clone();
         let subscriber = tracing_subscriber::fmt()
