@@ -4,19 +4,13 @@
 
 mod common;
 
+use common::rt;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{AssistantNode, Setup};
 use serde_json::json;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn send(
     client: &reqwest::Client,

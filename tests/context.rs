@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{accepted, metric, rt};
+
 use std::time::{Duration, Instant};
 
 use common::fake_api::FakeApi;
@@ -30,14 +32,6 @@ fn abac() -> String {
 /// `zhangsan` (on every linked account) may run any command.
 const PERMISSIONS: &str =
     "roles:\n  admin: [\"command:*\"]\n  user: [message:send]\nsubjects:\n  zhangsan: [admin]\n  \"generic:bob\": [admin]\n";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A gateway with the generic API at `/v1/messages` and Telegram at
 /// `/hooks/telegram` (replies to `fake`), and `context` as the context
@@ -65,31 +59,6 @@ fn start(fake: &FakeApi, context: &str) -> Gateway {
         ..Setup::default()
     }
     .start()
-}
-
-/// Sum of the samples of metric `name` whose labels include all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
-}
-
-/// Envelopes the embedded assistant accepted.
-fn accepted(gw: &Gateway) -> f64 {
-    metric(
-        &gw.metrics(),
-        "moltgate_upstream_attempts_total",
-        &[("node", "embedded"), ("result", "accepted")],
-    )
 }
 
 fn context_event(gw: &Gateway, event: &str) -> f64 {

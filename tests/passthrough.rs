@@ -7,28 +7,21 @@
 
 mod common;
 
+use common::{expect_refusal, post, rt, streamed};
+
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use common::fake_api::{FakeApi, OK_BODY};
 use common::{Gateway, Setup};
 use ed25519_dalek::{Signer, SigningKey};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SLACK_SECRET: &str = "legacy-slack-signing-secret";
 const TG_SECRET: &str = "legacy_tg-secret";
 const DISCORD_APP: &str = "123456";
 /// Pingora buffers at most 64 KiB of a passthrough body to re-send it.
 const PASSTHROUGH_LIMIT: usize = 64 * 1024;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -61,38 +54,6 @@ fn start(bot: &FakeApi) -> Gateway {
     };
     setup.policies.push(("dlp.yaml", dlp));
     setup.start()
-}
-
-async fn post(
-    gw: &Gateway,
-    path: &str,
-    headers: &[(&str, String)],
-    body: impl Into<reqwest::Body>,
-) -> reqwest::Response {
-    let mut req = gw
-        .client(true)
-        .post(gw.url(path))
-        .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    req.send().await.unwrap()
-}
-
-/// A body sent as a stream of chunks, without Content-Length.
-fn streamed(body: Vec<u8>) -> reqwest::Body {
-    let chunks: Vec<Result<Bytes, std::io::Error>> = body
-        .chunks(8192)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    reqwest::Body::wrap_stream(futures::stream::iter(chunks))
-}
-
-async fn expect_refusal(resp: reqwest::Response, status: u16, reason: &str) {
-    assert_eq!(resp.status(), status, "expected {reason}");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"], reason, "{body}");
 }
 
 /// The bot's answer comes back to the platform as it was.

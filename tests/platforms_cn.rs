@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::rt;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::fake_api::FakeApi;
@@ -16,14 +18,6 @@ use moltgate::platform::{dingtalk, feishu, wecom};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- helpers
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn now_secs() -> i64 {
     SystemTime::now()

@@ -6,10 +6,11 @@
 
 mod common;
 
+use common::{accepted, expect_refusal, metric, post, rt, streamed};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use common::fake_api::FakeApi;
 use common::{Gateway, Setup};
 use ed25519_dalek::{Signer, SigningKey};
@@ -22,14 +23,6 @@ const TG_BOT_TOKEN: &str = "123456:ABC-test_token";
 const DISCORD_APP: &str = "123456";
 /// Every route's body limit, small so that oversized bodies are cheap.
 const BODY_LIMIT: usize = 4096;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -61,65 +54,6 @@ fn start(fake: &FakeApi) -> Gateway {
         ..Setup::default()
     }
     .start()
-}
-
-/// Sum of the samples of metric `name` whose labels include all of `labels`
-/// (0 when there is none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
-}
-
-/// Envelopes the embedded assistant accepted.
-fn accepted(gw: &Gateway) -> f64 {
-    metric(
-        &gw.metrics(),
-        "moltgate_upstream_attempts_total",
-        &[("node", "embedded"), ("result", "accepted")],
-    )
-}
-
-async fn post(
-    gw: &Gateway,
-    path: &str,
-    headers: &[(&str, String)],
-    body: impl Into<reqwest::Body>,
-) -> reqwest::Response {
-    let mut req = gw
-        .client(true)
-        .post(gw.url(path))
-        .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    req.send().await.unwrap()
-}
-
-/// A body sent as a stream of chunks, without Content-Length.
-fn streamed(body: Vec<u8>) -> reqwest::Body {
-    let chunks: Vec<Result<Bytes, std::io::Error>> = body
-        .chunks(1024)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
-    reqwest::Body::wrap_stream(futures::stream::iter(chunks))
-}
-
-/// Asserts the answer's status and that it is the JSON error `reason`.
-async fn expect_refusal(resp: reqwest::Response, status: u16, reason: &str) {
-    assert_eq!(resp.status(), status, "expected {reason}");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"], reason, "{body}");
 }
 
 // ---------------------------------------------------------------- Slack ----

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::rt;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +22,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TG_SECRET: &str = "tg-secret_1";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A generic API message in `thread` with `chat_type`.
 fn message(text: &str, chat_type: &str) -> String {

@@ -367,3 +367,71 @@ impl Drop for AssistantNode {
         self.kill();
     }
 }
+
+/// A multi-thread Tokio runtime for a test's async client code.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The sum of every series of metric `name` whose labels include `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// Envelopes the embedded assistant accepted.
+pub fn accepted(gw: &Gateway) -> f64 {
+    metric(
+        &gw.metrics(),
+        "moltgate_upstream_attempts_total",
+        &[("node", "embedded"), ("result", "accepted")],
+    )
+}
+
+/// POSTs `body` to `path` over HTTP/1.1 with extra headers.
+pub async fn post(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, String)],
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut req = gw
+        .client(true)
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    req.send().await.unwrap()
+}
+
+/// A body sent as a stream of chunks, without Content-Length.
+pub fn streamed(body: Vec<u8>) -> reqwest::Body {
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+        .chunks(1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+}
+
+/// Asserts the answer's status and that it is the JSON error `reason`.
+pub async fn expect_refusal(resp: reqwest::Response, status: u16, reason: &str) {
+    assert_eq!(resp.status(), status, "expected {reason}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], reason, "{body}");
+}
