@@ -7,10 +7,9 @@
 
 mod common;
 
-use common::{expect_refusal, post, rt, streamed};
+use common::{expect_refusal, now_secs, post, rt, streamed};
 
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::fake_api::{FakeApi, OK_BODY};
 use common::{Gateway, Setup};
@@ -22,13 +21,6 @@ const TG_SECRET: &str = "legacy_tg-secret";
 const DISCORD_APP: &str = "123456";
 /// Pingora buffers at most 64 KiB of a passthrough body to re-send it.
 const PASSTHROUGH_LIMIT: usize = 64 * 1024;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn discord_key() -> SigningKey {
     SigningKey::from_bytes(&[11u8; 32])
@@ -253,7 +245,7 @@ fn slack_passthrough_masks_and_resigns() {
     rt().block_on(async {
         // Signed two minutes ago (inside Slack's window): the reseal must
         // carry a fresh timestamp.
-        let old_ts = now() - 120;
+        let old_ts = now_secs() - 120;
         let body = slack_message("EvP001", "<@UBOT> call me at 13812345678");
         let resp = post(
             &gw,
@@ -277,7 +269,7 @@ fn slack_passthrough_masks_and_resigns() {
         let sig = got.headers["x-slack-signature"].clone();
         let ts_n: u64 = ts.parse().unwrap();
         assert!(
-            ts_n > old_ts && ts_n.abs_diff(now()) <= 10,
+            ts_n > old_ts && ts_n.abs_diff(now_secs()) <= 10,
             "fresh timestamp: {ts} vs {old_ts}"
         );
         moltgate::platform::slack::verify(SLACK_SECRET, &ts, &got.body, &sig)
@@ -297,7 +289,7 @@ fn slack_passthrough_masks_and_resigns() {
         let resp = post(
             &gw,
             "/hooks/slack/legacy",
-            &slack_headers(now(), &body),
+            &slack_headers(now_secs(), &body),
             streamed(body),
         )
         .await;
@@ -349,7 +341,7 @@ fn discord_passthrough_refuses_maskable_content() {
         let resp = post(
             &gw,
             "/hooks/discord/legacy",
-            &discord_headers(&key, now(), &body),
+            &discord_headers(&key, now_secs(), &body),
             body,
         )
         .await;
@@ -361,7 +353,7 @@ fn discord_passthrough_refuses_maskable_content() {
 
         // A clean interaction goes through, original bytes and signature.
         let body = discord_command("1200000000000000002", "nothing to hide");
-        let headers = discord_headers(&key, now(), &body);
+        let headers = discord_headers(&key, now_secs(), &body);
         let resp = post(&gw, "/hooks/discord/legacy", &headers, body.clone()).await;
         expect_bot_answer(resp).await;
         // The bot saw only the clean one (requests are sequential).
@@ -401,7 +393,13 @@ fn passthrough_body_over_64k_is_413() {
         expect_refusal(resp, 413, "body_too_large").await;
         let big = slack_message("EvP010", &"y".repeat(PASSTHROUGH_LIMIT / 2));
         assert!(big.len() > PASSTHROUGH_LIMIT);
-        let resp = post(&gw, "/hooks/slack/legacy", &slack_headers(now(), &big), big).await;
+        let resp = post(
+            &gw,
+            "/hooks/slack/legacy",
+            &slack_headers(now_secs(), &big),
+            big,
+        )
+        .await;
         expect_refusal(resp, 413, "body_too_large").await;
 
         // Just under the limit: proxied, whole.
@@ -452,7 +450,7 @@ fn passthrough_forged_requests_never_reach_bot() {
         assert!(resp.status().is_client_error(), "{}", resp.status());
 
         let slack = slack_message("EvP020", "hello");
-        let ts = now().to_string();
+        let ts = now_secs().to_string();
         let forged = vec![
             ("x-slack-request-timestamp", ts.clone()),
             (
@@ -466,7 +464,7 @@ fn passthrough_forged_requests_never_reach_bot() {
             "bad_signature",
         )
         .await;
-        let stale = slack_headers(now() - 900, &slack);
+        let stale = slack_headers(now_secs() - 900, &slack);
         expect_refusal(
             post(&gw, "/hooks/slack/legacy", &stale, slack.clone()).await,
             401,
@@ -480,7 +478,7 @@ fn passthrough_forged_requests_never_reach_bot() {
             post(
                 &gw,
                 "/hooks/discord/legacy",
-                &discord_headers(&other, now(), &discord),
+                &discord_headers(&other, now_secs(), &discord),
                 discord.clone(),
             )
             .await,

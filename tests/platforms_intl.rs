@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{accepted, expect_refusal, metric, post, rt, streamed};
+use common::{accepted, expect_refusal, metric, now_secs, post, rt, streamed};
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::fake_api::FakeApi;
 use common::{Gateway, Setup};
@@ -23,13 +23,6 @@ const TG_BOT_TOKEN: &str = "123456:ABC-test_token";
 const DISCORD_APP: &str = "123456";
 /// Every route's body limit, small so that oversized bodies are cheap.
 const BODY_LIMIT: usize = 4096;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// The Discord application's key pair (fixed, so failures reproduce).
 fn discord_key() -> SigningKey {
@@ -102,7 +95,7 @@ fn slack_message_acked_then_posted_in_thread() {
             Some("1700000000.000100"),
         );
         let started = Instant::now();
-        let resp = post(&gw, "/hooks/slack", &slack_headers(now(), &body), body).await;
+        let resp = post(&gw, "/hooks/slack", &slack_headers(now_secs(), &body), body).await;
         assert_eq!(resp.status(), 200);
         assert!(
             started.elapsed() < Duration::from_secs(3),
@@ -125,7 +118,7 @@ fn slack_message_acked_then_posted_in_thread() {
 
         // Not in a thread: the reply starts one under the message.
         let body = slack_message("Ev0002", "second", None);
-        let resp = post(&gw, "/hooks/slack", &slack_headers(now(), &body), body).await;
+        let resp = post(&gw, "/hooks/slack", &slack_headers(now_secs(), &body), body).await;
         assert_eq!(resp.status(), 200);
         let posts = fake.wait_for("/api/chat.postMessage", 2);
         let reply = posts
@@ -149,7 +142,7 @@ fn slack_url_verification_answered() {
     let gw = start(&fake);
     rt().block_on(async {
         let body = br#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#.to_vec();
-        let resp = post(&gw, "/hooks/slack", &slack_headers(now(), &body), body.clone()).await;
+        let resp = post(&gw, "/hooks/slack", &slack_headers(now_secs(), &body), body.clone()).await;
         assert_eq!(resp.status(), 200);
         assert!(resp.headers()["content-type"]
             .to_str()
@@ -161,7 +154,7 @@ fn slack_url_verification_answered() {
             json!({"challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
         );
         // The handshake is signed like everything else.
-        let forged = slack_headers(now(), b"something else");
+        let forged = slack_headers(now_secs(), b"something else");
         expect_refusal(post(&gw, "/hooks/slack", &forged, body).await, 401, "bad_signature").await;
         gw.wait_audit(|a| a["decision"] == "answered" && a["reason"] == "url_verification");
     });
@@ -177,7 +170,7 @@ fn slack_bad_requests_refused() {
     rt().block_on(async {
         let body = slack_message("Ev0100", "hello", None);
         // Signed with another secret.
-        let ts = now().to_string();
+        let ts = now_secs().to_string();
         let forged = vec![
             ("x-slack-request-timestamp", ts.clone()),
             (
@@ -194,7 +187,7 @@ fn slack_bad_requests_refused() {
         // A valid signature over a different body.
         let mut tampered = body.clone();
         tampered.extend_from_slice(b" ");
-        let h = slack_headers(now(), &body);
+        let h = slack_headers(now_secs(), &body);
         expect_refusal(
             post(&gw, "/hooks/slack", &h, tampered).await,
             401,
@@ -202,7 +195,7 @@ fn slack_bad_requests_refused() {
         )
         .await;
         // Stale: correctly signed ten minutes ago (Slack's window is 5).
-        let h = slack_headers(now() - 600, &body);
+        let h = slack_headers(now_secs() - 600, &body);
         expect_refusal(
             post(&gw, "/hooks/slack", &h, body.clone()).await,
             401,
@@ -210,7 +203,7 @@ fn slack_bad_requests_refused() {
         )
         .await;
         // ... and from the future.
-        let h = slack_headers(now() + 600, &body);
+        let h = slack_headers(now_secs() + 600, &body);
         expect_refusal(
             post(&gw, "/hooks/slack", &h, body.clone()).await,
             401,
@@ -230,13 +223,13 @@ fn slack_bad_requests_refused() {
             b"\xff\xfe",
             b"[1,2,3]",
         ] {
-            let h = slack_headers(now(), junk);
+            let h = slack_headers(now_secs(), junk);
             let resp = post(&gw, "/hooks/slack", &h, junk.to_vec()).await;
             assert_eq!(resp.status(), 400, "{junk:?}");
         }
         // Oversized: declared, and streamed without Content-Length.
         let big = slack_message("Ev0101", &"x".repeat(BODY_LIMIT), None);
-        let h = slack_headers(now(), &big);
+        let h = slack_headers(now_secs(), &big);
         expect_refusal(
             post(&gw, "/hooks/slack", &h, big.clone()).await,
             413,
@@ -300,7 +293,7 @@ fn slack_unknown_events_and_bot_messages_ignored() {
             ),
         ];
         for (body, _) in &cases {
-            let resp = post(&gw, "/hooks/slack", &slack_headers(now(), body), body.clone()).await;
+            let resp = post(&gw, "/hooks/slack", &slack_headers(now_secs(), body), body.clone()).await;
             assert_eq!(resp.status(), 200);
             assert!(resp.bytes().await.unwrap().is_empty());
         }
@@ -333,13 +326,13 @@ fn slack_redelivery_reaches_assistant_once() {
         let resp = post(
             &gw,
             "/hooks/slack",
-            &slack_headers(now(), &body),
+            &slack_headers(now_secs(), &body),
             body.clone(),
         )
         .await;
         assert_eq!(resp.status(), 200);
         // The retry comes re-signed, with Slack's retry headers.
-        let mut retry = slack_headers(now(), &body);
+        let mut retry = slack_headers(now_secs(), &body);
         retry.push(("x-slack-retry-num", "1".into()));
         retry.push(("x-slack-retry-reason", "http_timeout".into()));
         let resp = post(&gw, "/hooks/slack", &retry, body.clone()).await;
@@ -400,7 +393,7 @@ fn slack_sdk_signed_requests_accepted() {
     let gw = start(&fake);
     rt().block_on(async {
         let body = slack_message("Ev0400", "signed by slack_sdk", Some("1700000000.000100"));
-        let ts = now().to_string();
+        let ts = now_secs().to_string();
         let (ok, sig) = slack_sdk_helper(&["sign", &ts], &body);
         assert!(ok && sig.starts_with("v0="), "{sig}");
         let headers = vec![
@@ -485,7 +478,7 @@ fn discord_ping_answered_with_pong() {
         let resp = post(
             &gw,
             "/hooks/discord",
-            &discord_headers(&discord_key(), now(), &body),
+            &discord_headers(&discord_key(), now_secs(), &body),
             body.clone(),
         )
         .await;
@@ -500,7 +493,7 @@ fn discord_ping_answered_with_pong() {
         });
         // Discord probes endpoints with bad signatures and expects 401.
         let other = SigningKey::from_bytes(&[8u8; 32]);
-        let h = discord_headers(&other, now(), &body);
+        let h = discord_headers(&other, now_secs(), &body);
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body).await,
             401,
@@ -518,7 +511,7 @@ fn discord_command_answered_inline() {
     rt().block_on(async {
         let body = discord_command("1100000000000000001", "tok-inline_1", "hello discord");
         let started = Instant::now();
-        let resp = post(&gw, "/hooks/discord", &discord_headers(&discord_key(), now(), &body), body).await;
+        let resp = post(&gw, "/hooks/discord", &discord_headers(&discord_key(), now_secs(), &body), body).await;
         assert_eq!(resp.status(), 200);
         assert!(started.elapsed() < Duration::from_secs(3), "Discord waits 3 s");
         assert_eq!(
@@ -547,7 +540,7 @@ fn discord_tiny_deadline_defers_then_follows_up() {
         let resp = post(
             &gw,
             "/hooks/discord/slow",
-            &discord_headers(&discord_key(), now(), &body),
+            &discord_headers(&discord_key(), now_secs(), &body),
             body,
         )
         .await;
@@ -587,7 +580,7 @@ fn discord_bad_requests_refused() {
             post(
                 &gw,
                 "/hooks/discord",
-                &discord_headers(&other, now(), &body),
+                &discord_headers(&other, now_secs(), &body),
                 body.clone(),
             )
             .await,
@@ -603,7 +596,7 @@ fn discord_bad_requests_refused() {
         .await;
         let garbled = vec![
             ("x-signature-ed25519", "zz".repeat(64)),
-            ("x-signature-timestamp", now().to_string()),
+            ("x-signature-timestamp", now_secs().to_string()),
         ];
         expect_refusal(
             post(&gw, "/hooks/discord", &garbled, body.clone()).await,
@@ -611,7 +604,7 @@ fn discord_bad_requests_refused() {
             "bad_signature",
         )
         .await;
-        let h = discord_headers(&key, now(), b"{}");
+        let h = discord_headers(&key, now_secs(), b"{}");
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body.clone()).await,
             401,
@@ -619,8 +612,8 @@ fn discord_bad_requests_refused() {
         )
         .await;
         // The signature covers the timestamp: a new timestamp breaks it.
-        let mut h = discord_headers(&key, now(), &body);
-        h[1].1 = (now() + 1).to_string();
+        let mut h = discord_headers(&key, now_secs(), &body);
+        h[1].1 = (now_secs() + 1).to_string();
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body.clone()).await,
             401,
@@ -628,7 +621,7 @@ fn discord_bad_requests_refused() {
         )
         .await;
         // Stale: correctly signed ten minutes ago.
-        let h = discord_headers(&key, now() - 600, &body);
+        let h = discord_headers(&key, now_secs() - 600, &body);
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body.clone()).await,
             401,
@@ -637,13 +630,13 @@ fn discord_bad_requests_refused() {
         .await;
         // Correctly signed junk.
         for junk in [&b"{\"type\":2,"[..], b"\x00\x01", b"{\"type\":2}"] {
-            let h = discord_headers(&key, now(), junk);
+            let h = discord_headers(&key, now_secs(), junk);
             let resp = post(&gw, "/hooks/discord", &h, junk.to_vec()).await;
             assert_eq!(resp.status(), 400, "{junk:?}");
         }
         // Oversized, declared and streamed.
         let big = discord_command("1100000000000000011", "tok-big", &"x".repeat(BODY_LIMIT));
-        let h = discord_headers(&key, now(), &big);
+        let h = discord_headers(&key, now_secs(), &big);
         expect_refusal(
             post(&gw, "/hooks/discord", &h, big.clone()).await,
             413,
@@ -686,7 +679,7 @@ fn discord_unknown_interaction_ignored_and_redelivery_once() {
         // Type 4 is autocomplete; 99 is from the future.
         for kind in [4, 99] {
             let body = json!({"id":"1100000000000000020","application_id":DISCORD_APP,"type":kind,"token":"tok-x","version":1,"data":{"name":"ask"}}).to_string().into_bytes();
-            let resp = post(&gw, "/hooks/discord", &discord_headers(&key, now(), &body), body).await;
+            let resp = post(&gw, "/hooks/discord", &discord_headers(&key, now_secs(), &body), body).await;
             assert_eq!(resp.status(), 200);
         }
         let a = gw.wait_audit(|a| a["route"] == "/hooks/discord" && a["decision"] == "ignored");
@@ -697,7 +690,7 @@ fn discord_unknown_interaction_ignored_and_redelivery_once() {
 
         let body = discord_command("1100000000000000021", "tok-twice", "once please");
         for _ in 0..2 {
-            let resp = post(&gw, "/hooks/discord", &discord_headers(&key, now(), &body), body.clone()).await;
+            let resp = post(&gw, "/hooks/discord", &discord_headers(&key, now_secs(), &body), body.clone()).await;
             assert_eq!(resp.status(), 200);
         }
         gw.wait_audit(|a| a["route"] == "/hooks/discord" && a["decision"] == "duplicate");

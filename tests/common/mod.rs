@@ -435,3 +435,11 @@ pub async fn expect_refusal(resp: reqwest::Response, status: u16, reason: &str) 
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], reason, "{body}");
 }
+
+/// Seconds since the Unix epoch, for signed timestamps.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
