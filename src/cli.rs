@@ -1,6 +1,10 @@
 //! The `moltgate` command line: `run`, `check`, `assistant`, `certs dev` and
 //! `token`. Each subcommand is a thin shell over a library function.
 
+#[cfg(feature = "newpath")]
+use crate::path::Gateway as Gw;
+#[cfg(not(feature = "newpath"))]
+use crate::pipeline::Gateway as Gw;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -218,7 +222,7 @@ pub fn check(path: &ConfigArgPath) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let _ctx = rt.enter();
-    let gateway = crate::pipeline::Gateway::build(&config, crate::observe::Metrics::new())
+    let gateway = Gw::build(&config, crate::observe::Metrics::new())
         .map_err(|e| e.to_string())?;
     if !config.listen.public.tls.dev_autogenerate {
         for p in [

@@ -27,6 +27,18 @@ pub fn command_of(text: &str) -> String {
     }
 }
 
+/// The message's command, lower-case without its slash: the platform's own
+/// command field when it has one (a Discord interaction, a Slack slash
+/// command, a Telegram `bot_command` entity), else a leading `/word` of the
+/// text. Empty when there is none. Authorisation and the Envelope both use
+/// this, so a command with options cannot pass as plain text.
+pub fn command(msg: &PlatformMessage) -> String {
+    match &msg.command {
+        Some(c) => c.clone(),
+        None => command_of(&msg.text),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     SystemTime::now()
@@ -62,13 +74,13 @@ pub fn build(
             id: conversation_key,
             room_id: msg.room_id.clone(),
             thread_id: msg.thread_id.clone(),
-            chat_type: msg.chat_type.clone(),
+            chat_type: msg.chat_type.as_str().to_string(),
         }),
         content: Some(Content {
             text: msg.text.clone(),
             attachments: Vec::new(),
             mentions: msg.mentions.clone(),
-            command: command_of(&msg.text),
+            command: command(msg),
         }),
         received_at: now_millis(),
         context: None,
@@ -89,5 +101,23 @@ mod tests {
         assert_eq!(command_of("hello /x"), "");
         assert_eq!(command_of("/"), "");
         assert_eq!(command_of("/../etc"), "");
+    }
+
+    #[test]
+    fn the_platform_command_field_wins_over_the_text() {
+        let mut m = PlatformMessage {
+            text: "prod eu-west".into(),
+            command: Some("deploy".into()),
+            ..Default::default()
+        };
+        assert_eq!(command(&m), "deploy");
+        m.command = None;
+        assert_eq!(command(&m), "");
+        m.text = "/Backup now".into();
+        assert_eq!(command(&m), "backup");
+        let env = build("slack", "/r", "k".into(), &m, Vec::new(), String::new());
+        let content = env.content.unwrap();
+        assert_eq!(content.command, "backup");
+        assert_eq!(env.conversation.unwrap().chat_type, "private");
     }
 }

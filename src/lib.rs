@@ -14,6 +14,8 @@ pub mod dedupe;
 pub mod envelope;
 pub mod observe;
 pub mod pipeline;
+#[cfg(feature = "newpath")]
+pub mod path;
 pub mod platform;
 pub mod policy;
 pub mod proto;

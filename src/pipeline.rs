@@ -77,6 +77,7 @@ impl IncomingRequest {
             headers: &self.headers,
             body: &self.body,
             now,
+            bearer: None,
         }
     }
 }
@@ -652,7 +653,7 @@ impl Gateway {
         }
 
         // ABAC + RBAC: forward, and the command if the text starts with one.
-        let command = envelope::command_of(&m.msg.text);
+        let command = envelope::command(&m.msg);
         let mut access = AccessRequest {
             subject: Subject {
                 id: m.msg.sender_id.clone(),
@@ -665,7 +666,7 @@ impl Gateway {
             },
             resource: route.path.clone(),
             action: "forward".into(),
-            chat_type: Some(m.msg.chat_type.clone()).filter(|t| !t.is_empty()),
+            chat_type: Some(m.msg.chat_type.as_str().to_string()),
             command: Some(command.clone()).filter(|c| !c.is_empty()),
             environment: Environment {
                 ip: Some(m.client_ip),
@@ -855,7 +856,7 @@ impl Gateway {
     fn envelope(&self, route: &Route, m: &Message) -> Envelope {
         let key = crate::context::conversation_key(
             m.platform,
-            &m.msg.chat_type,
+            m.msg.chat_type,
             &m.msg.room_id,
             &m.msg.thread_id,
             &m.msg.sender_id,
@@ -923,6 +924,7 @@ impl Gateway {
             node,
             mut replies,
             deadline,
+            ..
         } = accepted;
         let mut early = Collected::default();
         let mut complete = false;
@@ -977,11 +979,7 @@ impl Gateway {
             return webhook_response(ack);
         }
         // Past the deadline: acknowledge now, reply when the assistant is done.
-        let rest = Accepted {
-            node,
-            replies,
-            deadline,
-        };
+        let rest = Accepted::new(node, replies, deadline);
         let ack = adapter.ack(&m.msg);
         m.audit.reason = "deferred_reply".into();
         self.answered(&mut m, ack.status.as_u16());
@@ -1230,23 +1228,16 @@ fn commit(claim: Option<Claim>) {
     }
 }
 
-/// Builds the adapter for a route's platform from its secrets.
+/// Builds the adapter for a route's platform from its secrets (`None` for
+/// the generic API, which this pipeline authenticates itself).
 pub fn build_adapter(rc: &RouteConfig) -> Result<Option<Arc<dyn PlatformAdapter>>, String> {
-    let secrets = rc.secrets.to_map();
+    if rc.platform == PlatformKind::Generic {
+        return Ok(None);
+    }
     let api = rc.api_base.as_ref().map(|s| s.0.as_str());
-    Ok(Some(match rc.platform {
-        PlatformKind::Generic => return Ok(None),
-        PlatformKind::Feishu => Arc::new(platform::feishu::FeishuAdapter::new(&secrets, api)?),
-        PlatformKind::Wecom => Arc::new(platform::wecom::WecomAdapter::new(&secrets, api)?),
-        PlatformKind::Dingtalk => {
-            Arc::new(platform::dingtalk::DingtalkAdapter::new(&secrets, api)?)
-        }
-        PlatformKind::Slack => Arc::new(platform::slack::SlackAdapter::new(&secrets, api)?),
-        PlatformKind::Discord => Arc::new(platform::discord::DiscordAdapter::new(&secrets, api)?),
-        PlatformKind::Telegram => {
-            Arc::new(platform::telegram::TelegramAdapter::new(&secrets, api)?)
-        }
-    }))
+    platform::build(rc.platform, &rc.secrets.to_map(), api)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// An adapter's answer as an HTTP response.

@@ -244,6 +244,11 @@ impl Writeback {
         })
     }
 
+    /// Counts a reply that could not even be described (no call was made).
+    pub fn count_failure(&self, platform: &str) {
+        self.count(platform, "failed");
+    }
+
     fn count(&self, platform: &str, result: &str) {
         self.inner
             .metrics

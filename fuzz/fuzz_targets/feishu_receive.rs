@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &h,
         body: &body,
         now: at_secs(NOW),
+        bearer: None,
     };
     let adapter: &FeishuAdapter = if inp.bit(0) { &ENCRYPTED } else { &PLAIN };
     drive(adapter, &req);

@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &h,
         body: inp.body,
         now: at_secs(NOW),
+        bearer: None,
     };
     drive(&*ADAPTER, &req);
     // The pure parser on its own, too (what a verified body reaches).

@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &h,
         body: inp.body,
         now: at_secs(NOW),
+        bearer: None,
     };
     drive(&*ADAPTER, &req);
     let _ = telegram::parse_update(inp.body);

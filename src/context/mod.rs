@@ -43,6 +43,7 @@ use moka::policy::{EvictionPolicy, Expiry};
 use moka::sync::Cache;
 
 use crate::config::ContextConfig;
+use crate::platform::ChatType;
 use crate::observe::Metrics;
 use crate::proto::v1::{Context, Turn};
 
@@ -261,7 +262,7 @@ impl Expiry<String, Arc<Conversation>> for ConversationExpiry {
 /// are percent-encoded so no two distinct chats share a key.
 pub fn conversation_key(
     platform: &str,
-    chat_type: &str,
+    chat_type: ChatType,
     room_id: &str,
     thread_id: &str,
     sender_id: &str,
@@ -270,7 +271,7 @@ pub fn conversation_key(
     let mut key = String::with_capacity(
         platform.len() + room_id.len() + thread_id.len() + sender_id.len() + 16,
     );
-    if chat_type == "private" || room_id.is_empty() {
+    if chat_type == ChatType::Private || room_id.is_empty() {
         match person {
             Some(person) => {
                 key.push_str("person:");
@@ -637,7 +638,10 @@ mod tests {
 
     #[test]
     fn keys_for_private_group_and_linked_chats() {
-        let k = conversation_key;
+        let k = |platform, chat_type: &str, room, thread, sender, person| {
+            let chat_type = ChatType::parse(chat_type).unwrap_or_default();
+            conversation_key(platform, chat_type, room, thread, sender, person)
+        };
         // Unlinked: the same shapes as before identity linking.
         assert_eq!(k("slack", "group", "c1", "", "u1", None), "slack:room:c1");
         assert_eq!(

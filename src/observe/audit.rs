@@ -38,8 +38,13 @@ pub struct Audit {
 impl Audit {
     /// Starts the audit record (and its clock) for a request on `route`.
     pub fn start(route: &str, platform: &'static str) -> Self {
+        Self::at(route, platform, Instant::now())
+    }
+
+    /// A line for a request that arrived at `started`.
+    pub fn at(route: &str, platform: &'static str, started: Instant) -> Self {
         Self {
-            started: Instant::now(),
+            started,
             route: route.to_string(),
             platform,
             envelope_id: String::new(),

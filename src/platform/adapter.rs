@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
+pub use super::payload::{Payload, COMMON_OPAQUE_KEYS};
+
 /// A webhook request as an adapter sees it: routed, with the whole body read.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookRequest<'a> {
@@ -29,6 +31,95 @@ pub struct WebhookRequest<'a> {
     pub body: &'a [u8],
     /// The gateway's clock, injected so replay windows are testable.
     pub now: SystemTime,
+    /// Verifies bearer tokens for platforms authenticated that way (the
+    /// generic API). It comes from the request's policy snapshot, so a
+    /// reload of `security_policy.yaml` applies to the next request.
+    pub bearer: Option<&'a dyn BearerVerifier>,
+}
+
+impl std::fmt::Debug for dyn BearerVerifier + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerVerifier")
+    }
+}
+
+/// Who a verified bearer token says the caller is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    /// `sub`.
+    pub id: String,
+    /// `tenant`, empty when absent.
+    pub tenant: String,
+    /// Roles the token grants.
+    pub roles: Vec<String>,
+    /// `device_type`, empty when absent.
+    pub device_type: String,
+    /// Every scalar claim, stringified, for ABAC `claims.<name>` conditions.
+    pub claims: BTreeMap<String, String>,
+}
+
+/// Checks an `Authorization` header. Implemented over the JWT policy by the
+/// message path; adapters only call it.
+pub trait BearerVerifier: Send + Sync {
+    /// The principal, or a [`Rejection::Unauthorized`].
+    fn verify(&self, authorization: Option<&str>) -> Result<Principal, Rejection>;
+}
+
+/// How a route's answers and refusals are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A JSON API: every reply is collected into one JSON answer, and a
+    /// refusal is an HTTP error status with a JSON body.
+    Api,
+    /// A chat platform's webhook: answered within the platform's deadline;
+    /// a policy refusal is acknowledged (200) with a notice to the user, so
+    /// the platform does not redeliver into a storm.
+    Webhook,
+}
+
+/// The kind of conversation a message belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ChatType {
+    /// One person and the bot.
+    #[default]
+    Private,
+    /// A group chat or a guild channel.
+    Group,
+    /// A broadcast channel.
+    Channel,
+}
+
+impl ChatType {
+    /// `private`, `group` or `channel`: the Envelope's and ABAC's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatType::Private => "private",
+            ChatType::Group => "group",
+            ChatType::Channel => "channel",
+        }
+    }
+
+    /// Parses the spelling of [`ChatType::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "private" => Some(ChatType::Private),
+            "group" => Some(ChatType::Group),
+            "channel" => Some(ChatType::Channel),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq<&str> for ChatType {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ChatType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl<'a> WebhookRequest<'a> {
@@ -179,13 +270,26 @@ pub enum Rejection {
     /// The method is not one the platform uses on this route.
     #[error("method not allowed")]
     Method,
+    /// A bearer token is missing or did not verify (401 with `challenge` as
+    /// `WWW-Authenticate`).
+    #[error("{message}")]
+    Unauthorized {
+        /// A bounded label for metrics and audit lines.
+        kind: &'static str,
+        /// What the client is told (never the token or a secret).
+        message: String,
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+    },
 }
 
 impl Rejection {
     /// The HTTP status this rejection answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::BadSignature(_) | Rejection::Stale { .. } => StatusCode::UNAUTHORIZED,
+            Rejection::BadSignature(_) | Rejection::Stale { .. } | Rejection::Unauthorized { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Rejection::Missing(_) | Rejection::Malformed(_) | Rejection::Decrypt(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -202,6 +306,7 @@ impl Rejection {
             Rejection::Malformed(_) => "malformed",
             Rejection::Decrypt(_) => "decrypt_failed",
             Rejection::Method => "method_not_allowed",
+            Rejection::Unauthorized { kind, .. } => kind,
         }
     }
 }
@@ -222,8 +327,8 @@ pub struct PlatformMessage {
     pub room_id: String,
     /// Thread id within the room, when the message is in a thread.
     pub thread_id: String,
-    /// `private` or `group` (or `channel`).
-    pub chat_type: String,
+    /// Private, group or channel.
+    pub chat_type: ChatType,
     /// The message text, with platform mention markup removed.
     pub text: String,
     /// User ids mentioned in the message.
@@ -232,6 +337,13 @@ pub struct PlatformMessage {
     pub attributes: BTreeMap<String, String>,
     /// Opaque data the same adapter needs to reply (chat id, thread, token…).
     pub reply_to: serde_json::Value,
+    /// The command, lower-case without its slash, when the platform marks
+    /// one in a field of its own (a Discord interaction, a Slack slash
+    /// command, a Telegram `bot_command` entity). `None` lets the message
+    /// path take it from a leading `/word` of the text.
+    pub command: Option<String>,
+    /// Who a bearer token says the sender is (the generic API).
+    pub principal: Option<Principal>,
 }
 
 /// What a verified webhook request turned out to be.
@@ -392,6 +504,45 @@ pub trait PlatformAdapter: Send + Sync {
         text: &str,
     ) -> Option<Resealed>;
 
+    /// How answers and refusals on this route are shaped.
+    fn channel(&self) -> Channel {
+        Channel::Webhook
+    }
+
+    /// The request's content as the bot behind a passthrough route reads
+    /// it, decrypted: what passthrough's ingress DLP scans, every string of
+    /// it. Called only after [`PlatformAdapter::receive`] verified `req`.
+    fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+        Payload::parse(req.header("content-type"), req.body)
+    }
+
+    /// Object keys (JSON) or element names (XML) whose values are ids,
+    /// signatures, tokens or timestamps: never scanned, never rewritten.
+    fn opaque_keys(&self) -> &'static [&'static str] {
+        COMMON_OPAQUE_KEYS
+    }
+
+    /// Rebuilds the request around `payload` (DLP masked some of its text),
+    /// re-signed or re-encrypted with the route's secrets. `None` when the
+    /// scheme cannot be re-signed (Discord): the message path then refuses
+    /// rather than pass unmasked content.
+    fn reseal_payload(&self, _req: &WebhookRequest<'_>, _payload: &Payload) -> Option<Resealed> {
+        None
+    }
+
+    /// The bot's answer to a passthrough request, opened (decrypted) for
+    /// egress DLP.
+    fn open_answer(&self, content_type: Option<&str>, body: &[u8]) -> Result<Payload, Rejection> {
+        Payload::parse(content_type, body)
+    }
+
+    /// The bytes of an answer whose text egress DLP masked, sealed again
+    /// where the platform encrypts answers (WeCom). `None`: cannot be sealed,
+    /// so the answer is withheld.
+    fn seal_answer(&self, answer: &Payload, _now: SystemTime) -> Option<Bytes> {
+        answer.to_bytes().ok()
+    }
+
     /// How long redeliveries of one message id must be recognised: at least
     /// the platform's retry window.
     fn dedupe_ttl(&self) -> Duration {
@@ -405,15 +556,59 @@ pub trait PlatformAdapter: Send + Sync {
     }
 }
 
+/// Why an adapter could not be built from a route's `secrets`. Messages name
+/// the secret and what to do, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdapterConfigError {
+    /// A required secret is absent or empty.
+    #[error("platform {platform} needs secret `{name}`: set it under the route's `secrets`")]
+    MissingSecret {
+        /// `feishu`, `wecom`, …
+        platform: &'static str,
+        /// The secret's name.
+        name: &'static str,
+    },
+    /// A secret is set but unusable.
+    #[error("platform {platform}: secret `{name}` {reason}")]
+    BadSecret {
+        /// `feishu`, `wecom`, …
+        platform: &'static str,
+        /// The secret's name.
+        name: &'static str,
+        /// What is wrong and what a valid value looks like (never the value).
+        reason: String,
+    },
+    /// Some secrets of a set that only works together are missing.
+    #[error("platform {platform} needs secret `{name}` too: {group} go together ({purpose})")]
+    IncompleteGroup {
+        /// `dingtalk`.
+        platform: &'static str,
+        /// The first missing secret.
+        name: &'static str,
+        /// The whole set, for the message.
+        group: &'static str,
+        /// What the set is for.
+        purpose: &'static str,
+    },
+    /// None of the alternative ways to authenticate the platform is configured.
+    #[error("platform {platform} needs {alternatives}: set them under the route's `secrets`")]
+    NoCredentials {
+        /// `dingtalk`.
+        platform: &'static str,
+        /// The alternatives, for the message.
+        alternatives: &'static str,
+    },
+}
+
 /// Reads one secret from a route's `secrets`, required.
 pub fn required_secret<'s>(
     secrets: &'s BTreeMap<String, String>,
-    platform: &str,
+    platform: &'static str,
     name: &'static str,
-) -> Result<&'s str, String> {
+) -> Result<&'s str, AdapterConfigError> {
     match secrets.get(name).map(String::as_str) {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(format!("platform {platform} needs secret `{name}`")),
+        _ => Err(AdapterConfigError::MissingSecret { platform, name }),
     }
 }
 
@@ -423,4 +618,41 @@ pub fn optional_secret<'s>(secrets: &'s BTreeMap<String, String>, name: &str) ->
         .get(name)
         .map(String::as_str)
         .filter(|v| !v.is_empty())
+}
+
+/// Scheme, host and effective port of an absolute http(s) URL, refusing
+/// anything a lenient client might read differently (userinfo, backslashes,
+/// spaces, control or non-ASCII characters).
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    if url.is_empty()
+        || url.len() > 2048
+        || !url.bytes().all(|b| b.is_ascii_graphic())
+        || url.contains(['\\', '@'])
+    {
+        return None;
+    }
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return None;
+    }
+    Some((scheme, host, authority.port_u16().unwrap_or(default_port)))
+}
+
+/// True when `url` has exactly the origin (scheme, host, port) of `base`.
+/// Reply URLs that arrive in a request body (DingTalk's `sessionWebhook`,
+/// Slack's `response_url`) are only called when this holds, so a body can
+/// never point the gateway anywhere else.
+pub fn same_origin(url: &str, base: &str) -> bool {
+    match (origin(url), origin(base)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }

@@ -21,8 +21,9 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::adapter::{
-    check_replay_window, optional_secret, ApiCall, Inbound, PlatformAdapter, PlatformMessage,
-    Rejection, Resealed, WebhookRequest, WebhookResponse,
+    check_replay_window, optional_secret, same_origin, AdapterConfigError, ApiCall, ChatType,
+    Inbound, Payload, PlatformAdapter, PlatformMessage, Rejection, Resealed, WebhookRequest,
+    WebhookResponse,
 };
 use super::wxcrypt::{self, WxCrypt};
 
@@ -56,39 +57,47 @@ pub fn verify_robot_sign(app_secret: &str, timestamp: &str, sign: &str) -> bool 
     !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(sign.trim().as_bytes()))
 }
 
-/// Scheme, host and effective port of an absolute http(s) URL, refusing
-/// anything a lenient client might read differently (userinfo, backslashes,
-/// spaces, control or non-ASCII characters).
-fn origin(url: &str) -> Option<(String, String, u16)> {
-    if url.is_empty()
-        || url.len() > 2048
-        || !url.bytes().all(|b| b.is_ascii_graphic())
-        || url.contains(['\\', '@'])
-    {
-        return None;
-    }
-    let uri: http::Uri = url.parse().ok()?;
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "https" => 443,
-        "http" => 80,
-        _ => return None,
-    };
-    let authority = uri.authority()?;
-    let host = authority.host().to_ascii_lowercase();
-    if host.is_empty() {
-        return None;
-    }
-    Some((scheme, host, authority.port_u16().unwrap_or(default_port)))
-}
-
 /// True when `url` has exactly the origin (scheme, host, port) of `api_base`.
 pub fn session_webhook_allowed(url: &str, api_base: &str) -> bool {
-    match (origin(url), origin(api_base)) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
+    same_origin(url, api_base)
 }
+
+/// Ids, signatures, media codes, timestamps and enum-like fields of robot
+/// callbacks and (decrypted) events. `sessionWebhook` is a credential-bearing
+/// URL the reply needs intact. The text `content`, `senderNick`,
+/// `conversationTitle`, file names and rich text are scanned.
+pub const OPAQUE_KEYS: &[&str] = &[
+    "id",
+    "type",
+    "msgId",
+    "msgtype",
+    "createAt",
+    "conversationType",
+    "conversationId",
+    "senderId",
+    "senderStaffId",
+    "senderCorpId",
+    "senderPlatform",
+    "chatbotCorpId",
+    "chatbotUserId",
+    "robotCode",
+    "sessionWebhook",
+    "sessionWebhookExpiredTime",
+    "dingtalkId",
+    "staffId",
+    "downloadCode",
+    "pictureDownloadCode",
+    "msg_signature",
+    "signature",
+    "timeStamp",
+    "TimeStamp",
+    "nonce",
+    "encrypt",
+    "EventType",
+    "CorpId",
+    "SuiteKey",
+    "AuthCorpId",
+];
 
 /// Unix seconds from a DingTalk timestamp (milliseconds; seconds tolerated).
 fn timestamp_secs(ts: &str) -> Result<i64, Rejection> {
@@ -121,6 +130,77 @@ struct EventCrypto {
     owner_key: String,
 }
 
+/// The event-subscription secrets: all three, or none.
+fn event_crypto(secrets: &BTreeMap<String, String>) -> Result<Option<EventCrypto>, AdapterConfigError> {
+    const NAMES: [&str; 3] = ["token", "aes_key", "owner_key"];
+    let present = NAMES.map(|n| optional_secret(secrets, n));
+    match present {
+        [Some(token), Some(aes_key), Some(owner_key)] => Ok(Some(EventCrypto {
+            token: token.to_string(),
+            crypt: WxCrypt::from_encoding_aes_key(aes_key).map_err(|e| {
+                AdapterConfigError::BadSecret {
+                    platform: "dingtalk",
+                    name: "aes_key",
+                    reason: format!("is not the aes_key from the DingTalk console: {e}"),
+                }
+            })?,
+            owner_key: owner_key.to_string(),
+        })),
+        [None, None, None] => Ok(None),
+        _ => {
+            let name = NAMES
+                .iter()
+                .zip(&present)
+                .find(|(_, v)| v.is_none())
+                .map_or("token", |(n, _)| *n);
+            Err(AdapterConfigError::IncompleteGroup {
+                platform: "dingtalk",
+                name,
+                group: "`token`, `aes_key` and `owner_key`",
+                purpose: "event subscription",
+            })
+        }
+    }
+}
+
+/// `@`-mentioned users other than the bot: staff ids where known.
+fn robot_mentions(body: &Value, bot: &str) -> Vec<String> {
+    body.get("atUsers")
+        .and_then(Value::as_array)
+        .map(|users| {
+            users
+                .iter()
+                .filter_map(|u| {
+                    u.get("staffId")
+                        .or_else(|| u.get("dingtalkId"))
+                        .and_then(Value::as_str)
+                })
+                .filter(|id| *id != bot)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Attributes worth passing on, and the session webhook's expiry (ms).
+fn robot_attributes(body: &Value) -> (BTreeMap<String, String>, i64) {
+    let mut attributes = BTreeMap::new();
+    if let Some(at) = body.get("isInAtList").and_then(Value::as_bool) {
+        attributes.insert("is_in_at_list".to_string(), at.to_string());
+    }
+    let expires = body
+        .get("sessionWebhookExpiredTime")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if expires > 0 {
+        attributes.insert(
+            "session_webhook_expires_ms".to_string(),
+            expires.to_string(),
+        );
+    }
+    (attributes, expires)
+}
+
 /// A DingTalk route: robot callbacks, event subscriptions, or both.
 #[derive(Debug, Clone)]
 pub struct DingtalkAdapter {
@@ -133,38 +213,18 @@ pub struct DingtalkAdapter {
 impl DingtalkAdapter {
     /// Builds the adapter: `app_secret` for robot callbacks and/or `token`,
     /// `aes_key` and `owner_key` (all three) for event subscriptions.
-    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+    pub fn new(
+        secrets: &BTreeMap<String, String>,
+        api_base: Option<&str>,
+    ) -> Result<Self, AdapterConfigError> {
         let app_secret = optional_secret(secrets, "app_secret").map(str::to_string);
-        let event_names = ["token", "aes_key", "owner_key"];
-        let present: Vec<_> = event_names
-            .iter()
-            .map(|n| optional_secret(secrets, n))
-            .collect();
-        let events = match present.as_slice() {
-            [Some(token), Some(aes_key), Some(owner_key)] => Some(EventCrypto {
-                token: token.to_string(),
-                crypt: WxCrypt::from_encoding_aes_key(aes_key)
-                    .map_err(|e| format!("platform dingtalk secret `aes_key`: {e}"))?,
-                owner_key: owner_key.to_string(),
-            }),
-            [None, None, None] => None,
-            _ => {
-                let missing = event_names
-                    .iter()
-                    .zip(&present)
-                    .find(|(_, v)| v.is_none())
-                    .map(|(n, _)| *n)
-                    .unwrap_or("token");
-                return Err(format!(
-                    "platform dingtalk needs secret `{missing}` (event subscription)"
-                ));
-            }
-        };
+        let events = event_crypto(secrets)?;
         if app_secret.is_none() && events.is_none() {
-            return Err(
-                "platform dingtalk needs secret `app_secret` (or `token`, `aes_key`, `owner_key`)"
-                    .into(),
-            );
+            return Err(AdapterConfigError::NoCredentials {
+                platform: "dingtalk",
+                alternatives: "secret `app_secret` (robot callbacks) or `token`, `aes_key` and \
+                               `owner_key` (event subscriptions)",
+            });
         }
         Ok(Self {
             app_secret,
@@ -271,39 +331,10 @@ impl DingtalkAdapter {
             return Err(Rejection::Missing("senderId"));
         }
         let chat_type = match str_field(body, "conversationType") {
-            "1" => "private",
-            _ => "group",
+            "1" => ChatType::Private,
+            _ => ChatType::Group,
         };
-        let mentions = body
-            .get("atUsers")
-            .and_then(Value::as_array)
-            .map(|users| {
-                users
-                    .iter()
-                    .filter_map(|u| {
-                        u.get("staffId")
-                            .or_else(|| u.get("dingtalkId"))
-                            .and_then(Value::as_str)
-                    })
-                    .filter(|id| *id != bot)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut attributes = BTreeMap::new();
-        if let Some(at) = body.get("isInAtList").and_then(Value::as_bool) {
-            attributes.insert("is_in_at_list".to_string(), at.to_string());
-        }
-        let expires = body
-            .get("sessionWebhookExpiredTime")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        if expires > 0 {
-            attributes.insert(
-                "session_webhook_expires_ms".to_string(),
-                expires.to_string(),
-            );
-        }
+        let (attributes, expires) = robot_attributes(body);
         Ok(Inbound::Message(Box::new(PlatformMessage {
             message_id: msg_id.to_string(),
             tenant: str_field(body, "chatbotCorpId").to_string(),
@@ -311,23 +342,31 @@ impl DingtalkAdapter {
             sender_name: str_field(body, "senderNick").to_string(),
             room_id: str_field(body, "conversationId").to_string(),
             thread_id: String::new(),
-            chat_type: chat_type.to_string(),
+            chat_type,
             // Group messages start with the space left where the bot's @-mention was.
             text: text.trim().to_string(),
-            mentions,
+            mentions: robot_mentions(body, bot),
             attributes,
             reply_to: json!({
                 "session_webhook": str_field(body, "sessionWebhook"),
                 "expires_ms": expires,
             }),
+            command: None,
+            principal: None,
         })))
     }
 
-    fn receive_event(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
-        let signature = req
-            .query_param("msg_signature")
-            .or_else(|| req.query_param("signature"))
-            .ok_or(Rejection::Missing("signature"))?;
+    /// Verifies and decrypts an event: (outer body, event, name of the
+    /// signature parameter the platform used).
+    fn open_event(&self, req: &WebhookRequest<'_>) -> Result<(Value, Value, &'static str), Rejection> {
+        let (sig_name, signature) = match req.query_param("msg_signature") {
+            Some(s) => ("msg_signature", s),
+            None => (
+                "signature",
+                req.query_param("signature")
+                    .ok_or(Rejection::Missing("signature"))?,
+            ),
+        };
         let timestamp = req
             .query_param("timestamp")
             .ok_or(Rejection::Missing("timestamp"))?;
@@ -348,6 +387,11 @@ impl DingtalkAdapter {
         )?;
         let event: Value = serde_json::from_slice(&plain)
             .map_err(|e| Rejection::Malformed(format!("event is not JSON: {e}")))?;
+        Ok((body, event, sig_name))
+    }
+
+    fn receive_event(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
+        let (_, event, _) = self.open_event(req)?;
         let ts = now_millis(req.now).to_string();
         let success = self
             .encrypt_response(
@@ -381,16 +425,12 @@ impl PlatformAdapter for DingtalkAdapter {
         if req.method != http::Method::POST {
             return Err(Rejection::Method);
         }
-        match (req.header("timestamp"), req.header("sign")) {
-            (Some(ts), Some(sign)) => {
+        match self.kind(req)? {
+            Kind::Robot(ts, sign) => {
                 let body = self.open_robot(req, ts, sign)?;
                 self.parse_robot(&body)
             }
-            _ if self.events.is_some() && req.query_param("nonce").is_some() => {
-                self.receive_event(req)
-            }
-            (None, _) => Err(Rejection::Missing("timestamp")),
-            (Some(_), None) => Err(Rejection::Missing("sign")),
+            Kind::Event => self.receive_event(req),
         }
     }
 
@@ -414,6 +454,33 @@ impl PlatformAdapter for DingtalkAdapter {
         Ok(vec![call])
     }
 
+    /// The robot callback's JSON, or the decrypted event.
+    fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+        match self.kind(req)? {
+            Kind::Robot(ts, sign) => self.open_robot(req, ts, sign).map(Payload::Json),
+            Kind::Event => self.open_event(req).map(|(_, event, _)| Payload::Json(event)),
+        }
+    }
+
+    fn opaque_keys(&self) -> &'static [&'static str] {
+        OPAQUE_KEYS
+    }
+
+    /// A robot callback re-signed with a fresh timestamp, or an event
+    /// re-encrypted and signed again in the query.
+    fn reseal_payload(&self, req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
+        let Payload::Json(value) = payload else {
+            return None;
+        };
+        match self.kind(req).ok()? {
+            Kind::Robot(ts, sign) => {
+                self.open_robot(req, ts, sign).ok()?;
+                self.sign_robot(req, value)
+            }
+            Kind::Event => self.seal_event(req, value),
+        }
+    }
+
     /// Re-signs a robot callback with a fresh timestamp. Event subscriptions
     /// never carry messages, so they have nothing to reseal.
     fn reseal(
@@ -422,17 +489,64 @@ impl PlatformAdapter for DingtalkAdapter {
         _msg: &PlatformMessage,
         text: &str,
     ) -> Option<Resealed> {
-        let secret = self.app_secret.as_deref()?;
         let mut body = self
             .open_robot(req, req.header("timestamp")?, req.header("sign")?)
             .ok()?;
         *body.pointer_mut("/text/content")? = Value::String(text.to_string());
+        self.sign_robot(req, &body)
+    }
+}
+
+/// Which half of the adapter a request is for.
+enum Kind<'r> {
+    /// A robot callback, with its `timestamp` and `sign` headers.
+    Robot(&'r str, &'r str),
+    /// An encrypted event subscription.
+    Event,
+}
+
+impl DingtalkAdapter {
+    fn kind<'r>(&self, req: &WebhookRequest<'r>) -> Result<Kind<'r>, Rejection> {
+        match (req.header("timestamp"), req.header("sign")) {
+            (Some(ts), Some(sign)) => Ok(Kind::Robot(ts, sign)),
+            _ if self.events.is_some() && req.query_param("nonce").is_some() => Ok(Kind::Event),
+            (None, _) => Err(Rejection::Missing("timestamp")),
+            (Some(_), None) => Err(Rejection::Missing("sign")),
+        }
+    }
+
+    /// `body` as a robot callback signed now.
+    fn sign_robot(&self, req: &WebhookRequest<'_>, body: &Value) -> Option<Resealed> {
+        let secret = self.app_secret.as_deref()?;
         let ts = now_millis(req.now).to_string();
         let sign = robot_sign(secret, &ts);
         Some(Resealed {
             body: Bytes::from(body.to_string()),
             headers: vec![("timestamp".to_string(), ts), ("sign".to_string(), sign)],
             query: None,
+        })
+    }
+
+    /// `event` encrypted into the original outer body, with a query signed
+    /// now (the signature under the parameter name the platform used).
+    fn seal_event(&self, req: &WebhookRequest<'_>, event: &Value) -> Option<Resealed> {
+        let (mut outer, _, sig_name) = self.open_event(req).ok()?;
+        let ev = self.events.as_ref()?;
+        let encrypt = ev.crypt.encrypt(
+            event.to_string().as_bytes(),
+            &ev.owner_key,
+            &wxcrypt::random_prefix(),
+        );
+        let timestamp = now_millis(req.now).to_string();
+        let nonce = wxcrypt::random_nonce();
+        let signature = wxcrypt::msg_signature(&ev.token, &timestamp, &nonce, &encrypt);
+        *outer.get_mut("encrypt")? = Value::String(encrypt);
+        Some(Resealed {
+            body: Bytes::from(outer.to_string()),
+            headers: Vec::new(),
+            query: Some(format!(
+                "{sig_name}={signature}&timestamp={timestamp}&nonce={nonce}"
+            )),
         })
     }
 }
@@ -510,16 +624,17 @@ mod tests {
     fn new_names_missing_secrets() {
         assert!(DingtalkAdapter::new(&BTreeMap::new(), None)
             .unwrap_err()
+            .to_string()
             .contains("`app_secret`"));
         let err =
             DingtalkAdapter::new(&secrets(&[("token", "t"), ("aes_key", "x")]), None).unwrap_err();
-        assert!(err.contains("`owner_key`"), "{err}");
+        assert!(err.to_string().contains("`owner_key`"), "{err}");
         let err = DingtalkAdapter::new(
             &secrets(&[("token", "t"), ("aes_key", "short"), ("owner_key", "o")]),
             None,
         )
         .unwrap_err();
-        assert!(err.contains("aes_key"), "{err}");
+        assert!(err.to_string().contains("aes_key"), "{err}");
     }
 
     #[test]
@@ -551,6 +666,7 @@ mod tests {
             headers: &h,
             body: body.as_bytes(),
             now,
+            bearer: None,
         };
         let Inbound::Message(m) = a.receive(&r).unwrap() else {
             panic!("not a message")
@@ -600,6 +716,7 @@ mod tests {
                 headers: h,
                 body,
                 now,
+                bearer: None,
             })
         };
         let good = headers(ts, sign);
@@ -666,7 +783,8 @@ mod tests {
                 query: None,
                 headers: &good,
                 body: b"",
-                now
+                now,
+                bearer: None,
             })
             .unwrap_err(),
             Rejection::Method
@@ -696,6 +814,7 @@ mod tests {
             headers: &h,
             body: body.as_bytes(),
             now,
+            bearer: None,
         };
         let Inbound::Answer { response, event } = a.receive(&r).unwrap() else {
             panic!("not an answer")
@@ -896,6 +1015,7 @@ mod tests {
             headers: &h,
             body: body.as_bytes(),
             now: ms(t0),
+            bearer: None,
         };
         let Inbound::Message(m) = a.receive(&r).unwrap() else {
             panic!()
@@ -918,6 +1038,7 @@ mod tests {
             headers: &h2,
             body: &sealed.body,
             now: later,
+            bearer: None,
         };
         let Inbound::Message(m2) = a.receive(&r2).unwrap() else {
             panic!()

@@ -15,8 +15,9 @@ use http::Method;
 use serde_json::{json, Value};
 
 use super::adapter::{
-    check_replay_window, optional_secret, required_secret, ApiCall, Inbound, PlatformAdapter,
-    PlatformMessage, Rejection, Resealed, WebhookRequest, WebhookResponse,
+    check_replay_window, optional_secret, required_secret, AdapterConfigError, ApiCall, ChatType,
+    Inbound, Payload, PlatformAdapter, PlatformMessage, Rejection, Resealed, WebhookRequest,
+    WebhookResponse,
 };
 use super::telegram::split_utf16;
 
@@ -32,6 +33,57 @@ pub const TIMESTAMP_HEADER: &str = "x-signature-timestamp";
 /// never undercounts characters.
 pub const MAX_CONTENT: usize = 2000;
 
+/// Snowflakes, tokens, permission bitfields (digit strings), hashes,
+/// locales, timestamps and enum-like fields of interactions. Option
+/// `value`s, names, message `content`, embeds, attachment file names and
+/// URLs, channel names and topics are scanned. (A USER or CHANNEL option's
+/// `value` is a snowflake, but nothing in the JSON says so by key.)
+pub const OPAQUE_KEYS: &[&str] = &[
+    "id",
+    "type",
+    "token",
+    "application_id",
+    "guild_id",
+    "channel_id",
+    "message_id",
+    "user_id",
+    "target_id",
+    "webhook_id",
+    "owner_id",
+    "parent_id",
+    "last_message_id",
+    "identity_guild_id",
+    "sku_id",
+    "entitlement_sku_ids",
+    "authorizing_integration_owners",
+    "integration_types",
+    "roles",
+    "mention_roles",
+    "version",
+    "app_permissions",
+    "permissions",
+    "default_member_permissions",
+    "flags",
+    "public_flags",
+    "context",
+    "locale",
+    "guild_locale",
+    "avatar",
+    "banner",
+    "badge",
+    "discriminator",
+    "avatar_decoration_data",
+    "nonce",
+    "timestamp",
+    "edited_timestamp",
+    "joined_at",
+    "premium_since",
+    "communication_disabled_until",
+    "custom_id",
+    "component_type",
+    "content_type",
+];
+
 /// Verifies and parses Discord interactions and describes replies.
 pub struct DiscordAdapter {
     public_key: VerifyingKey,
@@ -42,12 +94,19 @@ pub struct DiscordAdapter {
 
 impl DiscordAdapter {
     /// Builds the adapter from a route's secrets (`public_key` hex, optional `application_id`).
-    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+    pub fn new(
+        secrets: &BTreeMap<String, String>,
+        api_base: Option<&str>,
+    ) -> Result<Self, AdapterConfigError> {
         let public_key = parse_public_key(required_secret(secrets, "discord", "public_key")?)?;
         let application_id = optional_secret(secrets, "application_id").map(str::to_string);
         if let Some(id) = &application_id {
             if !is_snowflake(id) {
-                return Err("platform discord: secret `application_id` must be numeric".into());
+                return Err(AdapterConfigError::BadSecret {
+                    platform: "discord",
+                    name: "application_id",
+                    reason: "must be the numeric application id from the Developer Portal".into(),
+                });
             }
         }
         Ok(Self {
@@ -69,13 +128,17 @@ impl DiscordAdapter {
 }
 
 /// Parses the application's public key from its 64-character hex form.
-pub fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, String> {
+pub fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, AdapterConfigError> {
+    let bad = |reason: &str| AdapterConfigError::BadSecret {
+        platform: "discord",
+        name: "public_key",
+        reason: format!("{reason}: copy the Public Key from the Developer Portal"),
+    };
     let bytes: [u8; 32] = hex::decode(hex_key.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or("platform discord: `public_key` must be 32 bytes of hex")?;
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| "platform discord: `public_key` is not a valid Ed25519 key".to_string())
+        .ok_or_else(|| bad("must be 64 hex characters (32 bytes)"))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| bad("is not a valid Ed25519 key"))
 }
 
 /// Verifies `signature_hex` over `timestamp + body`. Every failure, including
@@ -188,6 +251,79 @@ pub fn parse_interaction(body: &[u8]) -> Result<Inbound, Rejection> {
     }
 }
 
+/// The sender: in a guild under `member.user`, in a DM under `user`.
+/// `None` for a bot.
+fn sender(value: &Value) -> Result<Option<(&str, &str)>, Rejection> {
+    let user = value
+        .pointer("/member/user")
+        .or_else(|| value.get("user"))
+        .ok_or(Rejection::Missing("user"))?;
+    if user.get("bot").and_then(Value::as_bool) == Some(true) {
+        return Ok(None);
+    }
+    let id = str_at(user, "/id").ok_or(Rejection::Missing("user.id"))?;
+    let name = str_at(user, "/global_name")
+        .or_else(|| str_at(user, "/username"))
+        .unwrap_or("");
+    Ok(Some((id, name)))
+}
+
+fn chat_type(value: &Value, guild_id: &str) -> ChatType {
+    match (
+        guild_id.is_empty(),
+        value.get("context").and_then(Value::as_u64),
+    ) {
+        (false, _) => ChatType::Group,
+        // Context 2 is a group DM.
+        (true, Some(2)) => ChatType::Group,
+        (true, _) => ChatType::Private,
+    }
+}
+
+/// The command as RBAC sees it: the top-level name, lower-case, spaces (in
+/// context-menu names) as `_`. A subcommand is granted with its command:
+/// `/todo add` and `/todo remove` are both `todo`; the full path is in the
+/// message's `command` attribute.
+fn command_name(name: &str) -> String {
+    name.trim()
+        .to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// The text and mentions of a command's data: option values (a message
+/// context-menu command acts on the target message's text), or
+/// `/<path>` when there are none. Also returns the full command path.
+fn command_text(data: &Value, name: &str) -> (String, Vec<String>, String) {
+    let mut path = name.to_string();
+    let mut words = Vec::new();
+    let mut mentions = Vec::new();
+    collect_options(
+        data.get("options").unwrap_or(&Value::Null),
+        &mut path,
+        &mut words,
+        &mut mentions,
+    );
+    if data.get("type").and_then(Value::as_u64) == Some(3) {
+        let target = str_at(data, "/target_id").unwrap_or("");
+        if let Some(content) = data
+            .pointer("/resolved/messages")
+            .and_then(|m| m.get(target))
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+        {
+            words.push(content.to_string());
+        }
+    }
+    let text = if words.is_empty() {
+        format!("/{path}")
+    } else {
+        words.join(" ")
+    };
+    (text, mentions, path)
+}
+
 fn parse_command(value: &Value) -> Result<Inbound, Rejection> {
     let id = str_at(value, "/id")
         .filter(|s| is_snowflake(s))
@@ -205,18 +341,9 @@ fn parse_command(value: &Value) -> Result<Inbound, Rejection> {
     let name = str_at(data, "/name")
         .filter(|s| !s.is_empty())
         .ok_or(Rejection::Missing("data.name"))?;
-    // In a guild the user is under `member`, in a DM directly under `user`.
-    let user = value
-        .pointer("/member/user")
-        .or_else(|| value.get("user"))
-        .ok_or(Rejection::Missing("user"))?;
-    if user.get("bot").and_then(Value::as_bool) == Some(true) {
+    let Some((sender_id, sender_name)) = sender(value)? else {
         return Ok(skip(WebhookResponse::empty(), "bot_message"));
-    }
-    let sender_id = str_at(user, "/id").ok_or(Rejection::Missing("user.id"))?;
-    let sender_name = str_at(user, "/global_name")
-        .or_else(|| str_at(user, "/username"))
-        .unwrap_or("");
+    };
     let channel_id = str_at(value, "/channel_id")
         .or_else(|| str_at(value, "/channel/id"))
         .unwrap_or("");
@@ -226,45 +353,9 @@ fn parse_command(value: &Value) -> Result<Inbound, Rejection> {
         Some(10..=12)
     );
     let guild_id = str_at(value, "/guild_id").unwrap_or("");
-    let chat_type = match (
-        guild_id.is_empty(),
-        value.get("context").and_then(Value::as_u64),
-    ) {
-        (false, _) => "group",
-        // Context 2 is a group DM.
-        (true, Some(2)) => "group",
-        (true, _) => "private",
-    };
-
-    let mut command = name.to_string();
-    let mut words = Vec::new();
-    let mut mentions = Vec::new();
-    collect_options(
-        data.get("options").unwrap_or(&Value::Null),
-        &mut command,
-        &mut words,
-        &mut mentions,
-    );
-    // A message context-menu command (data.type 3) acts on the target message's text.
-    if data.get("type").and_then(Value::as_u64) == Some(3) {
-        let target = str_at(data, "/target_id").unwrap_or("");
-        if let Some(content) = data
-            .pointer("/resolved/messages")
-            .and_then(|m| m.get(target))
-            .and_then(|m| m.get("content"))
-            .and_then(Value::as_str)
-        {
-            words.push(content.to_string());
-        }
-    }
-    let text = if words.is_empty() {
-        format!("/{command}")
-    } else {
-        words.join(" ")
-    };
-
+    let (text, mentions, path) = command_text(data, name);
     let mut attributes = BTreeMap::new();
-    attributes.insert("command".to_string(), command);
+    attributes.insert("command".to_string(), path);
     Ok(Inbound::Message(Box::new(PlatformMessage {
         message_id: id.to_string(),
         tenant: guild_id.to_string(),
@@ -276,11 +367,13 @@ fn parse_command(value: &Value) -> Result<Inbound, Rejection> {
         } else {
             String::new()
         },
-        chat_type: chat_type.to_string(),
+        chat_type: chat_type(value, guild_id),
         text,
         mentions,
         attributes,
         reply_to: json!({ "application_id": application_id, "token": token }),
+        command: Some(command_name(name)),
+        principal: None,
     })))
 }
 
@@ -363,6 +456,22 @@ impl PlatformAdapter for DiscordAdapter {
         // Only Discord holds the private key.
         None
     }
+
+    fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+        serde_json::from_slice(req.body)
+            .map(Payload::Json)
+            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))
+    }
+
+    fn opaque_keys(&self) -> &'static [&'static str] {
+        OPAQUE_KEYS
+    }
+
+    /// Ed25519: only Discord holds the private key, so a changed body can
+    /// never be signed again. The message path refuses instead.
+    fn reseal_payload(&self, _req: &WebhookRequest<'_>, _payload: &Payload) -> Option<Resealed> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -412,6 +521,7 @@ mod tests {
             headers: h,
             body,
             now: at(now),
+            bearer: None,
         })
     }
 
@@ -519,6 +629,7 @@ mod tests {
                 headers: &good,
                 body: body.as_bytes(),
                 now: at(NOW),
+                bearer: None,
             })
             .unwrap_err();
         assert_eq!(err, Rejection::Method);
@@ -529,7 +640,7 @@ mod tests {
         for key in ["", "zz", "abcd"] {
             let secrets = BTreeMap::from([("public_key".to_string(), key.to_string())]);
             let err = DiscordAdapter::new(&secrets, None).err().unwrap();
-            assert!(err.contains("public_key"), "{err}");
+            assert!(err.to_string().contains("public_key"), "{err}");
         }
         let (_, public) = vector_keys();
         let secrets = BTreeMap::from([
@@ -574,6 +685,9 @@ mod tests {
         assert_eq!(m.chat_type, "group");
         assert_eq!(m.text, "why is the sky blue");
         assert_eq!(m.attributes["command"], "ask");
+        // The command is the interaction's own field, not the text (which is
+        // the option values): RBAC sees `ask` whatever the options say.
+        assert_eq!(m.command.as_deref(), Some("ask"));
         assert_eq!(
             m.reply_to,
             json!({"application_id":"123456","token":"tok-EN_1.x"})
@@ -591,6 +705,7 @@ mod tests {
                 {"name":"for","type":6,"value":"555"}]}]}
         })));
         assert_eq!(m.attributes["command"], "todo add");
+        assert_eq!(m.command.as_deref(), Some("todo"));
         assert_eq!(m.text, "milk 2 555");
         assert_eq!(m.mentions, vec!["555"]);
         assert_eq!(m.chat_type, "private");
@@ -605,6 +720,9 @@ mod tests {
             "resolved":{"messages":{"9":{"id":"9","content":"long text"}}}}}),
         ));
         assert_eq!(m.text, "long text");
+        assert_eq!(m.command.as_deref(), Some("summarize"));
+        let m = message(&command(json!({"data":{"name":"Report  Message","type":3}})));
+        assert_eq!(m.command.as_deref(), Some("report_message"));
     }
 
     #[test]
@@ -686,8 +804,47 @@ mod tests {
             headers: &h,
             body: body.as_bytes(),
             now: at(NOW),
+            bearer: None,
         };
         let m = message(&command(json!({})));
         assert!(adapter().reseal(&req, &m, "masked").is_none());
+    }
+
+    #[test]
+    fn payload_scans_person_text_and_cannot_be_resealed() {
+        let body = command(json!({
+            "app_permissions": "4111111111111111",
+            "channel": {"id":"88","type":0,"name":"chan 4111","topic":"topic 4111"},
+            "data": {"id":"5","name":"ask","type":1,
+                "options":[{"name":"question","type":3,"value":"card 4111"}],
+                "resolved":{"attachments":{"9":{"id":"9","filename":"4111.pdf","content_type":"application/pdf",
+                    "url":"https://cdn/4111.pdf"}}}}
+        }))
+        .to_string();
+        let h = signed(&body, NOW);
+        let req = WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &h,
+            body: body.as_bytes(),
+            now: at(NOW),
+            bearer: None,
+        };
+        let a = adapter();
+        let mut p = a.payload(&req).unwrap();
+        let mut seen = Vec::new();
+        p.texts_mut(a.opaque_keys(), &mut |s: &mut String| {
+            if s.contains("4111") {
+                seen.push(s.clone());
+            }
+        })
+        .unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["4111.pdf", "card 4111", "chan 4111", "https://cdn/4111.pdf", "topic 4111"]
+        );
+        assert!(a.reseal_payload(&req, &p).is_none());
+        assert!(a.payload(&WebhookRequest { body: b"{", ..req }).is_err());
     }
 }

@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::adapter::{
-    check_replay_window, optional_secret, required_secret, ApiCall, Inbound, PlatformAdapter,
-    PlatformMessage, Rejection, Resealed, TokenPlacement, TokenSource, WebhookRequest,
-    WebhookResponse,
+    check_replay_window, optional_secret, required_secret, AdapterConfigError, ApiCall, ChatType,
+    Inbound, Payload, PlatformAdapter, PlatformMessage, Rejection, Resealed, TokenPlacement,
+    TokenSource, WebhookRequest, WebhookResponse,
 };
 
 /// Default API base URL.
@@ -35,6 +35,41 @@ pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const H_SIGNATURE: &str = "x-lark-signature";
 const H_TIMESTAMP: &str = "x-lark-request-timestamp";
 const H_NONCE: &str = "x-lark-request-nonce";
+
+/// Ids, tokens, timestamps and enum-like fields of Feishu events (v1 and
+/// v2, after decryption). The message `content` (a JSON string), mention
+/// `name`s and everything else a person wrote are scanned.
+pub const OPAQUE_KEYS: &[&str] = &[
+    "id",
+    "type",
+    "token",
+    "ts",
+    "uuid",
+    "schema",
+    "event_id",
+    "event_type",
+    "create_time",
+    "update_time",
+    "tenant_key",
+    "app_id",
+    "open_id",
+    "union_id",
+    "user_id",
+    "employee_id",
+    "sender_type",
+    "message_id",
+    "root_id",
+    "parent_id",
+    "thread_id",
+    "upper_message_id",
+    "chat_id",
+    "open_chat_id",
+    "open_message_id",
+    "user_open_id",
+    "chat_type",
+    "message_type",
+    "msg_type",
+];
 
 fn aes_key(encrypt_key: &str) -> [u8; 32] {
     Sha256::digest(encrypt_key.as_bytes()).into()
@@ -147,7 +182,10 @@ pub struct FeishuAdapter {
 impl FeishuAdapter {
     /// Builds the adapter: `verification_token` required; `encrypt_key` for
     /// encrypted, signed delivery; `app_id`/`app_secret` for replies.
-    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+    pub fn new(
+        secrets: &BTreeMap<String, String>,
+        api_base: Option<&str>,
+    ) -> Result<Self, AdapterConfigError> {
         Ok(Self {
             verification_token: required_secret(secrets, "feishu", "verification_token")?
                 .to_string(),
@@ -258,10 +296,10 @@ fn skip(reason: &'static str) -> Inbound {
     }
 }
 
-fn chat_type(t: &str) -> &'static str {
+fn chat_type(t: &str) -> ChatType {
     match t {
-        "p2p" | "private" => "private",
-        _ => "group",
+        "p2p" | "private" => ChatType::Private,
+        _ => ChatType::Group,
     }
 }
 
@@ -330,11 +368,13 @@ fn parse_v2(event: &Value) -> Result<Inbound, Rejection> {
         sender_name: String::new(),
         room_id: str_at(m, "/chat_id").to_string(),
         thread_id: thread.to_string(),
-        chat_type: chat_type(str_at(m, "/chat_type")).to_string(),
+        chat_type: chat_type(str_at(m, "/chat_type")),
         text: strip_mentions(text),
         mentions,
         attributes,
         reply_to: json!({ "message_id": message_id, "in_thread": !thread.is_empty() }),
+        command: None,
+        principal: None,
     })))
 }
 
@@ -376,11 +416,13 @@ fn parse_v1(event: &Value) -> Result<Inbound, Rejection> {
         sender_name: String::new(),
         room_id: str_at(e, "/open_chat_id").to_string(),
         thread_id: thread.to_string(),
-        chat_type: chat_type(str_at(e, "/chat_type")).to_string(),
+        chat_type: chat_type(str_at(e, "/chat_type")),
         text: strip_mentions(text),
         mentions: Vec::new(),
         attributes,
         reply_to: json!({ "message_id": message_id, "in_thread": !thread.is_empty() }),
+        command: None,
+        principal: None,
     })))
 }
 
@@ -472,6 +514,32 @@ impl PlatformAdapter for FeishuAdapter {
                 );
             }
         }
+        self.seal(req, &event, encrypted)
+    }
+
+    fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+        Ok(Payload::Json(self.open(req)?.event))
+    }
+
+    fn opaque_keys(&self) -> &'static [&'static str] {
+        OPAQUE_KEYS
+    }
+
+    /// Re-encrypts the event when the original was encrypted, and signs it
+    /// with a fresh timestamp and nonce when an `encrypt_key` is set.
+    fn reseal_payload(&self, req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
+        let Payload::Json(event) = payload else {
+            return None;
+        };
+        let Opened { encrypted, .. } = self.open(req).ok()?;
+        self.seal(req, event, encrypted)
+    }
+}
+
+impl FeishuAdapter {
+    /// The body for `event` (encrypted if the original was) and, with an
+    /// `encrypt_key`, fresh signature headers.
+    fn seal(&self, req: &WebhookRequest<'_>, event: &Value, encrypted: bool) -> Option<Resealed> {
         let body = if encrypted {
             let key = self.encrypt_key.as_deref()?;
             let iv: [u8; 16] = rand::thread_rng().gen();
@@ -556,6 +624,7 @@ mod tests {
             headers: h,
             body,
             now,
+            bearer: None,
         }
     }
 
@@ -854,7 +923,8 @@ mod tests {
                 query: None,
                 headers: &h,
                 body: b"",
-                now
+                now,
+                bearer: None,
             })
             .unwrap_err(),
             Rejection::Method
@@ -960,6 +1030,7 @@ mod tests {
         );
         assert!(FeishuAdapter::new(&BTreeMap::new(), None)
             .unwrap_err()
+            .to_string()
             .contains("`verification_token`"));
         assert!(a.inline_reply(&msg, "x", SystemTime::now()).is_none());
         assert_eq!(a.ack(&msg), WebhookResponse::empty());
@@ -1001,5 +1072,75 @@ mod tests {
         assert!(a
             .reseal(&post(&forged, body.as_bytes(), at(t0)), &m, "x")
             .is_none());
+    }
+
+    fn mask(a: &FeishuAdapter, p: &mut Payload) -> Vec<String> {
+        let mut seen = Vec::new();
+        p.texts_mut(a.opaque_keys(), &mut |s: &mut String| {
+            if s.contains("4111") {
+                seen.push(s.clone());
+                *s = s.replace("4111", "****");
+            }
+        })
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn payload_reseal_round_trip_encrypted_and_signed() {
+        let a = adapter(Some(KEY));
+        let mut event = v2_message("@_user_1 card 4111", "group", "", "user");
+        event["event"]["message"]["mentions"][0]["name"] = json!("Bot 4111");
+        event["event"]["message"]["message_id"] = json!("om_4111");
+        let body =
+            json!({ "encrypt": encrypt(KEY, event.to_string().as_bytes(), &[1; 16]) }).to_string();
+        let t0 = 1_700_000_000;
+        let h = signed_headers(&t0.to_string(), "n", KEY, body.as_bytes());
+        let r = post(&h, body.as_bytes(), at(t0 + 5));
+        let mut p = a.payload(&r).unwrap();
+        assert_eq!(p, Payload::Json(event.clone()), "the decrypted event");
+        let mut seen = mask(&a, &mut p);
+        seen.sort();
+        assert_eq!(seen, ["Bot 4111", "{\"text\":\"@_user_1 card 4111\"}"]);
+        let sealed = a.reseal_payload(&r, &p).unwrap();
+        let sealed_body: Value = serde_json::from_slice(&sealed.body).unwrap();
+        assert!(sealed_body.get("encrypt").is_some(), "stays encrypted");
+        let mut h2 = HeaderMap::new();
+        for (k, v) in &sealed.headers {
+            h2.insert(
+                HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let Inbound::Message(m) = a.receive(&post(&h2, &sealed.body, at(t0 + 5))).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.text, "card ****");
+        assert_eq!(m.message_id, "om_4111", "ids are opaque");
+        // A forged original is not resealed.
+        let forged = signed_headers(&t0.to_string(), "n", "other", body.as_bytes());
+        assert!(a
+            .reseal_payload(&post(&forged, body.as_bytes(), at(t0)), &p)
+            .is_none());
+        assert!(a.reseal_payload(&r, &Payload::Empty).is_none());
+    }
+
+    #[test]
+    fn payload_reseal_round_trip_plain() {
+        let a = adapter(None);
+        let body = v2_message("card 4111", "p2p", "", "user").to_string();
+        let h = HeaderMap::new();
+        let r = post(&h, body.as_bytes(), SystemTime::now());
+        let mut p = a.payload(&r).unwrap();
+        mask(&a, &mut p);
+        let sealed = a.reseal_payload(&r, &p).unwrap();
+        assert!(sealed.headers.is_empty());
+        let Inbound::Message(m) = a.receive(&post(&h, &sealed.body, SystemTime::now())).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(m.text, "card ****");
+        assert_eq!(m.command, None);
+        assert!(a.payload(&post(&h, b"{}", SystemTime::now())).is_err());
     }
 }

@@ -1,10 +1,14 @@
-//! Slack Events API adapter.
+//! Slack Events API and slash-command adapter.
 //!
 //! Slack signs every webhook with `v0` HMAC-SHA256 over the timestamp and raw
 //! body, so authenticity and replay protection come from one secret and one
-//! header pair. Slack never reads a reply from the webhook response, and it
-//! retries any delivery not acknowledged within 3 s; replies therefore always
-//! go through `chat.postMessage`, in the message's thread.
+//! header pair. Slack never reads a reply from an Events API response, and it
+//! retries any delivery not acknowledged within 3 s; event replies therefore
+//! go through `chat.postMessage`, in the message's thread. A slash command
+//! (a form body) is a message whose command is the `command` field; its
+//! reply is the command's JSON answer when ready in time, else a POST to its
+//! `response_url` (only on Slack's own hooks host). Both are ephemeral: only
+//! the person who typed the command sees the answer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,9 +19,12 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use std::time::SystemTime;
+
 use super::adapter::{
-    check_replay_window, optional_secret, required_secret, ApiCall, Inbound, PlatformAdapter,
-    PlatformMessage, Rejection, Resealed, WebhookRequest, WebhookResponse,
+    check_replay_window, optional_secret, required_secret, same_origin, AdapterConfigError,
+    ApiCall, ChatType, Inbound, Payload, PlatformAdapter, PlatformMessage, Rejection, Resealed,
+    WebhookRequest, WebhookResponse,
 };
 
 /// Slack's API base when a route sets none.
@@ -28,6 +35,43 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 pub const TIMESTAMP_HEADER: &str = "x-slack-request-timestamp";
 /// Header carrying `v0=<hex hmac>`.
 pub const SIGNATURE_HEADER: &str = "x-slack-signature";
+/// The only origin a slash command's `response_url` may have (besides the
+/// route's own `api_base`, for tests).
+pub const RESPONSE_URL_ORIGIN: &str = "https://hooks.slack.com";
+
+/// Ids, tokens, timestamps and enum-like fields of Slack events and slash
+/// commands. `text`, `blocks` text, attachments' `fallback`, `title` and
+/// `pretext`, file names, link `url`s, `channel_name`, `user_name` and the
+/// slash command's `command` are scanned. An interactivity `payload=` form
+/// value is JSON inside a form: it is scanned whole, as one text.
+pub const OPAQUE_KEYS: &[&str] = &[
+    "id",
+    "type",
+    "subtype",
+    "token",
+    "ts",
+    "event_ts",
+    "thread_ts",
+    "event_id",
+    "event_context",
+    "team",
+    "team_id",
+    "user",
+    "user_id",
+    "parent_user_id",
+    "bot_id",
+    "app_id",
+    "api_app_id",
+    "enterprise_id",
+    "channel",
+    "channel_id",
+    "channel_type",
+    "client_msg_id",
+    "block_id",
+    "action_id",
+    "trigger_id",
+    "response_url",
+];
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -41,7 +85,10 @@ pub struct SlackAdapter {
 
 impl SlackAdapter {
     /// Builds the adapter from a route's secrets (`signing_secret`, optional `bot_token`).
-    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+    pub fn new(
+        secrets: &BTreeMap<String, String>,
+        api_base: Option<&str>,
+    ) -> Result<Self, AdapterConfigError> {
         Ok(Self {
             signing_secret: required_secret(secrets, "slack", "signing_secret")?.to_string(),
             // Optional: a passthrough route never calls the API itself.
@@ -147,16 +194,12 @@ fn str_field<'v>(value: &'v Value, key: &'static str) -> Result<&'v str, Rejecti
         .ok_or(Rejection::Missing(key))
 }
 
-/// Whether a non-JSON body is one of Slack's form-encoded payloads, and which.
-fn form_kind(body: &[u8]) -> Option<&'static str> {
-    let body = std::str::from_utf8(body).ok()?;
-    body.split('&').find_map(
-        |pair| match pair.split_once('=').map(|(k, _)| k).unwrap_or(pair) {
-            "command" => Some("slash_command"),
-            "payload" => Some("interactive"),
-            _ => None,
-        },
-    )
+/// A form body's value for `key` (first one wins), empty when absent.
+fn form_value<'p>(pairs: &'p [(String, String)], key: &str) -> &'p str {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or("", |(_, v)| v.as_str())
 }
 
 /// Parses a verified request body into what the pipeline should do with it.
@@ -164,12 +207,8 @@ pub fn parse_payload(body: &[u8]) -> Result<Inbound, Rejection> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         // Slash commands and interactivity arrive form-encoded on the same
-        // signing scheme; they are verified but not handled yet.
-        Err(e) => {
-            return form_kind(body)
-                .map(skip)
-                .ok_or_else(|| Rejection::Malformed(format!("body is not JSON: {e}")))
-        }
+        // signing scheme.
+        Err(e) => return parse_form(body, &e),
     };
     match value.get("type").and_then(Value::as_str) {
         Some("url_verification") => {
@@ -183,6 +222,91 @@ pub fn parse_payload(body: &[u8]) -> Result<Inbound, Rejection> {
         Some(_) => Ok(skip("unsupported_event")),
         None => Err(Rejection::Missing("type")),
     }
+}
+
+fn parse_form(body: &[u8], json_error: &serde_json::Error) -> Result<Inbound, Rejection> {
+    let not_json = || Rejection::Malformed(format!("body is not JSON: {json_error}"));
+    let Ok(Payload::Form(pairs)) = Payload::parse(Some("application/x-www-form-urlencoded"), body)
+    else {
+        return Err(not_json());
+    };
+    if pairs.iter().any(|(k, _)| k == "command") {
+        parse_slash_command(&pairs)
+    } else if pairs.iter().any(|(k, _)| k == "payload") {
+        // Interactivity (buttons, modals): verified, not handled.
+        Ok(skip("interactive"))
+    } else {
+        Err(not_json())
+    }
+}
+
+/// A slash command: `command` is the platform's command field (lower-case,
+/// without its slash); the text is the arguments, or `/command` when there
+/// are none, so the message is never empty.
+fn parse_slash_command(pairs: &[(String, String)]) -> Result<Inbound, Rejection> {
+    let command = form_value(pairs, "command")
+        .trim()
+        .trim_start_matches('/')
+        .to_lowercase();
+    if command.is_empty() {
+        return Err(Rejection::Missing("command"));
+    }
+    let nonempty = |key: &'static str| {
+        Some(form_value(pairs, key))
+            .filter(|v| !v.is_empty())
+            .ok_or(Rejection::Missing(key))
+    };
+    let user = nonempty("user_id")?;
+    let channel = nonempty("channel_id")?;
+    let (text, mentions) = strip_mentions(form_value(pairs, "text"));
+    let text = if text.is_empty() {
+        format!("/{command}")
+    } else {
+        text
+    };
+    let channel_name = form_value(pairs, "channel_name");
+    let chat_type = if channel_name == "directmessage" || channel.starts_with('D') {
+        ChatType::Private
+    } else if channel_name == "privategroup"
+        || channel_name.starts_with("mpdm-")
+        || channel.starts_with('G')
+    {
+        ChatType::Group
+    } else {
+        ChatType::Channel
+    };
+    let mut attributes = BTreeMap::new();
+    attributes.insert("event_type".to_string(), "slash_command".to_string());
+    Ok(Inbound::Message(Box::new(PlatformMessage {
+        // Slack does not redeliver slash commands; the trigger id is unique
+        // per invocation all the same.
+        message_id: form_value(pairs, "trigger_id").to_string(),
+        tenant: form_value(pairs, "team_id").to_string(),
+        sender_id: user.to_string(),
+        sender_name: form_value(pairs, "user_name").to_string(),
+        room_id: channel.to_string(),
+        thread_id: String::new(),
+        chat_type,
+        text,
+        mentions,
+        attributes,
+        reply_to: json!({
+            "channel": channel,
+            "response_url": form_value(pairs, "response_url"),
+            "slash_command": true,
+        }),
+        command: Some(command),
+        principal: None,
+    })))
+}
+
+fn is_slash_command(msg: &PlatformMessage) -> bool {
+    msg.reply_to.get("slash_command").and_then(Value::as_bool) == Some(true)
+}
+
+/// A slash command's answer: only the person who typed it sees it.
+fn slash_answer(text: &str) -> Value {
+    json!({ "response_type": "ephemeral", "text": text })
 }
 
 fn parse_event(value: &Value) -> Result<Inbound, Rejection> {
@@ -215,9 +339,9 @@ fn parse_event(value: &Value) -> Result<Inbound, Rejection> {
     }
     let thread_ts = event.get("thread_ts").and_then(Value::as_str).unwrap_or("");
     let chat_type = match event.get("channel_type").and_then(Value::as_str) {
-        Some("im") => "private",
-        Some("mpim") | Some("group") => "group",
-        _ => "channel",
+        Some("im") => ChatType::Private,
+        Some("mpim") | Some("group") => ChatType::Group,
+        _ => ChatType::Channel,
     };
     let tenant = value
         .get("team_id")
@@ -235,12 +359,73 @@ fn parse_event(value: &Value) -> Result<Inbound, Rejection> {
         sender_name: String::new(),
         room_id: channel.to_string(),
         thread_id: thread_ts.to_string(),
-        chat_type: chat_type.to_string(),
+        chat_type,
         text,
         mentions,
         attributes,
         reply_to: json!({ "channel": channel, "thread_ts": reply_thread }),
+        command: None,
+        principal: None,
     })))
+}
+
+impl SlackAdapter {
+    /// Checks the signature and the replay window.
+    fn authenticate(&self, req: &WebhookRequest<'_>) -> Result<(), Rejection> {
+        let timestamp = req
+            .header(TIMESTAMP_HEADER)
+            .ok_or(Rejection::Missing("X-Slack-Request-Timestamp"))?;
+        let signature = req
+            .header(SIGNATURE_HEADER)
+            .ok_or(Rejection::Missing("X-Slack-Signature"))?;
+        let ts: i64 = timestamp.trim().parse().map_err(|_| {
+            Rejection::Malformed("X-Slack-Request-Timestamp is not a number".into())
+        })?;
+        check_replay_window(ts, req.now_secs(), self.replay_window)?;
+        verify(&self.signing_secret, timestamp, req.body, signature)
+    }
+
+    /// `body` signed now.
+    fn sign_now(&self, req: &WebhookRequest<'_>, body: Vec<u8>) -> Resealed {
+        let timestamp = req.now_secs().to_string();
+        let signature = sign(&self.signing_secret, &timestamp, &body);
+        Resealed {
+            body: body.into(),
+            headers: vec![
+                (TIMESTAMP_HEADER.into(), timestamp),
+                (SIGNATURE_HEADER.into(), signature),
+            ],
+            query: None,
+        }
+    }
+
+    /// The reply to a slash command: its `response_url` when that is on
+    /// Slack's hooks host (or the route's `api_base`), else `chat.postMessage`.
+    fn slash_reply(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
+        let url = msg
+            .reply_to
+            .get("response_url")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if same_origin(url, RESPONSE_URL_ORIGIN) || same_origin(url, &self.api_base) {
+            return Ok(vec![ApiCall::post_json(url.to_string(), &slash_answer(text))]);
+        }
+        let token = self
+            .bot_token
+            .as_deref()
+            .ok_or(Rejection::Missing("bot_token"))?;
+        let channel = str_field(&msg.reply_to, "channel")?;
+        let body = json!({ "channel": channel, "text": text });
+        Ok(vec![self.post_message(token, &body)])
+    }
+
+    fn post_message(&self, token: &str, body: &Value) -> ApiCall {
+        let mut call = ApiCall::post_json(format!("{}/api/chat.postMessage", self.api_base), body);
+        call.headers
+            .push(("authorization".into(), format!("Bearer {token}")));
+        call.success = Some(("/ok", Value::Bool(true)));
+        call
+    }
 }
 
 impl PlatformAdapter for SlackAdapter {
@@ -252,21 +437,25 @@ impl PlatformAdapter for SlackAdapter {
         if req.method != Method::POST {
             return Err(Rejection::Method);
         }
-        let timestamp = req
-            .header(TIMESTAMP_HEADER)
-            .ok_or(Rejection::Missing("X-Slack-Request-Timestamp"))?;
-        let signature = req
-            .header(SIGNATURE_HEADER)
-            .ok_or(Rejection::Missing("X-Slack-Signature"))?;
-        let ts: i64 = timestamp.trim().parse().map_err(|_| {
-            Rejection::Malformed("X-Slack-Request-Timestamp is not a number".into())
-        })?;
-        check_replay_window(ts, req.now_secs(), self.replay_window)?;
-        verify(&self.signing_secret, timestamp, req.body, signature)?;
+        self.authenticate(req)?;
         parse_payload(req.body)
     }
 
+    /// Only a slash command reads its answer from the response.
+    fn inline_reply(
+        &self,
+        msg: &PlatformMessage,
+        text: &str,
+        _now: SystemTime,
+    ) -> Option<WebhookResponse> {
+        (is_slash_command(msg) && !text.is_empty())
+            .then(|| WebhookResponse::json(&slash_answer(text)))
+    }
+
     fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection> {
+        if is_slash_command(msg) {
+            return self.slash_reply(msg, text);
+        }
         let token = self
             .bot_token
             .as_deref()
@@ -276,11 +465,7 @@ impl PlatformAdapter for SlackAdapter {
         if let Some(thread) = msg.reply_to.get("thread_ts").and_then(Value::as_str) {
             body["thread_ts"] = Value::from(thread);
         }
-        let mut call = ApiCall::post_json(format!("{}/api/chat.postMessage", self.api_base), &body);
-        call.headers
-            .push(("authorization".into(), format!("Bearer {token}")));
-        call.success = Some(("/ok", Value::Bool(true)));
-        Ok(vec![call])
+        Ok(vec![self.post_message(token, &body)])
     }
 
     fn reseal(
@@ -289,6 +474,16 @@ impl PlatformAdapter for SlackAdapter {
         msg: &PlatformMessage,
         text: &str,
     ) -> Option<Resealed> {
+        if let Ok(Payload::Form(mut pairs)) = self.payload(req) {
+            // A slash command: its arguments are the text (`/command` stood
+            // in for no arguments).
+            let value = pairs.iter_mut().find(|(k, _)| k == "text")?;
+            let stand_in = msg.command.as_ref().map(|c| format!("/{c}"));
+            if !(value.1.is_empty() && stand_in.as_deref() == Some(text)) {
+                value.1 = text.to_string();
+            }
+            return Some(self.sign_now(req, Payload::Form(pairs).to_bytes().ok()?.to_vec()));
+        }
         let mut value: Value = serde_json::from_slice(req.body).ok()?;
         let event = value.get_mut("event")?.as_object_mut()?;
         // Mentions were stripped from the message text; put them back so the
@@ -298,17 +493,29 @@ impl PlatformAdapter for SlackAdapter {
         event.insert("text".into(), Value::String(new_text.join(" ")));
         // Rich-text blocks repeat the original, unmasked text.
         event.remove("blocks");
-        let body = serde_json::to_vec(&value).ok()?;
-        let timestamp = req.now_secs().to_string();
-        let signature = sign(&self.signing_secret, &timestamp, &body);
-        Some(Resealed {
-            body: body.into(),
-            headers: vec![
-                (TIMESTAMP_HEADER.into(), timestamp),
-                (SIGNATURE_HEADER.into(), signature),
-            ],
-            query: None,
-        })
+        Some(self.sign_now(req, serde_json::to_vec(&value).ok()?))
+    }
+
+    /// JSON events, or the form of a slash command or an interaction.
+    fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+        match serde_json::from_slice::<Value>(req.body) {
+            Ok(v) => Ok(Payload::Json(v)),
+            Err(_) => Payload::parse(Some("application/x-www-form-urlencoded"), req.body),
+        }
+    }
+
+    fn opaque_keys(&self) -> &'static [&'static str] {
+        OPAQUE_KEYS
+    }
+
+    /// The payload re-serialised (JSON or form) and signed with a fresh
+    /// timestamp. The original must verify: nothing unverified is signed.
+    fn reseal_payload(&self, req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
+        if !matches!(payload, Payload::Json(_) | Payload::Form(_)) {
+            return None;
+        }
+        self.authenticate(req).ok()?;
+        Some(self.sign_now(req, payload.to_bytes().ok()?.to_vec()))
     }
 
     fn dedupe_ttl(&self) -> Duration {
@@ -384,6 +591,7 @@ pub(crate) mod tests {
             headers: h,
             body,
             now: at(now),
+            bearer: None,
         })
     }
 
@@ -424,19 +632,30 @@ pub(crate) mod tests {
         assert_eq!(sign(secret, ts, body.as_bytes()), sig);
         verify(secret, ts, body.as_bytes(), sig).unwrap();
         // Through the adapter, at the vector's own time: verified, and the
-        // slash-command form body is acknowledged without being forwarded.
+        // slash-command form body is a message whose command is its own field.
         let secrets = BTreeMap::from([("signing_secret".to_string(), secret.to_string())]);
         let a = SlackAdapter::new(&secrets, None).unwrap();
         let h = headers(&[(TIMESTAMP_HEADER, ts), (SIGNATURE_HEADER, sig)]);
         let now: u64 = ts.parse().unwrap();
-        let got = receive_with(&a, &h, body.as_bytes(), now).unwrap();
-        assert!(matches!(
-            got,
-            Inbound::Skip {
-                reason: "slash_command",
-                ..
-            }
-        ));
+        let Inbound::Message(m) = receive_with(&a, &h, body.as_bytes(), now).unwrap() else {
+            panic!("a slash command is a message")
+        };
+        assert_eq!(m.command.as_deref(), Some("webhook-collect"));
+        assert_eq!(m.text, "/webhook-collect", "no arguments: the command stands in");
+        assert_eq!(
+            (m.sender_id.as_str(), m.room_id.as_str(), m.tenant.as_str()),
+            ("U2CERLKJA", "G8PSS9T3V", "T1DC2JH3J")
+        );
+        assert_eq!(m.sender_name, "roadrunner");
+        assert_eq!(m.chat_type, ChatType::Group);
+        assert_eq!(
+            m.message_id,
+            "398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c"
+        );
+        assert_eq!(
+            m.reply_to["response_url"],
+            "https://hooks.slack.com/commands/T1DC2JH3J/397700885554/96rGlfmibIGlgcZRskXaIFfN"
+        );
         // One flipped byte of body breaks it.
         let mut forged = body.as_bytes().to_vec();
         forged[0] ^= 1;
@@ -502,6 +721,7 @@ pub(crate) mod tests {
                 headers: &signed(&body, NOW),
                 body: body.as_bytes(),
                 now: at(NOW),
+                bearer: None,
             })
             .unwrap_err();
         assert_eq!(err, Rejection::Method);
@@ -671,6 +891,7 @@ pub(crate) mod tests {
         assert!(SlackAdapter::new(&BTreeMap::new(), None)
             .err()
             .unwrap()
+            .to_string()
             .contains("signing_secret"));
     }
 
@@ -690,6 +911,7 @@ pub(crate) mod tests {
             headers: &h,
             body: body.as_bytes(),
             now: at(later),
+            bearer: None,
         };
         let sealed = a.reseal(&req, &m, "card **** <b>").unwrap();
         assert!(!String::from_utf8_lossy(&sealed.body).contains("4111"));
@@ -711,5 +933,197 @@ pub(crate) mod tests {
         // Not an event: nothing to reseal.
         let req = WebhookRequest { body: b"{}", ..req };
         assert!(a.reseal(&req, &m, "x").is_none());
+    }
+
+    fn slash_body(text: &str, response_url: &str) -> String {
+        Payload::Form(vec![
+            ("token".into(), "vtok".into()),
+            ("team_id".into(), "T1".into()),
+            ("channel_id".into(), "C9".into()),
+            ("channel_name".into(), "general".into()),
+            ("user_id".into(), "U1".into()),
+            ("user_name".into(), "ann".into()),
+            ("command".into(), "/Deploy".into()),
+            ("text".into(), text.into()),
+            ("response_url".into(), response_url.into()),
+            ("trigger_id".into(), "13345224609.738474920.8088930838d88f008e0".into()),
+        ])
+        .to_bytes()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .unwrap()
+    }
+
+    #[test]
+    fn slash_commands_are_messages_with_their_command() {
+        let a = adapter();
+        let hook = "https://hooks.slack.com/commands/T1/1/abc";
+        let m = message(&slash_body("prod <@U2|bob> now", hook));
+        assert_eq!(m.command.as_deref(), Some("deploy"));
+        assert_eq!(m.text, "prod  now");
+        assert_eq!(m.mentions, vec!["U2"]);
+        assert_eq!(
+            (m.sender_id.as_str(), m.room_id.as_str(), m.tenant.as_str()),
+            ("U1", "C9", "T1")
+        );
+        assert_eq!(m.chat_type, ChatType::Channel);
+        assert_eq!(m.attributes["event_type"], "slash_command");
+        // The inline answer is the command's own JSON answer.
+        let inline = a.inline_reply(&m, "done", at(NOW)).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&inline.body).unwrap(),
+            json!({"response_type":"ephemeral","text":"done"})
+        );
+        assert!(a.inline_reply(&m, "", at(NOW)).is_none());
+        assert_eq!(a.ack(&m), WebhookResponse::empty());
+        // Deferred: the response_url, only on Slack's hooks host.
+        let calls = a.reply_calls(&m, "later").unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].url, hook);
+        assert!(calls[0].auth.is_none());
+        assert!(!calls[0].headers.iter().any(|(k, _)| k == "authorization"));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&calls[0].body).unwrap(),
+            json!({"response_type":"ephemeral","text":"later"})
+        );
+        for evil in [
+            "https://evil.example/commands/x",
+            "https://hooks.slack.com@evil.example/x",
+            "http://hooks.slack.com/commands/x",
+            "",
+        ] {
+            let m = message(&slash_body("x", evil));
+            let calls = a.reply_calls(&m, "later").unwrap();
+            assert_eq!(calls[0].url, "http://127.0.0.1:9/api/chat.postMessage", "{evil}");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&calls[0].body).unwrap(),
+                json!({"channel":"C9","text":"later"})
+            );
+        }
+        // Direct messages and missing fields.
+        let dm = slash_body("x", hook).replace("channel_id=C9", "channel_id=D9");
+        assert_eq!(message(&dm).chat_type, ChatType::Private);
+        for (from, to) in [("command=%2FDeploy", "command=%2F"), ("user_id=U1", "user_id=")] {
+            let body = slash_body("x", hook).replace(from, to);
+            assert_eq!(receive(&body).unwrap_err().kind(), "missing_field", "{to}");
+        }
+        assert_eq!(receive("a=1&b=2").unwrap_err().kind(), "malformed");
+    }
+
+    fn sealed_headers(sealed: &Resealed) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in &sealed.headers {
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn mask(p: &mut Payload, opaque: &[&str]) -> Vec<String> {
+        let mut seen = Vec::new();
+        p.texts_mut(opaque, &mut |s: &mut String| {
+            seen.push(s.clone());
+            *s = s.replace("4111", "****");
+        })
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn payload_reseal_round_trips_json_events() {
+        let a = adapter();
+        let body = event_body(json!({
+            "type":"message","channel":"C1","user":"U1","ts":"5.1","client_msg_id":"4111-x",
+            "text":"<@UBOT> card 4111",
+            "blocks":[{"type":"rich_text","block_id":"b4111","elements":[{"type":"rich_text_section",
+                "elements":[{"type":"text","text":"card 4111"},{"type":"link","url":"https://x/4111"}]}]}],
+            "attachments":[{"fallback":"fb 4111","title":"t 4111","pretext":"p 4111","id":1}]
+        }));
+        let h = signed(&body, NOW);
+        let req = WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &h,
+            body: body.as_bytes(),
+            now: at(NOW + 30),
+            bearer: None,
+        };
+        let mut p = a.payload(&req).unwrap();
+        let mut seen = mask(&mut p, a.opaque_keys());
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["<@UBOT> card 4111", "card 4111", "fb 4111", "https://x/4111", "p 4111", "t 4111"]
+        );
+        let sealed = a.reseal_payload(&req, &p).unwrap();
+        let text = String::from_utf8(sealed.body.to_vec()).unwrap();
+        assert_eq!(text.matches("4111").count(), 2, "only ids keep it: {text}");
+        let h2 = sealed_headers(&sealed);
+        let Inbound::Message(m) = receive_with(&a, &h2, &sealed.body, NOW + 30).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.text, "card ****");
+        assert_eq!(m.mentions, vec!["UBOT"]);
+        // A forged original is never signed.
+        let forged = headers(&[
+            (TIMESTAMP_HEADER, &NOW.to_string()),
+            (SIGNATURE_HEADER, "v0=00"),
+        ]);
+        assert!(a
+            .reseal_payload(&WebhookRequest { headers: &forged, ..req }, &p)
+            .is_none());
+        assert!(a.reseal_payload(&req, &Payload::Text("x".into())).is_none());
+    }
+
+    #[test]
+    fn payload_reseal_round_trips_slash_command_forms() {
+        let a = adapter();
+        let body = slash_body("pay 4111", "https://hooks.slack.com/commands/T1/1/abc");
+        let h = signed(&body, NOW);
+        let req = WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &h,
+            body: body.as_bytes(),
+            now: at(NOW + 1),
+            bearer: None,
+        };
+        let mut p = a.payload(&req).unwrap();
+        assert!(matches!(p, Payload::Form(_)));
+        let mut seen = mask(&mut p, a.opaque_keys());
+        seen.sort();
+        assert_eq!(seen, ["/Deploy", "ann", "general", "pay 4111"]);
+        let sealed = a.reseal_payload(&req, &p).unwrap();
+        let h2 = sealed_headers(&sealed);
+        let Inbound::Message(m) = receive_with(&a, &h2, &sealed.body, NOW + 1).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.text, "pay ****");
+        assert_eq!(m.command.as_deref(), Some("deploy"));
+        assert_eq!(m.reply_to["response_url"], "https://hooks.slack.com/commands/T1/1/abc");
+        // The old single-text reseal handles the form too.
+        let m0 = message(&body);
+        let sealed = a.reseal(&req, &m0, "pay ****").unwrap();
+        let h3 = sealed_headers(&sealed);
+        let Inbound::Message(m) = receive_with(&a, &h3, &sealed.body, NOW + 1).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.text, "pay ****");
+        // Interactivity payloads are forms too, scanned whole.
+        let body = "payload=%7B%22type%22%3A%22block_actions%22%7D";
+        let h = signed(body, NOW);
+        let req = WebhookRequest {
+            body: body.as_bytes(),
+            headers: &h,
+            ..req
+        };
+        assert_eq!(
+            a.payload(&req).unwrap(),
+            Payload::Form(vec![(
+                "payload".into(),
+                "{\"type\":\"block_actions\"}".into()
+            )])
+        );
     }
 }

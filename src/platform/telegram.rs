@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use super::adapter::{
-    optional_secret, required_secret, ApiCall, Inbound, PlatformAdapter, PlatformMessage,
-    Rejection, Resealed, WebhookRequest, WebhookResponse,
+    optional_secret, required_secret, AdapterConfigError, ApiCall, ChatType, Inbound, Payload,
+    PlatformAdapter, PlatformMessage, Rejection, Resealed, WebhookRequest, WebhookResponse,
 };
 
 /// Telegram's API base when a route sets none.
@@ -24,6 +24,42 @@ pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 /// Telegram's limit on a message's text, in UTF-16 code units.
 pub const MAX_TEXT: usize = 4096;
+
+/// Ids, file ids, timestamps and enum-like fields of updates. `text`,
+/// `caption`, `quote` and replied-to texts, entity `url`s, callback `data`,
+/// names, file names, contact details and button texts are scanned.
+pub const OPAQUE_KEYS: &[&str] = &[
+    "update_id",
+    "message_id",
+    "message_thread_id",
+    "id",
+    "type",
+    "chat_id",
+    "date",
+    "edit_date",
+    "forward_date",
+    "file_id",
+    "file_unique_id",
+    "thumbnail_file_id",
+    "media_group_id",
+    "chat_instance",
+    "inline_message_id",
+    "business_connection_id",
+    "custom_emoji_id",
+    "effect_id",
+    "language_code",
+    "mime_type",
+    "language",
+];
+
+/// A text field and the entities that index into it (UTF-16 offsets).
+const ENTITY_FIELDS: &[(&str, &str)] = &[
+    ("text", "entities"),
+    ("caption", "caption_entities"),
+    ("text", "text_entities"),
+    ("question", "question_entities"),
+    ("explanation", "explanation_entities"),
+];
 
 /// Verifies and parses Telegram updates and describes replies.
 pub struct TelegramAdapter {
@@ -34,16 +70,21 @@ pub struct TelegramAdapter {
 
 impl TelegramAdapter {
     /// Builds the adapter from a route's secrets (`secret_token`, optional `bot_token`).
-    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+    pub fn new(
+        secrets: &BTreeMap<String, String>,
+        api_base: Option<&str>,
+    ) -> Result<Self, AdapterConfigError> {
         let secret_token = required_secret(secrets, "telegram", "secret_token")?;
         let valid = secret_token.len() <= 256
             && secret_token
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid {
-            return Err(
-                "platform telegram: secret `secret_token` must be 1-256 of A-Z a-z 0-9 _ -".into(),
-            );
+            return Err(AdapterConfigError::BadSecret {
+                platform: "telegram",
+                name: "secret_token",
+                reason: "must be 1-256 of A-Z a-z 0-9 _ - (the value given to setWebhook)".into(),
+            });
         }
         Ok(Self {
             secret_token: secret_token.to_string(),
@@ -155,23 +196,81 @@ fn mentions(message: &Value, text: &str, entities_key: &str) -> Vec<String> {
     out
 }
 
+/// The command of a `bot_command` entity at offset 0: lower-case, without
+/// its slash or `@botname`.
+fn command(message: &Value, text: &str, entities_key: &str) -> Option<String> {
+    let entity = message
+        .get(entities_key)
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|e| {
+            e.get("type").and_then(Value::as_str) == Some("bot_command")
+                && e.get("offset").and_then(Value::as_u64) == Some(0)
+        })?;
+    let length = usize::try_from(entity.get("length")?.as_u64()?).ok()?;
+    let units: Vec<u16> = text.encode_utf16().take(length).collect();
+    if units.len() != length {
+        return None;
+    }
+    let raw = String::from_utf16(&units).ok()?;
+    let name = raw.strip_prefix('/')?.split('@').next()?.to_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The update's kind, the message it concerns and, for a button press, the
+/// callback query. `Err(skip)` for updates that are not handled.
+fn select(value: &Value) -> Result<(&'static str, &Value, Option<&Value>), Inbound> {
+    if let Some(m) = value.get("message") {
+        Ok(("message", m, None))
+    } else if let Some(m) = value.get("edited_message") {
+        Ok(("edited_message", m, None))
+    } else if let Some(cb) = value.get("callback_query") {
+        // Callbacks from inline-mode messages have no chat to answer in.
+        match cb.get("message") {
+            Some(m) => Ok(("callback_query", m, Some(cb))),
+            None => Err(skip("inline_callback")),
+        }
+    } else {
+        Err(skip("unsupported_update"))
+    }
+}
+
+/// Text, mentions and command: a callback's `data`, else the message's
+/// `text`, or the `caption` of a photo or document.
+fn content(message: &Value, callback: Option<&Value>) -> (String, Vec<String>, Option<String>) {
+    if let Some(cb) = callback {
+        let data = cb.get("data").and_then(Value::as_str).unwrap_or("");
+        return (data.to_string(), Vec::new(), None);
+    }
+    match text_field(message) {
+        Some((field, entities)) => {
+            let text = message.get(field).and_then(Value::as_str).unwrap_or("");
+            (
+                text.to_string(),
+                mentions(message, text, entities),
+                command(message, text, entities),
+            )
+        }
+        None => (String::new(), Vec::new(), None),
+    }
+}
+
+fn chat_type(chat: &Value) -> ChatType {
+    match chat.get("type").and_then(Value::as_str) {
+        Some("group") | Some("supergroup") => ChatType::Group,
+        Some("channel") => ChatType::Channel,
+        _ => ChatType::Private,
+    }
+}
+
 /// Parses an update body into what the pipeline should do with it.
 pub fn parse_update(body: &[u8]) -> Result<Inbound, Rejection> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
     let update_id = id_text(value.get("update_id")).ok_or(Rejection::Missing("update_id"))?;
-    let (kind, message, callback) = if let Some(m) = value.get("message") {
-        ("message", m, None)
-    } else if let Some(m) = value.get("edited_message") {
-        ("edited_message", m, None)
-    } else if let Some(cb) = value.get("callback_query") {
-        // Callbacks from inline-mode messages have no chat to answer in.
-        match cb.get("message") {
-            Some(m) => ("callback_query", m, Some(cb)),
-            None => return Ok(skip("inline_callback")),
-        }
-    } else {
-        return Ok(skip("unsupported_update"));
+    let (kind, message, callback) = match select(&value) {
+        Ok(selected) => selected,
+        Err(skipped) => return Ok(skipped),
     };
     if !message.is_object() {
         return Err(Rejection::Malformed(format!("{kind} is not an object")));
@@ -189,27 +288,7 @@ pub fn parse_update(body: &[u8]) -> Result<Inbound, Rejection> {
         .get("id")
         .filter(|id| id_text(Some(id)).is_some())
         .ok_or(Rejection::Missing("chat.id"))?;
-    let chat_type = match chat.get("type").and_then(Value::as_str) {
-        Some("group") | Some("supergroup") => "group",
-        Some("channel") => "channel",
-        _ => "private",
-    };
-    let (text, mentions) = match callback {
-        Some(cb) => (
-            cb.get("data")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            Vec::new(),
-        ),
-        None => match text_field(message) {
-            Some((field, entities)) => {
-                let text = message.get(field).and_then(Value::as_str).unwrap_or("");
-                (text.to_string(), self::mentions(message, text, entities))
-            }
-            None => (String::new(), Vec::new()),
-        },
-    };
+    let (text, mentions, command) = content(message, callback);
     if text.is_empty() {
         return Ok(skip("no_text"));
     }
@@ -218,15 +297,13 @@ pub fn parse_update(body: &[u8]) -> Result<Inbound, Rejection> {
     if let Some(thread) = thread {
         reply_to["message_thread_id"] = Value::from(thread);
     }
+    if let Some(id) = callback.and_then(|cb| cb.get("id")).and_then(Value::as_str) {
+        reply_to["callback_query_id"] = Value::from(id);
+    }
     let mut attributes = BTreeMap::new();
     attributes.insert("update_type".to_string(), kind.to_string());
     if let Some(id) = id_text(message.get("message_id")) {
         attributes.insert("telegram_message_id".to_string(), id);
-    }
-    if let Some(cb) = callback {
-        if let Some(id) = cb.get("id").and_then(Value::as_str) {
-            reply_to["callback_query_id"] = Value::from(id);
-        }
     }
     Ok(Inbound::Message(Box::new(PlatformMessage {
         message_id: update_id,
@@ -235,11 +312,13 @@ pub fn parse_update(body: &[u8]) -> Result<Inbound, Rejection> {
         sender_name: display_name(from),
         room_id: id_text(Some(chat_id)).unwrap_or_default(),
         thread_id: thread.map(|t| t.to_string()).unwrap_or_default(),
-        chat_type: chat_type.to_string(),
+        chat_type: chat_type(chat),
         text,
         mentions,
         attributes,
         reply_to,
+        command,
+        principal: None,
     })))
 }
 
@@ -256,6 +335,40 @@ fn send_message(msg: &PlatformMessage, text: &str) -> Result<Map<String, Value>,
         params.insert("message_thread_id".into(), thread.clone());
     }
     Ok(params)
+}
+
+/// Walks the original and the rewritten update side by side and, wherever a
+/// text field changed, keeps only the entities that still index it
+/// correctly (see [`retain_entities`]).
+fn fix_entities(old: &Value, new: &mut Value) {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            for (text_key, entities_key) in ENTITY_FIELDS {
+                let (Some(Value::String(before)), Some(Value::String(after))) =
+                    (o.get(*text_key), n.get(*text_key))
+                else {
+                    continue;
+                };
+                if before != after {
+                    let after = after.clone();
+                    if let Some(list) = n.get_mut(*entities_key) {
+                        retain_entities(list, before, &after);
+                    }
+                }
+            }
+            for (k, nv) in n.iter_mut() {
+                if let Some(ov) = o.get(k) {
+                    fix_entities(ov, nv);
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(n)) => {
+            for (ov, nv) in o.iter().zip(n.iter_mut()) {
+                fix_entities(ov, nv);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Keeps only entities that still cover the same characters in the new text,
@@ -358,6 +471,33 @@ impl PlatformAdapter for TelegramAdapter {
         })
     }
 
+    fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+        serde_json::from_slice(req.body)
+            .map(Payload::Json)
+            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))
+    }
+
+    fn opaque_keys(&self) -> &'static [&'static str] {
+        OPAQUE_KEYS
+    }
+
+    /// The update re-serialised with entities that still fit the masked
+    /// texts, and the secret token. The original must carry the token.
+    fn reseal_payload(&self, req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
+        let Payload::Json(value) = payload else {
+            return None;
+        };
+        verify_secret_token(&self.secret_token, req.header(SECRET_HEADER)?).ok()?;
+        let original: Value = serde_json::from_slice(req.body).ok()?;
+        let mut value = value.clone();
+        fix_entities(&original, &mut value);
+        Some(Resealed {
+            body: serde_json::to_vec(&value).ok()?.into(),
+            headers: vec![(SECRET_HEADER.into(), self.secret_token.clone())],
+            query: None,
+        })
+    }
+
     fn dedupe_ttl(&self) -> Duration {
         // Telegram keeps redelivering an unacknowledged update for up to a day.
         Duration::from_secs(24 * 3600)
@@ -387,6 +527,7 @@ mod tests {
             headers: h,
             body,
             now: at(0),
+            bearer: None,
         })
     }
 
@@ -425,6 +566,8 @@ mod tests {
         assert_eq!(m.chat_type, "private");
         assert_eq!(m.thread_id, "");
         assert_eq!(m.text, "/start");
+        // No bot_command entity in the sample: the message path reads the text.
+        assert_eq!(m.command, None);
         assert_eq!(m.attributes["update_type"], "message");
         assert_eq!(m.attributes["telegram_message_id"], "1365");
         assert_eq!(m.reply_to, json!({"chat_id":1111111}));
@@ -451,6 +594,7 @@ mod tests {
                 headers: &headers(&[(SECRET_HEADER, SECRET)]),
                 body: body.as_bytes(),
                 now: at(0),
+                bearer: None,
             })
             .unwrap_err();
         assert_eq!(err, Rejection::Method);
@@ -463,7 +607,7 @@ mod tests {
         let bad = BTreeMap::from([("secret_token".to_string(), "has space".to_string())]);
         assert!(TelegramAdapter::new(&bad, None).is_err());
         let err = TelegramAdapter::new(&BTreeMap::new(), None).err().unwrap();
-        assert!(err.contains("secret_token"));
+        assert!(err.to_string().contains("secret_token"));
     }
 
     #[test]
@@ -620,6 +764,7 @@ mod tests {
             headers: &h,
             body: body.as_bytes(),
             now: at(0),
+            bearer: None,
         };
         let m = message(body);
         let sealed = a.reseal(&req, &m, "/pay ****").unwrap();
@@ -663,5 +808,113 @@ mod tests {
         }
         let req = WebhookRequest { body: b"[]", ..req };
         assert!(a.reseal(&req, &m, "x").is_none());
+    }
+
+    #[test]
+    fn bot_command_entities_are_the_command() {
+        let m = message(
+            r#"{"update_id":1,"message":{"message_id":2,"from":{"id":3},"chat":{"id":3,"type":"private"},
+            "text":"/Deploy@my_bot prod","entities":[{"type":"bot_command","offset":0,"length":14}]}}"#,
+        );
+        assert_eq!(m.command.as_deref(), Some("deploy"));
+        assert_eq!(m.text, "/Deploy@my_bot prod");
+        // Not at offset 0: not the message's command.
+        let m = message(
+            r#"{"update_id":1,"message":{"from":{"id":3},"chat":{"id":3},
+            "text":"see /help","entities":[{"type":"bot_command","offset":4,"length":5}]}}"#,
+        );
+        assert_eq!(m.command, None);
+        // A photo's caption is the text, and its command counts.
+        let m = message(
+            r#"{"update_id":1,"message":{"from":{"id":3},"chat":{"id":3},"photo":[{"file_id":"f"}],
+            "caption":"/scan this","caption_entities":[{"type":"bot_command","offset":0,"length":5}]}}"#,
+        );
+        assert_eq!((m.text.as_str(), m.command.as_deref()), ("/scan this", Some("scan")));
+        // Lengths are UTF-16 units; a lying length gives no command.
+        let m = message(
+            r#"{"update_id":1,"message":{"from":{"id":3},"chat":{"id":3},
+            "text":"/x","entities":[{"type":"bot_command","offset":0,"length":99}]}}"#,
+        );
+        assert_eq!(m.command, None);
+        // Callback data is never a command.
+        let m = message(
+            r#"{"update_id":8,"callback_query":{"id":"cb1","from":{"id":4},
+            "message":{"chat":{"id":3},"text":"/pick","entities":[{"type":"bot_command","offset":0,"length":5}]},"data":"/a"}}"#,
+        );
+        assert_eq!(m.command, None);
+    }
+
+    #[test]
+    fn payload_reaches_every_text_and_reseal_keeps_entities_valid() {
+        let a = adapter();
+        let body = r#"{"update_id":5,"message":{"message_id":9,"from":{"id":2,"first_name":"Bo 4111"},
+            "chat":{"id":3,"type":"private"},"media_group_id":"4111222233334444",
+            "photo":[{"file_id":"AgAD4111","file_unique_id":"u4111","width":1,"height":1}],
+            "caption":"/pay 4111 ok","caption_entities":[{"type":"bot_command","offset":0,"length":4},
+              {"type":"bold","offset":10,"length":2},{"type":"text_link","offset":5,"length":4,"url":"https://x/4111"}],
+            "reply_to_message":{"message_id":8,"from":{"id":7},"chat":{"id":3},"text":"old 4111",
+              "entities":[{"type":"code","offset":4,"length":4}]},
+            "quote":{"text":"4111 quoted","entities":[{"type":"italic","offset":5,"length":6}],"position":0}}}"#;
+        let h = headers(&[(SECRET_HEADER, SECRET)]);
+        let req = WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &h,
+            body: body.as_bytes(),
+            now: at(0),
+            bearer: None,
+        };
+        let mut p = a.payload(&req).unwrap();
+        let mut seen = Vec::new();
+        p.texts_mut(a.opaque_keys(), &mut |s: &mut String| {
+            seen.push(s.clone());
+            *s = s.replace("4111", "*");
+        })
+        .unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "/pay 4111 ok",
+                "4111 quoted",
+                "Bo 4111",
+                "https://x/4111",
+                "old 4111",
+            ]
+        );
+        let sealed = a.reseal_payload(&req, &p).unwrap();
+        assert_eq!(
+            sealed.headers,
+            vec![(SECRET_HEADER.to_string(), SECRET.to_string())]
+        );
+        let got = match receive_with(&h, &sealed.body).unwrap() {
+            Inbound::Message(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got.text, "/pay * ok");
+        assert_eq!(got.command.as_deref(), Some("pay"));
+        let v: Value = serde_json::from_slice(&sealed.body).unwrap();
+        let msg = &v["message"];
+        // Entities that no longer index the same characters are dropped.
+        assert_eq!(
+            msg["caption_entities"],
+            json!([{"type":"bot_command","offset":0,"length":4}])
+        );
+        assert_eq!(msg["reply_to_message"]["entities"], json!([]));
+        assert_eq!(msg["quote"]["entities"], json!([]));
+        assert_eq!(msg["quote"]["text"], "* quoted");
+        // Ids are kept.
+        assert_eq!(msg["media_group_id"], "4111222233334444");
+        assert_eq!(msg["photo"][0]["file_id"], "AgAD4111");
+        // Unchanged texts keep their entities.
+        let same = a.reseal_payload(&req, &a.payload(&req).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(&same.body).unwrap();
+        assert_eq!(v["message"]["caption_entities"].as_array().unwrap().len(), 3);
+        // A request without the secret token is never resealed.
+        let bad = headers(&[(SECRET_HEADER, "nope")]);
+        assert!(a
+            .reseal_payload(&WebhookRequest { headers: &bad, ..req }, &p)
+            .is_none());
+        assert!(a.reseal_payload(&req, &Payload::Empty).is_none());
     }
 }

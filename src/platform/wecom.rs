@@ -8,18 +8,15 @@
 //! and the `message/send` fallback.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::Method;
-use quick_xml::events::Event;
-use quick_xml::Reader;
 
 use super::adapter::{
-    check_replay_window, optional_secret, required_secret, unix_secs, ApiCall, Inbound,
-    PlatformAdapter, PlatformMessage, Rejection, Resealed, TokenPlacement, TokenSource,
-    WebhookRequest, WebhookResponse,
+    check_replay_window, optional_secret, required_secret, unix_secs, AdapterConfigError, ApiCall,
+    ChatType, Inbound, Payload, PlatformAdapter, PlatformMessage, Rejection, Resealed,
+    TokenPlacement, TokenSource, WebhookRequest, WebhookResponse,
 };
 use super::wxcrypt::{self, WxCrypt};
 
@@ -28,166 +25,30 @@ pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
 /// Default replay window on the signed `timestamp` query parameter.
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(300);
 
-/// Nesting deeper than any WeCom message is refused rather than walked.
-const MAX_XML_DEPTH: usize = 16;
-/// Bounds the work a hostile document can cause.
-const MAX_XML_ELEMENTS: usize = 512;
+pub use super::xml::{cdata, parse_xml, XmlField, XmlFields};
 
-/// One direct child of an XML document's root element.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XmlField {
-    /// Element name.
-    pub name: String,
-    /// Its text and CDATA content, entities resolved (nested elements ignored).
-    pub text: String,
-    /// Byte range of the element's content in the source, for in-place rewrites.
-    pub span: Range<usize>,
-}
-
-/// A flat view of a WeCom XML document: the root's direct children, in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct XmlFields(pub Vec<XmlField>);
-
-impl XmlFields {
-    /// The text of the first child named `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.field(name).map(|f| f.text.as_str())
-    }
-
-    /// The first child named `name`.
-    pub fn field(&self, name: &str) -> Option<&XmlField> {
-        self.0.iter().find(|f| f.name == name)
-    }
-}
-
-fn xml_err(what: &str) -> Rejection {
-    Rejection::Malformed(format!("xml: {what}"))
-}
-
-/// Parses WeCom XML into its root's children. Refuses DOCTYPE (and with it
-/// every entity definition) and any entity other than the five predefined
-/// ones and character references.
-pub fn parse_xml(xml: &str) -> Result<XmlFields, Rejection> {
-    let mut reader = Reader::from_str(xml);
-    let pos = |r: &Reader<&[u8]>| usize::try_from(r.buffer_position()).unwrap_or(usize::MAX);
-    let mut fields = Vec::new();
-    let mut depth = 0usize;
-    let mut elements = 0usize;
-    let mut root_seen = false;
-    let mut current: Option<(String, String, usize)> = None;
-    loop {
-        let before = pos(&reader);
-        let event = reader
-            .read_event()
-            .map_err(|_| xml_err("not well-formed"))?;
-        match event {
-            Event::DocType(_) => return Err(xml_err("DOCTYPE is not allowed")),
-            Event::Start(e) | Event::Empty(e) if depth == 0 && root_seen => {
-                let _ = e;
-                return Err(xml_err("more than one root element"));
-            }
-            Event::Start(e) => {
-                elements += 1;
-                if elements > MAX_XML_ELEMENTS || depth >= MAX_XML_DEPTH {
-                    return Err(xml_err("too large"));
-                }
-                if depth == 1 {
-                    let name = std::str::from_utf8(e.name().as_ref())
-                        .map_err(|_| xml_err("name is not UTF-8"))?
-                        .to_string();
-                    current = Some((name, String::new(), pos(&reader)));
-                }
-                root_seen = true;
-                depth += 1;
-            }
-            Event::Empty(e) => {
-                elements += 1;
-                if elements > MAX_XML_ELEMENTS {
-                    return Err(xml_err("too large"));
-                }
-                if depth == 1 {
-                    let name = std::str::from_utf8(e.name().as_ref())
-                        .map_err(|_| xml_err("name is not UTF-8"))?
-                        .to_string();
-                    let at = pos(&reader);
-                    fields.push(XmlField {
-                        name,
-                        text: String::new(),
-                        span: at..at,
-                    });
-                }
-                root_seen = true;
-            }
-            Event::End(_) => {
-                depth = depth.checked_sub(1).ok_or_else(|| xml_err("unbalanced"))?;
-                if depth == 1 {
-                    if let Some((name, text, start)) = current.take() {
-                        fields.push(XmlField {
-                            name,
-                            text,
-                            span: start..before,
-                        });
-                    }
-                }
-            }
-            Event::Text(t) => {
-                let text = t.decode().map_err(|_| xml_err("text is not UTF-8"))?;
-                if depth == 2 {
-                    if let Some((_, buf, _)) = current.as_mut() {
-                        buf.push_str(&text);
-                    }
-                } else if depth == 0 && !text.trim().is_empty() {
-                    return Err(xml_err("text outside the root element"));
-                }
-            }
-            Event::CData(c) => {
-                let text = c.decode().map_err(|_| xml_err("CDATA is not UTF-8"))?;
-                if depth == 2 {
-                    if let Some((_, buf, _)) = current.as_mut() {
-                        buf.push_str(&text);
-                    }
-                } else if depth == 0 {
-                    return Err(xml_err("CDATA outside the root element"));
-                }
-            }
-            Event::GeneralRef(r) => {
-                let ch = match r
-                    .resolve_char_ref()
-                    .map_err(|_| xml_err("bad character reference"))?
-                {
-                    Some(ch) => ch,
-                    None => match &*r {
-                        b"lt" => '<',
-                        b"gt" => '>',
-                        b"amp" => '&',
-                        b"apos" => '\'',
-                        b"quot" => '"',
-                        _ => return Err(xml_err("entities are not allowed")),
-                    },
-                };
-                if depth == 0 {
-                    return Err(xml_err("text outside the root element"));
-                }
-                if depth == 2 {
-                    if let Some((_, buf, _)) = current.as_mut() {
-                        buf.push(ch);
-                    }
-                }
-            }
-            Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
-            Event::Eof => break,
-        }
-    }
-    if !root_seen || depth != 0 {
-        return Err(xml_err("no complete root element"));
-    }
-    Ok(XmlFields(fields))
-}
-
-/// Wraps `text` in CDATA, splitting any `]]>` so the text cannot end the section.
-pub fn cdata(text: &str) -> String {
-    format!("<![CDATA[{}]]>", text.replace("]]>", "]]]]><![CDATA[>"))
-}
+/// Elements of WeCom messages (decrypted) and passive replies that hold ids,
+/// timestamps, media references or enum-like values. `Content`, `Title`,
+/// `Description`, `Url`, `Label`, `PicUrl` and every other element are
+/// scanned.
+pub const OPAQUE_ELEMENTS: &[&str] = &[
+    "ToUserName",
+    "FromUserName",
+    "CreateTime",
+    "MsgType",
+    "MsgId",
+    "AgentID",
+    "Event",
+    "EventKey",
+    "ChangeType",
+    "MediaId",
+    "ThumbMediaId",
+    "Format",
+    "Encrypt",
+    "MsgSignature",
+    "TimeStamp",
+    "Nonce",
+];
 
 /// The inner plaintext of a passive text reply.
 pub fn text_reply_xml(to_user: &str, from: &str, create_time: i64, content: &str) -> String {
@@ -242,11 +103,18 @@ pub struct WecomAdapter {
 impl WecomAdapter {
     /// Builds the adapter from the route's secrets (`token`, `encoding_aes_key`,
     /// `corp_id`; `agent_id` and `corp_secret` for the `message/send` fallback).
-    pub fn new(secrets: &BTreeMap<String, String>, api_base: Option<&str>) -> Result<Self, String> {
+    pub fn new(
+        secrets: &BTreeMap<String, String>,
+        api_base: Option<&str>,
+    ) -> Result<Self, AdapterConfigError> {
         let token = required_secret(secrets, "wecom", "token")?.to_string();
         let key = required_secret(secrets, "wecom", "encoding_aes_key")?;
-        let crypt = WxCrypt::from_encoding_aes_key(key)
-            .map_err(|e| format!("platform wecom secret `encoding_aes_key`: {e}"))?;
+        let crypt =
+            WxCrypt::from_encoding_aes_key(key).map_err(|e| AdapterConfigError::BadSecret {
+                platform: "wecom",
+                name: "encoding_aes_key",
+                reason: format!("is not the EncodingAESKey from the WeCom console: {e}"),
+            })?;
         let corp_id = required_secret(secrets, "wecom", "corp_id")?.to_string();
         Ok(Self {
             token,
@@ -402,11 +270,13 @@ impl WecomAdapter {
             // An app conversation is the one-to-one chat between the user and the app.
             room_id: from.to_string(),
             thread_id: String::new(),
-            chat_type: "private".to_string(),
+            chat_type: ChatType::Private,
             text: content.trim().to_string(),
             mentions: Vec::new(),
             attributes,
             reply_to: serde_json::json!({ "user": from, "agent_id": agent_id }),
+            command: None,
+            principal: None,
         })))
     }
 
@@ -421,13 +291,17 @@ impl WecomAdapter {
             cdata(text),
             plain.get(content.span.end..)?
         );
+        self.seal_post(req, &outer, &new_plain)
+    }
+
+    /// The original outer body with `inner` encrypted into its `Encrypt`
+    /// element, and a query signed for it with a fresh timestamp and nonce.
+    fn seal_post(&self, req: &WebhookRequest<'_>, outer: &XmlFields, inner: &str) -> Option<Resealed> {
         let body = std::str::from_utf8(req.body).ok()?;
         let enc_field = outer.field("Encrypt")?;
-        let encrypt = self.crypt.encrypt(
-            new_plain.as_bytes(),
-            &self.corp_id,
-            &wxcrypt::random_prefix(),
-        );
+        let encrypt = self
+            .crypt
+            .encrypt(inner.as_bytes(), &self.corp_id, &wxcrypt::random_prefix());
         let new_body = format!(
             "{}{}{}",
             body.get(..enc_field.span.start)?,
@@ -443,6 +317,20 @@ impl WecomAdapter {
             headers: Vec::new(),
             query: Some(query),
         })
+    }
+
+    /// Opens a passive reply (`<xml><Encrypt>…<MsgSignature>…`): the
+    /// signature is checked and the inner XML returned.
+    fn open_reply(&self, xml: &str) -> Result<String, Rejection> {
+        let outer = parse_xml(xml)?;
+        let field = |name: &'static str| outer.get(name).ok_or(Rejection::Missing(name));
+        let plain = self.verify_and_decrypt(
+            field("MsgSignature")?,
+            field("TimeStamp")?,
+            field("Nonce")?,
+            field("Encrypt")?,
+        )?;
+        String::from_utf8(plain).map_err(|_| Rejection::Malformed("reply is not UTF-8".into()))
     }
 
     fn token_source(&self) -> Result<TokenSource, Rejection> {
@@ -559,6 +447,61 @@ impl PlatformAdapter for WecomAdapter {
     ) -> Option<Resealed> {
         self.reseal_with_query(req, text)
     }
+
+    /// The decrypted inner XML of a message; a GET (URL verification)
+    /// carries nothing to read.
+    fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+        match *req.method {
+            Method::POST => Ok(Payload::Xml(self.open_post(req)?.1)),
+            _ => Ok(Payload::Empty),
+        }
+    }
+
+    fn opaque_keys(&self) -> &'static [&'static str] {
+        OPAQUE_ELEMENTS
+    }
+
+    /// Encrypts the (masked) inner XML into the original envelope and signs
+    /// the query again.
+    fn reseal_payload(&self, req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
+        let Payload::Xml(inner) = payload else {
+            return None;
+        };
+        let (outer, _, _) = self.open_post(req).ok()?;
+        self.seal_post(req, &outer, inner)
+    }
+
+    /// A passive reply is encrypted: an empty answer stays empty, an
+    /// encrypted envelope opens to its inner XML (its signature checked),
+    /// and anything else is read as plain text (WeCom ignores it).
+    fn open_answer(&self, _content_type: Option<&str>, body: &[u8]) -> Result<Payload, Rejection> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Payload::Empty);
+        }
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Rejection::Malformed("answer is not UTF-8".into()))?;
+        match parse_xml(text) {
+            Ok(outer) if outer.field("Encrypt").is_some() => Ok(Payload::Xml(self.open_reply(text)?)),
+            _ => Ok(Payload::Text(text.to_string())),
+        }
+    }
+
+    /// Encrypts an opened reply again, with a fresh nonce, timestamp and
+    /// signature.
+    fn seal_answer(&self, answer: &Payload, now: SystemTime) -> Option<Bytes> {
+        match answer {
+            Payload::Xml(inner) => {
+                let xml = self.encrypt_reply(
+                    inner,
+                    &unix_secs(now).to_string(),
+                    &wxcrypt::random_nonce(),
+                    &wxcrypt::random_prefix(),
+                );
+                Some(Bytes::from(xml))
+            }
+            other => other.to_bytes().ok(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +552,7 @@ mod tests {
             headers,
             body,
             now,
+            bearer: None,
         }
     }
 
@@ -619,12 +563,13 @@ mod tests {
     #[test]
     fn new_names_missing_secret() {
         let err = WecomAdapter::new(&BTreeMap::new(), None).unwrap_err();
-        assert!(err.contains("`token`"), "{err}");
+        assert!(err.to_string().contains("`token`"), "{err}");
         let mut secrets = BTreeMap::new();
         secrets.insert("token".to_string(), "t".to_string());
         secrets.insert("encoding_aes_key".to_string(), "bad".to_string());
         assert!(WecomAdapter::new(&secrets, None)
             .unwrap_err()
+            .to_string()
             .contains("encoding_aes_key"));
     }
 
@@ -1059,5 +1004,98 @@ mod tests {
 
     fn vectors() -> serde_json::Value {
         super::super::wxcrypt::vectors()
+    }
+
+    #[test]
+    fn payload_is_the_decrypted_xml_and_reseals() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let h = HeaderMap::new();
+        let now = SystemTime::now();
+        let ts = unix_secs(now).to_string();
+        let inner = "<xml><ToUserName><![CDATA[ww1436e0e65a779aee]]></ToUserName><FromUserName><![CDATA[u4111]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[card 4111 & <b>]]></Content><MsgId>4111</MsgId><AgentID>1000002</AgentID></xml>";
+        let (q, b) = signed_post(&a, inner, &ts);
+        let r = req(&Method::POST, &q, &h, b.as_bytes(), now);
+        let mut p = a.payload(&r).unwrap();
+        assert_eq!(p, Payload::Xml(inner.to_string()));
+        let mut seen = Vec::new();
+        p.texts_mut(a.opaque_keys(), &mut |s: &mut String| {
+            seen.push(s.clone());
+            *s = s.replace("4111", "****");
+        })
+        .unwrap();
+        assert_eq!(seen, ["card 4111 & <b>"]);
+        let sealed = a.reseal_payload(&r, &p).unwrap();
+        let q2 = sealed.query.clone().unwrap();
+        let Inbound::Message(m) = a
+            .receive(&req(&Method::POST, &q2, &h, &sealed.body, now))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(m.text, "card **** & <b>");
+        assert_eq!((m.sender_id.as_str(), m.message_id.as_str()), ("u4111", "4111"));
+        // The outer envelope keeps its other elements.
+        let outer = parse_xml(std::str::from_utf8(&sealed.body).unwrap()).unwrap();
+        assert_eq!(outer.get("AgentID"), Some("1000002"));
+        // A forged original is not resealed; only XML payloads are.
+        let forged = req(&Method::POST, "msg_signature=00&timestamp=1&nonce=1", &h, b.as_bytes(), now);
+        assert!(a.reseal_payload(&forged, &p).is_none());
+        assert!(a.reseal_payload(&r, &Payload::Text("x".into())).is_none());
+        // A URL check carries nothing to scan.
+        assert_eq!(
+            a.payload(&req(&Method::GET, &q, &h, b"", now)).unwrap(),
+            Payload::Empty
+        );
+    }
+
+    #[test]
+    fn passive_replies_open_and_seal() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let msg = PlatformMessage {
+            reply_to: serde_json::json!({"user": "ChenJiaShun", "agent_id": "1000002"}),
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        let answer = a.inline_reply(&msg, "your card 4111", now).unwrap();
+        let mut p = a
+            .open_answer(Some(answer.content_type), &answer.body)
+            .unwrap();
+        let Payload::Xml(inner) = &p else {
+            panic!("{p:?}")
+        };
+        assert!(inner.contains("your card 4111"));
+        p.texts_mut(a.opaque_keys(), &mut |s: &mut String| {
+            *s = s.replace("4111", "****")
+        })
+        .unwrap();
+        let later = now + Duration::from_secs(2);
+        let sealed = a.seal_answer(&p, later).unwrap();
+        let outer = parse_xml(std::str::from_utf8(&sealed).unwrap()).unwrap();
+        assert_eq!(outer.get("TimeStamp"), Some(unix_secs(later).to_string().as_str()));
+        let Payload::Xml(reopened) = a.open_answer(Some("application/xml"), &sealed).unwrap() else {
+            panic!()
+        };
+        let f = parse_xml(&reopened).unwrap();
+        assert_eq!(f.get("Content"), Some("your card ****"));
+        assert_eq!(f.get("ToUserName"), Some("ChenJiaShun"));
+        // Empty and plain answers; a forged envelope is refused.
+        assert_eq!(a.open_answer(None, b"").unwrap(), Payload::Empty);
+        assert_eq!(
+            a.open_answer(None, b"success").unwrap(),
+            Payload::Text("success".into())
+        );
+        assert_eq!(
+            a.seal_answer(&Payload::Text("success".into()), now).unwrap(),
+            &b"success"[..]
+        );
+        let forged = std::str::from_utf8(&sealed)
+            .unwrap()
+            .replace(outer.get("MsgSignature").unwrap(), &"0".repeat(40));
+        assert_eq!(
+            a.open_answer(None, forged.as_bytes()).unwrap_err(),
+            Rejection::BadSignature("msg_signature")
+        );
     }
 }

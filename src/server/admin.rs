@@ -9,6 +9,9 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+#[cfg(feature = "newpath")]
+use crate::path::Gateway;
+#[cfg(not(feature = "newpath"))]
 use crate::pipeline::Gateway;
 
 /// The admin endpoints.

@@ -7,6 +7,7 @@
 //! After it, the message belongs to that node and is never sent twice.
 
 pub mod balance;
+pub mod bot;
 pub mod health;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -107,6 +108,8 @@ pub struct Accepted {
     pub replies: ReplyStream,
     /// When the whole call must be finished.
     pub deadline: Instant,
+    /// Replies already read from `replies` (see [`Accepted::unread`]).
+    early: Collected,
 }
 
 /// What an accepted call finally produced.
@@ -121,9 +124,26 @@ pub struct Collected {
 }
 
 impl Accepted {
+    /// A node's acceptance, with its replies to come.
+    pub fn new(node: String, replies: ReplyStream, deadline: Instant) -> Self {
+        Self {
+            node,
+            replies,
+            deadline,
+            early: Collected::default(),
+        }
+    }
+
+    /// Puts replies that were read from the stream back in front of it, so
+    /// [`Accepted::collect`] returns them too.
+    pub fn unread(&mut self, early: Collected) {
+        self.early.texts.extend(early.texts);
+        self.early.state.extend(early.state);
+    }
+
     /// Reads replies until the stream ends, `final` arrives, or the deadline.
     pub async fn collect(mut self) -> Collected {
-        let mut out = Collected::default();
+        let mut out = std::mem::take(&mut self.early);
         loop {
             match tokio::time::timeout_at(self.deadline.into(), self.replies.next()).await {
                 Err(_) => {
@@ -301,11 +321,7 @@ impl Cluster {
                         .accept_latency
                         .observe(started.elapsed().as_secs_f64());
                     self.count_attempt(node, "accepted", None);
-                    return Ok(Accepted {
-                        node: node.name.clone(),
-                        replies,
-                        deadline,
-                    });
+                    return Ok(Accepted::new(node.name.clone(), replies, deadline));
                 }
                 Err((reason, code)) => {
                     self.count_attempt(node, "failed", Some(reason));

@@ -48,12 +48,19 @@ pub struct FakeApi {
 impl FakeApi {
     /// Starts the fake on an ephemeral loopback port.
     pub fn start() -> Self {
+        Self::start_on(0).unwrap()
+    }
+
+    /// Starts the fake on loopback port `port` (0: an ephemeral one); fails
+    /// when the port is taken. A test uses it to bring a "down" bot up on
+    /// the port a route already points at.
+    pub fn start_on(port: u16) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = rt.block_on(TcpListener::bind(("127.0.0.1", port)))?;
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let failures: Failures = Arc::new(Mutex::new(Vec::new()));
@@ -122,12 +129,12 @@ impl FakeApi {
                 });
             }
         });
-        Self {
+        Ok(Self {
             port,
             requests,
             failures,
             _rt: rt,
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT`, for a route's `api_base`.

@@ -1,0 +1,27 @@
+//! Stage: may this address talk to us at all? Runs on the request's headers,
+//! before a byte of the body is read. `X-Forwarded-For` is honoured only
+//! from `trusted_proxies`.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+
+use super::stop::Stop;
+use crate::policy::ip::IpDecision;
+use crate::policy::PolicySet;
+
+/// The client's address (socket peer, or `X-Forwarded-For` from a trusted
+/// proxy), and whether the IP policy admits it.
+pub fn admit(policies: &PolicySet, peer: IpAddr, headers: &HeaderMap) -> (IpAddr, Result<(), Stop>) {
+    let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = policies.ip.client_ip(peer, xff);
+    match policies.ip.check(ip) {
+        IpDecision::Allowed => (ip, Ok(())),
+        IpDecision::Denied { reason } => (
+            ip,
+            Err(Stop::IpDenied {
+                reason: reason.as_str(),
+            }),
+        ),
+    }
+}

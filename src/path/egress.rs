@@ -1,0 +1,70 @@
+//! Stage: DLP on the way out. Every reply, from the AI cluster or from a
+//! bot, is scanned before it reaches the user; a `block` finding withholds
+//! the reply, `mask` findings are masked.
+
+use super::exchange::Found;
+use crate::observe::Metrics;
+use crate::platform::Payload;
+use crate::policy::dlp::Direction;
+use crate::policy::PolicySet;
+
+/// What the user is told when a reply is withheld by egress DLP.
+pub const WITHHELD_REPLY: &str =
+    "[reply withheld: it contained data the policy does not allow to leave]";
+
+/// The text the user may see: masked, or the withheld notice.
+pub fn scan_reply(policies: &PolicySet, text: &str, found: &mut Vec<Found>) -> String {
+    let scan = policies.dlp.scan(text, Direction::Egress);
+    for f in &scan.findings {
+        found.push(Found {
+            rule: f.rule.clone(),
+            action: f.action.as_str(),
+            direction: "egress",
+        });
+    }
+    if scan.is_blocked() {
+        return WITHHELD_REPLY.to_string();
+    }
+    scan.masked.unwrap_or_else(|| text.to_string())
+}
+
+/// Scans every text of a bot's answer in place. `Err(())`: a `block` rule
+/// matched, so the answer must be withheld. `Ok(true)`: something was masked.
+pub fn scan_answer(
+    policies: &PolicySet,
+    answer: &mut Payload,
+    opaque: &[&str],
+    found: &mut Vec<Found>,
+) -> Result<bool, ()> {
+    let mut blocked = false;
+    let mut masked = false;
+    let walked = answer.texts_mut(opaque, &mut |text: &mut String| {
+        let scan = policies.dlp.scan(text, Direction::Egress);
+        for f in &scan.findings {
+            found.push(Found {
+                rule: f.rule.clone(),
+                action: f.action.as_str(),
+                direction: "egress",
+            });
+        }
+        blocked |= scan.is_blocked();
+        if let Some(m) = scan.masked {
+            *text = m;
+            masked = true;
+        }
+    });
+    if walked.is_err() || blocked {
+        return Err(());
+    }
+    Ok(masked)
+}
+
+/// Counts DLP findings made outside a request's record (deferred replies).
+pub fn count(metrics: &Metrics, found: &[Found]) {
+    for f in found {
+        metrics
+            .dlp_findings
+            .with_label_values(&[&f.rule, f.action, f.direction])
+            .inc();
+    }
+}

@@ -1,0 +1,345 @@
+//! The message path: every message, whatever its platform, mode or
+//! channel, takes every stage, in this order.
+//!
+//! ```text
+//! route ─▶ admit (IP) ─▶ read body ─▶ authenticate (platform verify | JWT) + parse
+//!   ─▶ dedupe claim ─▶ identity ─▶ rate ─▶ confirm-reply ─▶ authorise
+//!   ─▶ DLP ingress ─▶ context ─▶ dispatch (AI cluster | bot) ─▶ DLP egress ─▶ answer
+//!   ─▶ finish: commit or release the claim, one audit line, one set of metrics
+//! ```
+//!
+//! Each stage is a plain function in a module named for it, testable without
+//! sockets; each returns a [`Stop`] to end a message, and [`Gateway::finish`]
+//! is the one place an end is rendered, settled, audited and counted. The
+//! stages are assembled in [`Gateway::run`]. The Pingora glue in `server`
+//! only routes, reads bodies (the first three stages) and writes answers.
+
+pub mod admit;
+pub mod answer;
+pub mod authenticate;
+pub mod authorize;
+pub mod claim;
+pub mod confirm;
+pub mod egress;
+pub mod exchange;
+mod finish;
+pub mod identity;
+pub mod inspect;
+pub mod passthrough;
+pub mod rate;
+pub mod reply;
+pub mod routes;
+pub mod stop;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+
+pub use answer::Done;
+pub use exchange::{Exchange, IncomingRequest};
+pub use routes::{Route, Target, PASSTHROUGH_BODY_LIMIT};
+pub use stop::Stop;
+
+use crate::config::{Config, FileError};
+use crate::context::confirm::{self as confirm_store, ConfirmStore};
+use crate::context::{ContextLimits, ContextStore};
+use crate::observe::Metrics;
+use crate::platform::PlatformMessage;
+use crate::policy::{PolicySet, PolicyStore};
+use crate::proto::v1::Envelope;
+use crate::upstream::bot::{BotClient, HttpBotClient};
+use crate::upstream::Cluster;
+use crate::writeback::Writeback;
+use authorize::Grant;
+use identity::Who;
+
+/// The gateway: routes, policies, stores and metrics, and the path they form.
+pub struct Gateway {
+    table: routes::RouteTable,
+    /// The live policies.
+    pub policies: Arc<PolicyStore>,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Body timeouts and cache sizes.
+    pub limits: crate::config::Limits,
+    /// Sends replies through platform APIs.
+    pub writeback: Writeback,
+    /// Conversation context.
+    pub context: Arc<ContextStore>,
+    /// Messages held for a second-step confirmation.
+    pub confirm: ConfirmStore,
+    bots: Arc<dyn BotClient>,
+}
+
+impl Gateway {
+    /// Builds everything the config describes. Needs a Tokio runtime context
+    /// (gRPC channels connect lazily), but no reachable upstream.
+    pub fn build(config: &Config, metrics: Metrics) -> Result<Self, FileError> {
+        let policies = Arc::new(PolicyStore::load(&config.policies_dir(), metrics.clone())?);
+        let table = routes::RouteTable::build(config, &metrics)?;
+        let bots = HttpBotClient::new()
+            .map_err(|e| FileError::whole(&config.source, format!("HTTP bot client: {e}")))?;
+        let mut limits = ContextLimits::from_config(&config.context);
+        if let Some(idle) = config.context.idle {
+            limits.idle = idle.0;
+        }
+        if let Some(max_bytes) = config.context.max_bytes {
+            limits.max_bytes = max_bytes;
+        }
+        Ok(Self {
+            context: Arc::new(ContextStore::with_limits(limits, metrics.clone())),
+            confirm: ConfirmStore::new(
+                config.context.confirm_ttl.0,
+                confirm_store::DEFAULT_MAX_PENDING,
+                confirm_store::DEFAULT_ATTEMPTS,
+            ),
+            table,
+            policies,
+            writeback: Writeback::new(metrics.clone(), Default::default()),
+            metrics,
+            limits: config.limits.clone(),
+            bots: Arc::new(bots),
+        })
+    }
+
+    /// The route for `path`, if any.
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
+        self.table.routes.get(path)
+    }
+
+    /// The gRPC clusters, for health checking.
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.table.clusters.values()
+    }
+
+    /// Every route path, for start-up lints.
+    pub fn route_paths(&self) -> Vec<&str> {
+        self.table.routes.keys().map(String::as_str).collect()
+    }
+
+    /// Ready: policies are loaded (always, once built) and every cluster
+    /// that a route uses has a healthy node.
+    pub fn is_ready(&self) -> bool {
+        self.table.routes.values().all(|r| match &r.target {
+            Target::Assistant(c) => c.is_healthy(),
+            Target::Bot(_) => true,
+        })
+    }
+
+    /// The policy set in force now.
+    pub fn snapshot(&self) -> Arc<PolicySet> {
+        self.policies.current()
+    }
+
+    /// Starts a request's record on `path`. A request takes one policy
+    /// snapshot here and uses it for every decision, so a reload never
+    /// splits a request between two sets.
+    pub fn begin(&self, path: &str) -> Exchange {
+        Exchange::new(self.route(path).cloned(), self.policies.current())
+    }
+
+    /// Stage `admit`: the IP policy, before any body is read.
+    pub fn admit(&self, ex: &mut Exchange, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, Stop> {
+        let (ip, admitted) = admit::admit(&ex.policies, peer, headers);
+        if let Err(Stop::IpDenied { reason }) = &admitted {
+            ex.decide("ip", false, *reason);
+        }
+        admitted.map(|()| ip)
+    }
+
+    /// Ends a request that stopped before the path ran (unknown path, wrong
+    /// method, oversized or slow body, refused address).
+    pub fn refuse(&self, ex: Exchange, stop: Stop) -> Response<Bytes> {
+        self.finish(ex, Err(stop))
+    }
+
+    /// Runs the path for a request whose body was read, and finishes it.
+    pub async fn handle(&self, mut ex: Exchange, req: IncomingRequest) -> Response<Bytes> {
+        let end = self.run(&mut ex, &req).await;
+        self.finish(ex, end)
+    }
+
+    /// The stack, top to bottom.
+    async fn run(&self, ex: &mut Exchange, req: &IncomingRequest) -> Result<Done, Stop> {
+        let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
+        let policies = ex.policies.clone();
+        let msg = authenticate::authenticate(&route, req, &policies)?;
+        ex.heard(&msg);
+        ex.claim = claim::claim(&route.dedupe, &msg)?;
+        let who = identity::identify(&policies, route.platform.as_str(), &msg);
+        rate::limit(&policies, &who, &msg, req.client_ip, &route.path)
+            .inspect_err(|stop| ex.record_stop(stop))?;
+        if let Some(held) = confirm::release(&self.confirm, &who, &msg.text)? {
+            return self.deliver_held(ex, &route, msg, held).await;
+        }
+        let access = authorize::access_request(route.platform.as_str(), &who, &msg, &route.path, req.client_ip);
+        let grant = authorize::authorize(&policies, &access, ex)?;
+        match &route.target {
+            Target::Bot(bot) => self.to_bot(ex, &route, bot, req, &msg, &grant).await,
+            Target::Assistant(cluster) => {
+                self.to_assistant(ex, &route, cluster, msg, &who, grant).await
+            }
+        }
+    }
+
+    /// Translate: DLP ingress, the Envelope with its context, dispatch,
+    /// replies through DLP egress.
+    async fn to_assistant(
+        &self,
+        ex: &mut Exchange,
+        route: &Route,
+        cluster: &Cluster,
+        mut msg: PlatformMessage,
+        who: &Who,
+        grant: Grant,
+    ) -> Result<Done, Stop> {
+        let inspection = inspect::message(&ex.policies, &mut msg);
+        ex.found.extend(inspection.found.iter().cloned());
+        ex.rules.extend(inspection.rules.iter().cloned());
+        inspection.verdict()?;
+        let env = envelope_for(route, &msg, who, &grant, inspection.text_findings);
+        ex.envelope_id = env.id.clone();
+        if grant.confirm {
+            return Err(confirm::hold(&self.confirm, who, env));
+        }
+        self.dispatch(ex, route, cluster, msg, with_context(&self.context, env)).await
+    }
+
+    /// A message released by its confirmation code goes on as the original,
+    /// answered on the channel the code came from.
+    async fn deliver_held(
+        &self,
+        ex: &mut Exchange,
+        route: &Route,
+        mut msg: PlatformMessage,
+        held: Envelope,
+    ) -> Result<Done, Stop> {
+        let Target::Assistant(cluster) = &route.target else {
+            return Err(Stop::Denied {
+                rule: "confirm_unsupported_in_passthrough".into(),
+            });
+        };
+        ex.note = "confirmed";
+        msg.text = held.content.as_ref().map(|c| c.text.clone()).unwrap_or_default();
+        ex.envelope_id = held.id.clone();
+        // Fresh context: the conversation may have moved on while it waited.
+        self.dispatch(ex, route, cluster, msg, with_context(&self.context, held)).await
+    }
+
+    /// Sends `env` to the cluster and answers with its replies.
+    async fn dispatch(
+        &self,
+        ex: &mut Exchange,
+        route: &Route,
+        cluster: &Cluster,
+        msg: PlatformMessage,
+        env: Envelope,
+    ) -> Result<Done, Stop> {
+        let accepted = cluster.dispatch(&env).await.map_err(|e| {
+            tracing::warn!(error = %e, route = %route.path, "no upstream node accepted the message");
+            ex.ai_response_code = e.code();
+            Stop::Unavailable {
+                retry_after: e.retry_after(),
+                code: e.code(),
+                status: http::StatusCode::SERVICE_UNAVAILABLE,
+            }
+        })?;
+        ex.node = accepted.node.clone();
+        let replier = reply::Replier {
+            policies: &ex.policies,
+            adapter: &route.adapter,
+            context: &self.context,
+            writeback: &self.writeback,
+            metrics: &self.metrics,
+            inline_by: ex.started() + route.deadline.mul_f32(0.8),
+        };
+        let mut found = Vec::new();
+        let (done, code) = replier.answer(msg, env, accepted, &mut found).await;
+        ex.found.extend(found);
+        ex.ai_response_code = code;
+        Ok(done)
+    }
+
+    /// Passthrough: DLP ingress over the whole body, the bot, DLP egress
+    /// over its answer.
+    async fn to_bot(
+        &self,
+        ex: &mut Exchange,
+        route: &Route,
+        bot: &routes::HttpUpstream,
+        req: &IncomingRequest,
+        msg: &PlatformMessage,
+        grant: &Grant,
+    ) -> Result<Done, Stop> {
+        if grant.confirm {
+            // A proxied request cannot be replayed later: fail closed.
+            return Err(Stop::Denied {
+                rule: "confirm_unsupported_in_passthrough".into(),
+            });
+        }
+        let (inspection, resealed) = inspect::payload(&ex.policies, route.adapter.as_ref(), req);
+        ex.found.extend(inspection.found);
+        ex.rules.extend(inspection.rules);
+        let resealed = resealed?;
+        if resealed.is_some() {
+            ex.note = "resealed";
+        }
+        let forward = passthrough::Forward {
+            path: &route.path,
+            req,
+            resealed,
+            adapter: route.adapter.as_ref(),
+            msg,
+        };
+        let mut found = Vec::new();
+        let sent = passthrough::forward(self.bots.as_ref(), bot, &ex.policies, forward, &mut found).await;
+        ex.found.extend(found);
+        let (peer, done) = sent?;
+        ex.node = peer;
+        Ok(done)
+    }
+}
+
+/// The Envelope for a message that passed every ingress stage.
+fn envelope_for(
+    route: &Route,
+    msg: &PlatformMessage,
+    who: &Who,
+    grant: &Grant,
+    findings: Vec<crate::proto::v1::DlpFinding>,
+) -> Envelope {
+    let platform = route.platform.as_str();
+    let key = crate::context::conversation_key(
+        platform,
+        msg.chat_type,
+        &msg.room_id,
+        &msg.thread_id,
+        &msg.sender_id,
+        who.person.as_deref(),
+    );
+    let device_type = msg
+        .principal
+        .as_ref()
+        .map(|p| p.device_type.clone())
+        .unwrap_or_default();
+    let mut env = crate::envelope::build(platform, &route.path, key, msg, grant.roles.clone(), device_type);
+    if let Some(sender) = env.sender.as_mut() {
+        sender.person_id = who.person.clone().unwrap_or_default();
+    }
+    if let Some(content) = env.content.as_mut() {
+        content.command = grant.command.clone().unwrap_or_default();
+    }
+    env.verdict = Some(crate::proto::v1::Verdict {
+        dlp_findings: findings,
+        matched_rules: grant.rules.clone(),
+    });
+    env
+}
+
+/// `env` with its conversation's context attached.
+fn with_context(context: &ContextStore, mut env: Envelope) -> Envelope {
+    env.context = env.conversation.as_ref().map(|c| context.snapshot(&c.id));
+    env
+}

@@ -1,0 +1,143 @@
+//! Stage: dispatch to the bot behind a passthrough route, and egress DLP on
+//! its answer. The request is the one ingress DLP scanned (rebuilt and
+//! re-signed if anything was masked); the bot's inline answer is opened,
+//! scanned and sealed again before the platform sees it, and withheld
+//! (replaced by the platform's plain acknowledgement) when it cannot be
+//! scanned or a `block` rule matches.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
+
+use super::answer::Done;
+use super::egress;
+use super::exchange::{Found, IncomingRequest};
+use super::routes::HttpUpstream;
+use super::stop::Stop;
+use crate::platform::adapter::Resealed;
+use crate::platform::{PlatformAdapter, PlatformMessage};
+use crate::policy::PolicySet;
+use crate::upstream::bot::{BotAnswer, BotClient, BotRequest};
+
+/// What the passthrough call needs from the earlier stages.
+pub struct Forward<'a> {
+    /// The route's path (the bot sees the same path).
+    pub path: &'a str,
+    /// The request as received.
+    pub req: &'a IncomingRequest,
+    /// The rebuilt request, if ingress DLP masked anything.
+    pub resealed: Option<Resealed>,
+    /// The route's adapter, which opens and seals the bot's answer.
+    pub adapter: &'a dyn PlatformAdapter,
+    /// The verified message (for the platform's plain acknowledgement).
+    pub msg: &'a PlatformMessage,
+}
+
+/// Sends the inspected request to the bot and scans its answer.
+pub async fn forward(
+    client: &dyn BotClient,
+    bot: &HttpUpstream,
+    policies: &PolicySet,
+    f: Forward<'_>,
+    found: &mut Vec<Found>,
+) -> Result<(String, Done), Stop> {
+    let peer = bot.pick().ok_or(Stop::NoUpstream)?.to_string();
+    let request = bot_request(&f);
+    let answer = client
+        .call(&peer, request, bot.timeout)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, upstream = %bot.name, "passthrough bot call failed");
+            Stop::Unavailable {
+                retry_after: 1,
+                code: -1,
+                status: StatusCode::BAD_GATEWAY,
+            }
+        })?;
+    let status = answer.status;
+    let (response, note) = inspect_answer(policies, f.adapter, f.msg, answer, found);
+    Ok((
+        peer,
+        Done {
+            response,
+            decision: "proxied",
+            note,
+            settles: status.is_success(),
+        },
+    ))
+}
+
+fn bot_request(f: &Forward<'_>) -> BotRequest {
+    let mut headers = f.req.headers.clone();
+    let (body, query) = match &f.resealed {
+        Some(sealed) => {
+            for (name, value) in &sealed.headers {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            let query = sealed.query.clone().or_else(|| f.req.query.clone());
+            (sealed.body.clone(), query)
+        }
+        None => (f.req.body.clone(), f.req.query.clone()),
+    };
+    let path_and_query = match query {
+        Some(q) => format!("{}?{q}", f.path),
+        None => f.path.to_string(),
+    };
+    BotRequest {
+        method: f.req.method.clone(),
+        path_and_query,
+        headers,
+        body,
+    }
+}
+
+/// The bot's answer as the platform may see it, and a note for the audit line.
+fn inspect_answer(
+    policies: &PolicySet,
+    adapter: &dyn PlatformAdapter,
+    msg: &PlatformMessage,
+    answer: BotAnswer,
+    found: &mut Vec<Found>,
+) -> (Response<Bytes>, &'static str) {
+    let BotAnswer {
+        status,
+        headers,
+        body,
+    } = answer;
+    let withheld = |status: StatusCode| {
+        let ack = adapter.ack(msg);
+        let mut resp = super::answer::webhook_response(ack);
+        *resp.status_mut() = status;
+        (resp, "answer_withheld")
+    };
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    if encoded {
+        return withheld(status);
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let Ok(mut payload) = adapter.open_answer(content_type, &body) else {
+        return withheld(status);
+    };
+    let body = match egress::scan_answer(policies, &mut payload, adapter.opaque_keys(), found) {
+        Err(()) => return withheld(status),
+        Ok(false) => body,
+        Ok(true) => match adapter.seal_answer(&payload, SystemTime::now()) {
+            Some(sealed) => sealed,
+            None => return withheld(status),
+        },
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    (resp, "")
+}

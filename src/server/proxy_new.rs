@@ -1,0 +1,141 @@
+//! The public listener's Pingora glue: the first stages of the message
+//! path, which need the session (route, admit, read body), then
+//! [`Gateway::handle`] for the rest, then the answer is written.
+//!
+//! Pingora sends upstream request headers before `request_body_filter` runs,
+//! and every decision needs the whole body, so the body is read here, in
+//! `request_filter`, which always answers from the gateway itself and
+//! returns `Ok(true)`: passthrough bots are called by the path's dispatch
+//! stage, so their answers pass through egress DLP too.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{header, Response};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+use crate::path::{Exchange, Gateway, IncomingRequest, Stop};
+
+/// The public listener's proxy logic.
+pub struct PublicProxy {
+    /// The gateway the requests go to.
+    pub gateway: Arc<Gateway>,
+}
+
+/// Reads the whole body, refusing past `limit` bytes or after `deadline`.
+async fn read_body(session: &mut Session, limit: usize, deadline: Instant) -> Result<Bytes, Stop> {
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), session.read_request_body())
+            .await
+            .map_err(|_| Stop::BodyTimeout)?
+            .map_err(|_| Stop::BodyUnreadable)?;
+        match chunk {
+            None => return Ok(buf.freeze()),
+            Some(c) => {
+                if buf.len() + c.len() > limit {
+                    return Err(Stop::TooLarge { limit });
+                }
+                buf.extend_from_slice(&c);
+            }
+        }
+    }
+}
+
+/// Writes `resp` to the client.
+pub async fn write_response(session: &mut Session, resp: Response<Bytes>) -> Result<()> {
+    let (parts, body) = resp.into_parts();
+    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
+    for (name, value) in &parts.headers {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    header.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    session
+        .write_response_header(Box::new(header), body.is_empty())
+        .await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+impl PublicProxy {
+    /// Stages route, admit and read body: the request as the path takes it.
+    async fn prepare(&self, session: &mut Session, ex: &mut Exchange) -> Result<IncomingRequest, Stop> {
+        let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        // The IP policy runs before a byte of the body is read.
+        let client_ip = self.gateway.admit(ex, peer, &session.req_header().headers)?;
+        let method = session.req_header().method.clone();
+        if !route.methods().contains(&method) {
+            let allow = route.methods().iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(Stop::MethodNotAllowed { allow });
+        }
+        // Refuse a declared oversize body before reading a byte of it.
+        let declared = session
+            .req_header()
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.body_limit as u64) {
+            return Err(Stop::TooLarge {
+                limit: route.body_limit,
+            });
+        }
+        let deadline = Instant::now() + self.gateway.limits.body_timeout.0;
+        let body = read_body(session, route.body_limit, deadline).await?;
+        let header = session.req_header();
+        Ok(IncomingRequest {
+            method,
+            query: header.uri.query().map(str::to_string),
+            headers: header.headers.clone(),
+            body,
+            client_ip,
+        })
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for PublicProxy {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+        let gw = &self.gateway;
+        let mut ex = gw.begin(session.req_header().uri.path());
+        let resp = match self.prepare(session, &mut ex).await {
+            Ok(req) => gw.handle(ex, req).await,
+            Err(stop) => {
+                if stop.closes_connection() {
+                    // The rest of the body is unread: do not reuse the connection.
+                    session.set_keepalive(None);
+                }
+                gw.refuse(ex, stop)
+            }
+        };
+        write_response(session, resp).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter.
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "no upstream peer for a request answered by the gateway",
+        ))
+    }
+}
