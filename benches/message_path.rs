@@ -173,7 +173,7 @@ criterion_main!(benches);
 fn key(m: &moltgate::platform::PlatformMessage) -> String {
     moltgate::context::conversation_key(
         "generic",
-        &m.chat_type,
+        m.chat_type,
         &m.room_id,
         &m.thread_id,
         &m.sender_id,

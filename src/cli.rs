@@ -222,8 +222,7 @@ pub fn check(path: &ConfigArgPath) -> Result<String, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let _ctx = rt.enter();
-    let gateway = Gw::build(&config, crate::observe::Metrics::new())
-        .map_err(|e| e.to_string())?;
+    let gateway = Gw::build(&config, crate::observe::Metrics::new()).map_err(|e| e.to_string())?;
     if !config.listen.public.tls.dev_autogenerate {
         for p in [
             &config.listen.public.tls.cert,

@@ -13,9 +13,9 @@ pub mod context;
 pub mod dedupe;
 pub mod envelope;
 pub mod observe;
-pub mod pipeline;
 #[cfg(feature = "newpath")]
 pub mod path;
+pub mod pipeline;
 pub mod platform;
 pub mod policy;
 pub mod proto;

@@ -148,7 +148,11 @@ fn explain_decision(gw: &Gateway, c: &Case, n: usize) -> &'static str {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let x: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     match (x["decision"].as_str(), x["confirm"].as_bool()) {
         (Some("allow"), Some(true)) => "confirm",

@@ -1,17 +1,21 @@
-//! WeCom XML: `wecom::parse_xml` on any UTF-8 text.
+//! WeCom XML: `wecom::parse_xml` and `xml::rewrite_texts` on any UTF-8 text.
 //!
 //! Besides not panicking, every field's span must lie inside the source on
 //! char boundaries (it is documented as the byte range used for in-place
 //! rewrites), and a successful parse of a rewritten document must not panic.
+//! `rewrite_texts` must leave a document byte-identical when nothing
+//! changes, and a document it rewrote must still parse, with the rewrite
+//! visible in the parsed text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use moltgate::platform::wecom;
+use moltgate::platform::{wecom, xml};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(xml) = std::str::from_utf8(data) else {
         return;
     };
+    rewrite(xml);
     let Ok(fields) = wecom::parse_xml(xml) else {
         return;
     };
@@ -35,3 +39,28 @@ fuzz_target!(|data: &[u8]| {
         let _ = wecom::parse_xml(&rewritten);
     }
 });
+
+/// `xml::rewrite_texts`: identity keeps the bytes; a rewrite still parses
+/// (when the original did) and shows the rewritten text.
+fn rewrite(xml: &str) {
+    let Ok(same) = xml::rewrite_texts(xml, &["MsgId"], &mut |_| {}) else {
+        return;
+    };
+    assert_eq!(same, xml, "an unchanged document keeps its bytes");
+    let Ok(out) = xml::rewrite_texts(xml, &["MsgId"], &mut |s: &mut String| {
+        s.push_str("]]>&<\"'");
+    }) else {
+        panic!("a document accepted once is accepted again");
+    };
+    if let Ok(before) = wecom::parse_xml(xml) {
+        let after = wecom::parse_xml(&out).expect("a rewritten document parses");
+        assert_eq!(before.0.len(), after.0.len());
+        for (b, a) in before.0.iter().zip(&after.0) {
+            assert_eq!(b.name, a.name);
+            if b.name == "MsgId" || b.text.trim().is_empty() {
+                continue;
+            }
+            assert!(a.text.contains("]]>&<\"'"), "{:?} -> {:?}", b.text, a.text);
+        }
+    }
+}

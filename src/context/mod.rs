@@ -43,8 +43,8 @@ use moka::policy::{EvictionPolicy, Expiry};
 use moka::sync::Cache;
 
 use crate::config::ContextConfig;
-use crate::platform::ChatType;
 use crate::observe::Metrics;
+use crate::platform::ChatType;
 use crate::proto::v1::{Context, Turn};
 
 /// Longest turn text kept, in bytes; longer turns are cut.

@@ -12,7 +12,11 @@ use crate::policy::PolicySet;
 
 /// The client's address (socket peer, or `X-Forwarded-For` from a trusted
 /// proxy), and whether the IP policy admits it.
-pub fn admit(policies: &PolicySet, peer: IpAddr, headers: &HeaderMap) -> (IpAddr, Result<(), Stop>) {
+pub fn admit(
+    policies: &PolicySet,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> (IpAddr, Result<(), Stop>) {
     let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let ip = policies.ip.client_ip(peer, xff);
     match policies.ip.check(ip) {

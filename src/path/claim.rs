@@ -38,7 +38,10 @@ mod tests {
     fn first_claims_redelivery_waits_then_duplicates() {
         let d = Dedupe::new(100, Duration::from_secs(60));
         let first = claim(&d, &msg("m1")).unwrap().unwrap();
-        assert!(matches!(claim(&d, &msg("m1")), Err(Stop::DuplicateInFlight)));
+        assert!(matches!(
+            claim(&d, &msg("m1")),
+            Err(Stop::DuplicateInFlight)
+        ));
         first.commit();
         assert!(matches!(claim(&d, &msg("m1")), Err(Stop::Duplicate)));
         assert!(claim(&d, &msg("")).unwrap().is_none());

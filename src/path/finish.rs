@@ -51,7 +51,10 @@ impl Gateway {
             .with_label_values(&[route, platform, ending.outcome])
             .inc();
         match ending.outcome {
-            "rejected" => m.rejections.with_label_values(&[route, &ending.reason]).inc(),
+            "rejected" => m
+                .rejections
+                .with_label_values(&[route, &ending.reason])
+                .inc(),
             "duplicate" => m.duplicates.with_label_values(&[platform]).inc(),
             "ignored" => m
                 .ignored_events
@@ -88,7 +91,11 @@ impl Gateway {
 }
 
 fn ending_of_done(ex: &Exchange, done: &Done) -> Ending {
-    let note = if done.note.is_empty() { ex.note } else { done.note };
+    let note = if done.note.is_empty() {
+        ex.note
+    } else {
+        done.note
+    };
     Ending {
         decision: done.decision,
         outcome: done.decision,

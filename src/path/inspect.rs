@@ -126,3 +126,79 @@ pub fn payload(
     let sealed = adapter.reseal_payload(&webhook, &payload);
     (out, sealed.map(Some).ok_or(Stop::CannotReseal))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{json_request, policies, JsonAdapter, CARD, DLP};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_field_the_envelope_carries_is_masked() {
+        let p = policies(&[("dlp.yaml", DLP)]);
+        let mut msg = PlatformMessage {
+            text: format!("pay {CARD} now"),
+            sender_name: format!("card {CARD}"),
+            ..Default::default()
+        };
+        msg.attributes
+            .insert("attachment.0".into(), format!("file|u|{CARD}.pdf|pdf"));
+        let out = message(&p, &mut msg);
+        assert!(out.masked && out.blocked_by.is_none());
+        for field in [&msg.text, &msg.sender_name, &msg.attributes["attachment.0"]] {
+            assert!(!field.contains(CARD), "{field}");
+            assert!(field.contains("1111"), "{field}");
+        }
+        assert_eq!(out.text_findings.len(), 1);
+        assert_eq!(out.text_findings[0].start, 4);
+        assert_eq!(out.found.len(), 3);
+    }
+
+    #[test]
+    fn a_block_rule_anywhere_stops_the_message() {
+        let p = policies(&[("dlp.yaml", DLP)]);
+        let mut msg = PlatformMessage {
+            text: "hello".into(),
+            ..Default::default()
+        };
+        msg.attributes.insert("title".into(), "TOPSECRET plans".into());
+        let out = message(&p, &mut msg);
+        assert!(matches!(out.verdict(), Err(Stop::Blocked { .. })));
+    }
+
+    #[test]
+    fn passthrough_scans_fields_the_adapter_never_parsed() {
+        let p = policies(&[("dlp.yaml", DLP)]);
+        let body = json!({"update_id": 987654321, "message": {"message_id": "4111111111111111", "text": "hi",
+            "caption": format!("see {CARD}"),
+            "reply_to_message": {"text": format!("quoted {CARD}")}}});
+        let (out, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body));
+        let sealed = sealed.unwrap().expect("masked, so rebuilt");
+        let forwarded = String::from_utf8(sealed.body.to_vec()).unwrap();
+        assert!(!forwarded.contains(&format!("see {CARD}")), "{forwarded}");
+        assert!(!forwarded.contains(&format!("quoted {CARD}")), "{forwarded}");
+        // Ids are not text: an id that looks like a card survives.
+        assert!(forwarded.contains(r#""message_id":"4111111111111111""#), "{forwarded}");
+        assert_eq!(out.found.len(), 2);
+    }
+
+    #[test]
+    fn an_unchanged_body_is_forwarded_as_received() {
+        let p = policies(&[("dlp.yaml", DLP)]);
+        let body = json!({"message": {"text": "nothing to see"}});
+        let (out, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body));
+        assert!(sealed.unwrap().is_none());
+        assert!(!out.masked);
+    }
+
+    #[test]
+    fn masked_content_that_cannot_be_resigned_is_refused() {
+        let p = policies(&[("dlp.yaml", DLP)]);
+        let body = json!({"content": format!("card {CARD}")});
+        let (_, sealed) = payload(&p, &JsonAdapter { reseal: false }, &json_request(&body));
+        assert!(matches!(sealed, Err(Stop::CannotReseal)));
+        let body = json!({"content": "TOPSECRET"});
+        let (_, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body));
+        assert!(matches!(sealed, Err(Stop::Blocked { .. })));
+    }
+}

@@ -30,6 +30,8 @@ pub mod rate;
 pub mod reply;
 pub mod routes;
 pub mod stop;
+#[cfg(test)]
+mod testkit;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -141,7 +143,12 @@ impl Gateway {
     }
 
     /// Stage `admit`: the IP policy, before any body is read.
-    pub fn admit(&self, ex: &mut Exchange, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, Stop> {
+    pub fn admit(
+        &self,
+        ex: &mut Exchange,
+        peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<IpAddr, Stop> {
         let (ip, admitted) = admit::admit(&ex.policies, peer, headers);
         if let Err(Stop::IpDenied { reason }) = &admitted {
             ex.decide("ip", false, *reason);
@@ -174,12 +181,19 @@ impl Gateway {
         if let Some(held) = confirm::release(&self.confirm, &who, &msg.text)? {
             return self.deliver_held(ex, &route, msg, held).await;
         }
-        let access = authorize::access_request(route.platform.as_str(), &who, &msg, &route.path, req.client_ip);
+        let access = authorize::access_request(
+            route.platform.as_str(),
+            &who,
+            &msg,
+            &route.path,
+            req.client_ip,
+        );
         let grant = authorize::authorize(&policies, &access, ex)?;
         match &route.target {
             Target::Bot(bot) => self.to_bot(ex, &route, bot, req, &msg, &grant).await,
             Target::Assistant(cluster) => {
-                self.to_assistant(ex, &route, cluster, msg, &who, grant).await
+                self.to_assistant(ex, &route, cluster, msg, &who, grant)
+                    .await
             }
         }
     }
@@ -204,7 +218,8 @@ impl Gateway {
         if grant.confirm {
             return Err(confirm::hold(&self.confirm, who, env));
         }
-        self.dispatch(ex, route, cluster, msg, with_context(&self.context, env)).await
+        self.dispatch(ex, route, cluster, msg, with_context(&self.context, env))
+            .await
     }
 
     /// A message released by its confirmation code goes on as the original,
@@ -222,10 +237,15 @@ impl Gateway {
             });
         };
         ex.note = "confirmed";
-        msg.text = held.content.as_ref().map(|c| c.text.clone()).unwrap_or_default();
+        msg.text = held
+            .content
+            .as_ref()
+            .map(|c| c.text.clone())
+            .unwrap_or_default();
         ex.envelope_id = held.id.clone();
         // Fresh context: the conversation may have moved on while it waited.
-        self.dispatch(ex, route, cluster, msg, with_context(&self.context, held)).await
+        self.dispatch(ex, route, cluster, msg, with_context(&self.context, held))
+            .await
     }
 
     /// Sends `env` to the cluster and answers with its replies.
@@ -294,7 +314,8 @@ impl Gateway {
             msg,
         };
         let mut found = Vec::new();
-        let sent = passthrough::forward(self.bots.as_ref(), bot, &ex.policies, forward, &mut found).await;
+        let sent =
+            passthrough::forward(self.bots.as_ref(), bot, &ex.policies, forward, &mut found).await;
         ex.found.extend(found);
         let (peer, done) = sent?;
         ex.node = peer;
@@ -324,7 +345,14 @@ fn envelope_for(
         .as_ref()
         .map(|p| p.device_type.clone())
         .unwrap_or_default();
-    let mut env = crate::envelope::build(platform, &route.path, key, msg, grant.roles.clone(), device_type);
+    let mut env = crate::envelope::build(
+        platform,
+        &route.path,
+        key,
+        msg,
+        grant.roles.clone(),
+        device_type,
+    );
     if let Some(sender) = env.sender.as_mut() {
         sender.person_id = who.person.clone().unwrap_or_default();
     }

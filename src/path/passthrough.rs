@@ -141,3 +141,72 @@ fn inspect_answer(
     *resp.headers_mut() = headers;
     (resp, "")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{json_request, policies, JsonAdapter, ScriptedBot, CARD, DLP};
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn bot() -> HttpUpstream {
+        HttpUpstream::new("bot", vec!["127.0.0.1:9".into()], Duration::from_secs(1))
+    }
+
+    async fn send(client: &ScriptedBot) -> (Result<(String, Done), Stop>, Vec<Found>) {
+        let p = policies(&[("dlp.yaml", DLP)]);
+        let req = json_request(&json!({"message": {"text": "hi"}}));
+        let msg = PlatformMessage::default();
+        let adapter = JsonAdapter { reseal: true };
+        let f = Forward {
+            path: "/hooks/x",
+            req: &req,
+            resealed: None,
+            adapter: &adapter,
+            msg: &msg,
+        };
+        let mut found = Vec::new();
+        let out = forward(client, &bot(), &p, f, &mut found).await;
+        (out, found)
+    }
+
+    #[tokio::test]
+    async fn the_bots_answer_is_masked_before_the_platform_sees_it() {
+        let client = ScriptedBot::answering(200, json!({"method": "sendMessage", "text": format!("card {CARD}")}));
+        let (out, found) = send(&client).await;
+        let (peer, done) = out.unwrap();
+        assert_eq!(peer, "127.0.0.1:9");
+        let body = String::from_utf8(done.response.body().to_vec()).unwrap();
+        assert!(!body.contains(CARD) && body.contains("1111"), "{body}");
+        assert!(done.settles);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].direction, "egress");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_answer_is_withheld() {
+        let client = ScriptedBot::answering(200, json!({"text": "TOPSECRET"}));
+        let (out, _) = send(&client).await;
+        let (_, done) = out.unwrap();
+        assert_eq!(done.response.body().as_ref(), b"ack");
+        assert_eq!(done.note, "answer_withheld");
+    }
+
+    #[tokio::test]
+    async fn only_a_2xx_from_the_bot_settles_the_message() {
+        let client = ScriptedBot::answering(500, json!({"error": "down"}));
+        let (out, _) = send(&client).await;
+        let (_, done) = out.unwrap();
+        assert_eq!(done.response.status(), 500);
+        assert!(!done.settles);
+        let unreachable = ScriptedBot {
+            answer: None,
+            received: Default::default(),
+        };
+        let (out, _) = send(&unreachable).await;
+        match out {
+            Err(stop @ Stop::Unavailable { .. }) => assert!(!stop.settles()),
+            other => panic!("expected unavailable, got {:?}", other.map(|(p, _)| p)),
+        }
+    }
+}

@@ -104,7 +104,10 @@ impl Replier<'_> {
         let adapter = self.adapter.as_ref();
         if !text.is_empty() {
             if let Some(resp) = adapter.inline_reply(&msg, &text, SystemTime::now()) {
-                return (answered(answer::webhook_response(resp), "inline_reply"), early.code);
+                return (
+                    answered(answer::webhook_response(resp), "inline_reply"),
+                    early.code,
+                );
             }
             answer::send_reply(adapter, &msg, &text, self.writeback);
         }
@@ -125,7 +128,13 @@ impl Replier<'_> {
             let mut found = Vec::new();
             let text = egress::scan_reply(&policies, &rest.texts.join("\n"), &mut found);
             egress::count(&metrics, &found);
-            record(&context, &env, &msg.text, std::slice::from_ref(&text), &rest.state);
+            record(
+                &context,
+                &env,
+                &msg.text,
+                std::slice::from_ref(&text),
+                &rest.state,
+            );
             if !text.is_empty() {
                 answer::send_reply(adapter.as_ref(), &msg, &text, &writeback);
             }

@@ -31,6 +31,16 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
+    /// A bot upstream with `nodes` (`host:port`).
+    pub fn new(name: &str, nodes: Vec<String>, timeout: Duration) -> Self {
+        Self {
+            name: name.to_string(),
+            nodes,
+            timeout,
+            next: AtomicUsize::new(0),
+        }
+    }
+
     /// The next node, round robin.
     pub fn pick(&self) -> Option<&str> {
         let n = self.nodes.len();
@@ -93,20 +103,19 @@ impl RouteTable {
         for (name, up) in &config.upstreams {
             match up.kind {
                 UpstreamKind::Grpc => {
-                    let cluster =
-                        Cluster::new(name, up, &config.source, |p| config.resolve(p), metrics.clone())?;
+                    let cluster = Cluster::new(
+                        name,
+                        up,
+                        &config.source,
+                        |p| config.resolve(p),
+                        metrics.clone(),
+                    )?;
                     clusters.insert(name.clone(), Arc::new(cluster));
                 }
                 UpstreamKind::Http => {
-                    bots.insert(
-                        name.clone(),
-                        Arc::new(HttpUpstream {
-                            name: name.clone(),
-                            nodes: up.nodes.iter().map(|n| n.0.clone()).collect(),
-                            timeout: up.timeout.0,
-                            next: AtomicUsize::new(0),
-                        }),
-                    );
+                    let nodes = up.nodes.iter().map(|n| n.0.clone()).collect();
+                    let bot = HttpUpstream::new(name, nodes, up.timeout.0);
+                    bots.insert(name.clone(), Arc::new(bot));
                 }
             }
         }
@@ -137,7 +146,12 @@ fn resolve(
         RouteMode::Translate => clusters.get(upstream).cloned().map(Target::Assistant),
         RouteMode::Passthrough => bots.get(upstream).cloned().map(Target::Bot),
     }
-    .ok_or_else(|| err(format!("upstream '{upstream}' does not fit {:?} mode", rc.mode)))?;
+    .ok_or_else(|| {
+        err(format!(
+            "upstream '{upstream}' does not fit {:?} mode",
+            rc.mode
+        ))
+    })?;
     let body_limit = match target {
         Target::Bot(_) => config.body_limit(rc).min(PASSTHROUGH_BODY_LIMIT),
         Target::Assistant(_) => config.body_limit(rc),
@@ -146,7 +160,9 @@ fn resolve(
         path: rc.path.0.clone(),
         platform: rc.platform,
         body_limit,
-        deadline: rc.deadline.map_or_else(|| adapter.default_deadline(), |d| d.0),
+        deadline: rc
+            .deadline
+            .map_or_else(|| adapter.default_deadline(), |d| d.0),
         target,
         dedupe: Dedupe::new(config.limits.dedupe_capacity, adapter.dedupe_ttl()),
         adapter,

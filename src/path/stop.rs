@@ -224,7 +224,10 @@ impl Stop {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Stop::IpDenied { .. } | Stop::TooLarge { .. } | Stop::BodyTimeout | Stop::BodyUnreadable
+            Stop::IpDenied { .. }
+                | Stop::TooLarge { .. }
+                | Stop::BodyTimeout
+                | Stop::BodyUnreadable
         )
     }
 }
@@ -249,7 +252,10 @@ mod tests {
         assert!(!unavailable.settles());
         assert!(!Stop::DuplicateInFlight.settles());
         assert!(Stop::Denied { rule: "r".into() }.settles());
-        assert!(Stop::Blocked { rule: "card".into() }.settles());
+        assert!(Stop::Blocked {
+            rule: "card".into()
+        }
+        .settles());
         assert!(Stop::Duplicate.settles());
     }
 

@@ -287,9 +287,9 @@ impl Rejection {
     /// The HTTP status this rejection answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::BadSignature(_) | Rejection::Stale { .. } | Rejection::Unauthorized { .. } => {
-                StatusCode::UNAUTHORIZED
-            }
+            Rejection::BadSignature(_)
+            | Rejection::Stale { .. }
+            | Rejection::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Rejection::Missing(_) | Rejection::Malformed(_) | Rejection::Decrypt(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -131,7 +131,9 @@ struct EventCrypto {
 }
 
 /// The event-subscription secrets: all three, or none.
-fn event_crypto(secrets: &BTreeMap<String, String>) -> Result<Option<EventCrypto>, AdapterConfigError> {
+fn event_crypto(
+    secrets: &BTreeMap<String, String>,
+) -> Result<Option<EventCrypto>, AdapterConfigError> {
     const NAMES: [&str; 3] = ["token", "aes_key", "owner_key"];
     let present = NAMES.map(|n| optional_secret(secrets, n));
     match present {
@@ -358,7 +360,10 @@ impl DingtalkAdapter {
 
     /// Verifies and decrypts an event: (outer body, event, name of the
     /// signature parameter the platform used).
-    fn open_event(&self, req: &WebhookRequest<'_>) -> Result<(Value, Value, &'static str), Rejection> {
+    fn open_event(
+        &self,
+        req: &WebhookRequest<'_>,
+    ) -> Result<(Value, Value, &'static str), Rejection> {
         let (sig_name, signature) = match req.query_param("msg_signature") {
             Some(s) => ("msg_signature", s),
             None => (
@@ -458,7 +463,9 @@ impl PlatformAdapter for DingtalkAdapter {
     fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
         match self.kind(req)? {
             Kind::Robot(ts, sign) => self.open_robot(req, ts, sign).map(Payload::Json),
-            Kind::Event => self.open_event(req).map(|(_, event, _)| Payload::Json(event)),
+            Kind::Event => self
+                .open_event(req)
+                .map(|(_, event, _)| Payload::Json(event)),
         }
     }
 
@@ -635,6 +642,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("aes_key"), "{err}");
+        assert!(matches!(
+            err,
+            AdapterConfigError::BadSecret {
+                platform: "dingtalk",
+                name: "aes_key",
+                ..
+            }
+        ));
+        // Messages never carry the secret's value.
+        assert!(!err.to_string().contains("short"), "{err}");
     }
 
     #[test]
@@ -1050,5 +1067,120 @@ mod tests {
         assert!(a
             .reseal(&WebhookRequest { headers: &bad, ..r }, &m, "x")
             .is_none());
+    }
+
+    #[test]
+    fn robot_payload_reseal_round_trip() {
+        let a = robot();
+        let t0 = 1_700_000_000_000i64;
+        let ts = t0.to_string();
+        let h = headers(&ts, &robot_sign("test_app_secret", &ts));
+        let mut b = robot_body("text", "staff1");
+        b["text"]["content"] = json!("card 4111");
+        b["conversationTitle"] = json!("team 4111");
+        b["msgId"] = json!("msg4111");
+        let body = b.to_string();
+        let r = WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: &h,
+            body: body.as_bytes(),
+            now: ms(t0 + 1_000),
+            bearer: None,
+        };
+        let mut p = a.payload(&r).unwrap();
+        let mut seen = Vec::new();
+        p.texts_mut(a.opaque_keys(), &mut |s: &mut String| {
+            if s.contains("4111") {
+                seen.push(s.clone());
+                *s = s.replace("4111", "****");
+            }
+        })
+        .unwrap();
+        seen.sort();
+        assert_eq!(seen, ["card 4111", "team 4111"]);
+        let sealed = a.reseal_payload(&r, &p).unwrap();
+        let mut h2 = HeaderMap::new();
+        for (k, v) in &sealed.headers {
+            h2.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        assert_eq!(h2.get("timestamp").unwrap(), &(t0 + 1_000).to_string());
+        let Inbound::Message(m) = a
+            .receive(&WebhookRequest {
+                headers: &h2,
+                body: &sealed.body,
+                ..r
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(m.text, "card ****");
+        assert_eq!(m.message_id, "msg4111");
+        assert_eq!(
+            m.reply_to["session_webhook"],
+            "https://oapi.dingtalk.com/robot/sendBySession?session=abc"
+        );
+        let bad = headers(&ts, "AAAA");
+        assert!(a
+            .reseal_payload(&WebhookRequest { headers: &bad, ..r }, &p)
+            .is_none());
+    }
+
+    #[test]
+    fn event_payload_is_decrypted_and_reseals() {
+        let v = vectors();
+        let a = events(&v);
+        let now = SystemTime::now();
+        let ts = now_millis(now).to_string();
+        let sealed = a
+            .encrypt_response(
+                "{\"EventType\":\"user_add_org\",\"Name\":\"n 4111\"}",
+                &ts,
+                "n1",
+                &[1; 16],
+            )
+            .unwrap();
+        let q = format!(
+            "signature={}&timestamp={ts}&nonce=n1",
+            s(&sealed, "/msg_signature")
+        );
+        let body = json!({ "encrypt": s(&sealed, "/encrypt") }).to_string();
+        let h = HeaderMap::new();
+        let r = WebhookRequest {
+            method: &Method::POST,
+            query: Some(&q),
+            headers: &h,
+            body: body.as_bytes(),
+            now,
+            bearer: None,
+        };
+        let mut p = a.payload(&r).unwrap();
+        assert_eq!(
+            p,
+            Payload::Json(json!({"EventType":"user_add_org","Name":"n 4111"}))
+        );
+        p.texts_mut(a.opaque_keys(), &mut |s: &mut String| {
+            *s = s.replace("4111", "****")
+        })
+        .unwrap();
+        let resealed = a.reseal_payload(&r, &p).unwrap();
+        let q2 = resealed.query.clone().unwrap();
+        assert!(q2.starts_with("signature="), "{q2}");
+        let r2 = WebhookRequest {
+            query: Some(&q2),
+            body: &resealed.body,
+            ..r
+        };
+        assert!(matches!(a.receive(&r2).unwrap(), Inbound::Skip { .. }));
+        assert_eq!(
+            a.payload(&r2).unwrap(),
+            Payload::Json(json!({"EventType":"user_add_org","Name":"n ****"}))
+        );
+        // A robot-only route cannot reseal events.
+        assert!(robot().reseal_payload(&r, &p).is_none());
     }
 }

@@ -721,7 +721,9 @@ mod tests {
         ));
         assert_eq!(m.text, "long text");
         assert_eq!(m.command.as_deref(), Some("summarize"));
-        let m = message(&command(json!({"data":{"name":"Report  Message","type":3}})));
+        let m = message(&command(
+            json!({"data":{"name":"Report  Message","type":3}}),
+        ));
         assert_eq!(m.command.as_deref(), Some("report_message"));
     }
 
@@ -842,7 +844,13 @@ mod tests {
         seen.sort();
         assert_eq!(
             seen,
-            ["4111.pdf", "card 4111", "chan 4111", "https://cdn/4111.pdf", "topic 4111"]
+            [
+                "4111.pdf",
+                "card 4111",
+                "chan 4111",
+                "https://cdn/4111.pdf",
+                "topic 4111"
+            ]
         );
         assert!(a.reseal_payload(&req, &p).is_none());
         assert!(a.payload(&WebhookRequest { body: b"{", ..req }).is_err());

@@ -1135,7 +1135,9 @@ mod tests {
         mask(&a, &mut p);
         let sealed = a.reseal_payload(&r, &p).unwrap();
         assert!(sealed.headers.is_empty());
-        let Inbound::Message(m) = a.receive(&post(&h, &sealed.body, SystemTime::now())).unwrap()
+        let Inbound::Message(m) = a
+            .receive(&post(&h, &sealed.body, SystemTime::now()))
+            .unwrap()
         else {
             panic!()
         };

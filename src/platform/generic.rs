@@ -379,7 +379,9 @@ mod tests {
         assert_eq!(a.channel(), Channel::Api);
         assert_eq!(a.methods(), &[http::Method::POST]);
         assert_eq!(a.ack(&m), WebhookResponse::json(&json!({})));
-        assert!(a.inline_reply(&m, "x", std::time::SystemTime::now()).is_none());
+        assert!(a
+            .inline_reply(&m, "x", std::time::SystemTime::now())
+            .is_none());
         assert!(a.reply_calls(&m, "x").unwrap().is_empty());
         let h = auth();
         let body = br#"{"sender":{"id":"u","name":"Ann 4111"},"content":{"text":"card 4111","attachments":[{"type":"file","url":"https://x/4111","name":"4111.txt","mime_type":"text/plain"}]},"context":{"room_id":"4111","chat_type":"group"}}"#;

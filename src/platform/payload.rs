@@ -96,9 +96,9 @@ impl Payload {
     pub fn to_bytes(&self) -> Result<Bytes, Rejection> {
         Ok(match self {
             Payload::Empty => Bytes::new(),
-            Payload::Json(v) => Bytes::from(
-                serde_json::to_vec(v).map_err(|e| Rejection::Malformed(e.to_string()))?,
-            ),
+            Payload::Json(v) => {
+                Bytes::from(serde_json::to_vec(v).map_err(|e| Rejection::Malformed(e.to_string()))?)
+            }
             Payload::Xml(s) | Payload::Text(s) => Bytes::from(s.clone()),
             Payload::Form(pairs) => Bytes::from(encode_form(pairs)),
         })

@@ -408,7 +408,10 @@ impl SlackAdapter {
             .and_then(Value::as_str)
             .unwrap_or("");
         if same_origin(url, RESPONSE_URL_ORIGIN) || same_origin(url, &self.api_base) {
-            return Ok(vec![ApiCall::post_json(url.to_string(), &slash_answer(text))]);
+            return Ok(vec![ApiCall::post_json(
+                url.to_string(),
+                &slash_answer(text),
+            )]);
         }
         let token = self
             .bot_token
@@ -641,7 +644,10 @@ pub(crate) mod tests {
             panic!("a slash command is a message")
         };
         assert_eq!(m.command.as_deref(), Some("webhook-collect"));
-        assert_eq!(m.text, "/webhook-collect", "no arguments: the command stands in");
+        assert_eq!(
+            m.text, "/webhook-collect",
+            "no arguments: the command stands in"
+        );
         assert_eq!(
             (m.sender_id.as_str(), m.room_id.as_str(), m.tenant.as_str()),
             ("U2CERLKJA", "G8PSS9T3V", "T1DC2JH3J")
@@ -946,7 +952,10 @@ pub(crate) mod tests {
             ("command".into(), "/Deploy".into()),
             ("text".into(), text.into()),
             ("response_url".into(), response_url.into()),
-            ("trigger_id".into(), "13345224609.738474920.8088930838d88f008e0".into()),
+            (
+                "trigger_id".into(),
+                "13345224609.738474920.8088930838d88f008e0".into(),
+            ),
         ])
         .to_bytes()
         .map(|b| String::from_utf8(b.to_vec()).unwrap())
@@ -993,7 +1002,10 @@ pub(crate) mod tests {
         ] {
             let m = message(&slash_body("x", evil));
             let calls = a.reply_calls(&m, "later").unwrap();
-            assert_eq!(calls[0].url, "http://127.0.0.1:9/api/chat.postMessage", "{evil}");
+            assert_eq!(
+                calls[0].url, "http://127.0.0.1:9/api/chat.postMessage",
+                "{evil}"
+            );
             assert_eq!(
                 serde_json::from_slice::<Value>(&calls[0].body).unwrap(),
                 json!({"channel":"C9","text":"later"})
@@ -1002,7 +1014,10 @@ pub(crate) mod tests {
         // Direct messages and missing fields.
         let dm = slash_body("x", hook).replace("channel_id=C9", "channel_id=D9");
         assert_eq!(message(&dm).chat_type, ChatType::Private);
-        for (from, to) in [("command=%2FDeploy", "command=%2F"), ("user_id=U1", "user_id=")] {
+        for (from, to) in [
+            ("command=%2FDeploy", "command=%2F"),
+            ("user_id=U1", "user_id="),
+        ] {
             let body = slash_body("x", hook).replace(from, to);
             assert_eq!(receive(&body).unwrap_err().kind(), "missing_field", "{to}");
         }
@@ -1054,7 +1069,14 @@ pub(crate) mod tests {
         seen.sort();
         assert_eq!(
             seen,
-            ["<@UBOT> card 4111", "card 4111", "fb 4111", "https://x/4111", "p 4111", "t 4111"]
+            [
+                "<@UBOT> card 4111",
+                "card 4111",
+                "fb 4111",
+                "https://x/4111",
+                "p 4111",
+                "t 4111"
+            ]
         );
         let sealed = a.reseal_payload(&req, &p).unwrap();
         let text = String::from_utf8(sealed.body.to_vec()).unwrap();
@@ -1071,7 +1093,13 @@ pub(crate) mod tests {
             (SIGNATURE_HEADER, "v0=00"),
         ]);
         assert!(a
-            .reseal_payload(&WebhookRequest { headers: &forged, ..req }, &p)
+            .reseal_payload(
+                &WebhookRequest {
+                    headers: &forged,
+                    ..req
+                },
+                &p
+            )
             .is_none());
         assert!(a.reseal_payload(&req, &Payload::Text("x".into())).is_none());
     }
@@ -1101,7 +1129,10 @@ pub(crate) mod tests {
         };
         assert_eq!(m.text, "pay ****");
         assert_eq!(m.command.as_deref(), Some("deploy"));
-        assert_eq!(m.reply_to["response_url"], "https://hooks.slack.com/commands/T1/1/abc");
+        assert_eq!(
+            m.reply_to["response_url"],
+            "https://hooks.slack.com/commands/T1/1/abc"
+        );
         // The old single-text reseal handles the form too.
         let m0 = message(&body);
         let sealed = a.reseal(&req, &m0, "pay ****").unwrap();

@@ -829,7 +829,10 @@ mod tests {
             r#"{"update_id":1,"message":{"from":{"id":3},"chat":{"id":3},"photo":[{"file_id":"f"}],
             "caption":"/scan this","caption_entities":[{"type":"bot_command","offset":0,"length":5}]}}"#,
         );
-        assert_eq!((m.text.as_str(), m.command.as_deref()), ("/scan this", Some("scan")));
+        assert_eq!(
+            (m.text.as_str(), m.command.as_deref()),
+            ("/scan this", Some("scan"))
+        );
         // Lengths are UTF-16 units; a lying length gives no command.
         let m = message(
             r#"{"update_id":1,"message":{"from":{"id":3},"chat":{"id":3},
@@ -909,11 +912,20 @@ mod tests {
         // Unchanged texts keep their entities.
         let same = a.reseal_payload(&req, &a.payload(&req).unwrap()).unwrap();
         let v: Value = serde_json::from_slice(&same.body).unwrap();
-        assert_eq!(v["message"]["caption_entities"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            v["message"]["caption_entities"].as_array().unwrap().len(),
+            3
+        );
         // A request without the secret token is never resealed.
         let bad = headers(&[(SECRET_HEADER, "nope")]);
         assert!(a
-            .reseal_payload(&WebhookRequest { headers: &bad, ..req }, &p)
+            .reseal_payload(
+                &WebhookRequest {
+                    headers: &bad,
+                    ..req
+                },
+                &p
+            )
             .is_none());
         assert!(a.reseal_payload(&req, &Payload::Empty).is_none());
     }

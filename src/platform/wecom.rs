@@ -296,12 +296,17 @@ impl WecomAdapter {
 
     /// The original outer body with `inner` encrypted into its `Encrypt`
     /// element, and a query signed for it with a fresh timestamp and nonce.
-    fn seal_post(&self, req: &WebhookRequest<'_>, outer: &XmlFields, inner: &str) -> Option<Resealed> {
+    fn seal_post(
+        &self,
+        req: &WebhookRequest<'_>,
+        outer: &XmlFields,
+        inner: &str,
+    ) -> Option<Resealed> {
         let body = std::str::from_utf8(req.body).ok()?;
         let enc_field = outer.field("Encrypt")?;
-        let encrypt = self
-            .crypt
-            .encrypt(inner.as_bytes(), &self.corp_id, &wxcrypt::random_prefix());
+        let encrypt =
+            self.crypt
+                .encrypt(inner.as_bytes(), &self.corp_id, &wxcrypt::random_prefix());
         let new_body = format!(
             "{}{}{}",
             body.get(..enc_field.span.start)?,
@@ -481,7 +486,9 @@ impl PlatformAdapter for WecomAdapter {
         let text = std::str::from_utf8(body)
             .map_err(|_| Rejection::Malformed("answer is not UTF-8".into()))?;
         match parse_xml(text) {
-            Ok(outer) if outer.field("Encrypt").is_some() => Ok(Payload::Xml(self.open_reply(text)?)),
+            Ok(outer) if outer.field("Encrypt").is_some() => {
+                Ok(Payload::Xml(self.open_reply(text)?))
+            }
             _ => Ok(Payload::Text(text.to_string())),
         }
     }
@@ -1034,12 +1041,21 @@ mod tests {
             panic!()
         };
         assert_eq!(m.text, "card **** & <b>");
-        assert_eq!((m.sender_id.as_str(), m.message_id.as_str()), ("u4111", "4111"));
+        assert_eq!(
+            (m.sender_id.as_str(), m.message_id.as_str()),
+            ("u4111", "4111")
+        );
         // The outer envelope keeps its other elements.
         let outer = parse_xml(std::str::from_utf8(&sealed.body).unwrap()).unwrap();
         assert_eq!(outer.get("AgentID"), Some("1000002"));
         // A forged original is not resealed; only XML payloads are.
-        let forged = req(&Method::POST, "msg_signature=00&timestamp=1&nonce=1", &h, b.as_bytes(), now);
+        let forged = req(
+            &Method::POST,
+            "msg_signature=00&timestamp=1&nonce=1",
+            &h,
+            b.as_bytes(),
+            now,
+        );
         assert!(a.reseal_payload(&forged, &p).is_none());
         assert!(a.reseal_payload(&r, &Payload::Text("x".into())).is_none());
         // A URL check carries nothing to scan.
@@ -1073,8 +1089,12 @@ mod tests {
         let later = now + Duration::from_secs(2);
         let sealed = a.seal_answer(&p, later).unwrap();
         let outer = parse_xml(std::str::from_utf8(&sealed).unwrap()).unwrap();
-        assert_eq!(outer.get("TimeStamp"), Some(unix_secs(later).to_string().as_str()));
-        let Payload::Xml(reopened) = a.open_answer(Some("application/xml"), &sealed).unwrap() else {
+        assert_eq!(
+            outer.get("TimeStamp"),
+            Some(unix_secs(later).to_string().as_str())
+        );
+        let Payload::Xml(reopened) = a.open_answer(Some("application/xml"), &sealed).unwrap()
+        else {
             panic!()
         };
         let f = parse_xml(&reopened).unwrap();
@@ -1087,7 +1107,8 @@ mod tests {
             Payload::Text("success".into())
         );
         assert_eq!(
-            a.seal_answer(&Payload::Text("success".into()), now).unwrap(),
+            a.seal_answer(&Payload::Text("success".into()), now)
+                .unwrap(),
             &b"success"[..]
         );
         let forged = std::str::from_utf8(&sealed)

@@ -174,7 +174,11 @@ pub fn parse_xml(xml: &str) -> Result<XmlFields, Rejection> {
             Event::End(_) => p.end(before)?,
             Event::Text(t) => {
                 let text = t.decode().map_err(|_| xml_err("text is not UTF-8"))?;
-                p.text(&text, text.trim().is_empty(), "text outside the root element")?;
+                p.text(
+                    &text,
+                    text.trim().is_empty(),
+                    "text outside the root element",
+                )?;
             }
             Event::CData(c) => {
                 let text = c.decode().map_err(|_| xml_err("CDATA is not UTF-8"))?;
@@ -300,7 +304,12 @@ impl Rewriter<'_, '_> {
     }
 
     /// Scans a tag's attribute values; rebuilds the tag when one changed.
-    fn attributes(&mut self, e: &BytesStart<'_>, span: Range<usize>, empty: bool) -> Result<(), Rejection> {
+    fn attributes(
+        &mut self,
+        e: &BytesStart<'_>,
+        span: Range<usize>,
+        empty: bool,
+    ) -> Result<(), Rejection> {
         let mut values = Vec::new();
         let mut changed = false;
         for attr in e.attributes() {
@@ -330,7 +339,12 @@ impl Rewriter<'_, '_> {
         self.replace(span, &tag)
     }
 
-    fn start(&mut self, e: &BytesStart<'_>, span: Range<usize>, empty: bool) -> Result<(), Rejection> {
+    fn start(
+        &mut self,
+        e: &BytesStart<'_>,
+        span: Range<usize>,
+        empty: bool,
+    ) -> Result<(), Rejection> {
         if self.depth == 0 && self.root_seen {
             return Err(xml_err("more than one root element"));
         }

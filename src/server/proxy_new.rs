@@ -65,7 +65,11 @@ pub async fn write_response(session: &mut Session, resp: Response<Bytes>) -> Res
 
 impl PublicProxy {
     /// Stages route, admit and read body: the request as the path takes it.
-    async fn prepare(&self, session: &mut Session, ex: &mut Exchange) -> Result<IncomingRequest, Stop> {
+    async fn prepare(
+        &self,
+        session: &mut Session,
+        ex: &mut Exchange,
+    ) -> Result<IncomingRequest, Stop> {
         let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
         let peer = session
             .client_addr()
@@ -73,10 +77,17 @@ impl PublicProxy {
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         // The IP policy runs before a byte of the body is read.
-        let client_ip = self.gateway.admit(ex, peer, &session.req_header().headers)?;
+        let client_ip = self
+            .gateway
+            .admit(ex, peer, &session.req_header().headers)?;
         let method = session.req_header().method.clone();
         if !route.methods().contains(&method) {
-            let allow = route.methods().iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
+            let allow = route
+                .methods()
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(Stop::MethodNotAllowed { allow });
         }
         // Refuse a declared oversize body before reading a byte of it.

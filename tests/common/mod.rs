@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod platforms;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -442,4 +443,73 @@ pub fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// A gRPC `Assistant` node in the test process that answers like the demo
+/// assistant (`echo: <text> (turn N)`) and records every `Envelope` it
+/// receives, so a test can check everything the AI saw (attachments,
+/// attributes and context included), not only the echoed text.
+pub struct RecordingAssistant {
+    pub port: u16,
+    envelopes: Arc<Mutex<Vec<moltgate::proto::Envelope>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+#[derive(Clone)]
+struct Recorder(Arc<Mutex<Vec<moltgate::proto::Envelope>>>);
+
+#[tonic::async_trait]
+impl moltgate::proto::v1::assistant_server::Assistant for Recorder {
+    type HandleStream = moltgate::assistant::ReplyStream;
+
+    async fn handle(
+        &self,
+        request: tonic::Request<moltgate::proto::Envelope>,
+    ) -> Result<tonic::Response<Self::HandleStream>, tonic::Status> {
+        self.0.lock().unwrap().push(request.get_ref().clone());
+        Ok(tonic::Response::new(
+            moltgate::assistant::DemoAssistant::stream(request.get_ref()),
+        ))
+    }
+}
+
+impl RecordingAssistant {
+    /// Serves on an ephemeral loopback port (bound before this returns).
+    pub fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let envelopes = Arc::new(Mutex::new(Vec::new()));
+        let service = moltgate::proto::v1::assistant_server::AssistantServer::new(Recorder(
+            envelopes.clone(),
+        ));
+        rt.spawn(async move {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter
+                .set_serving::<moltgate::proto::v1::assistant_server::AssistantServer<Recorder>>()
+                .await;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self {
+            port,
+            envelopes,
+            _rt: rt,
+        }
+    }
+
+    /// Every envelope received so far, in arrival order.
+    pub fn envelopes(&self) -> Vec<moltgate::proto::Envelope> {
+        self.envelopes.lock().unwrap().clone()
+    }
 }

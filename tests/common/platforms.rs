@@ -369,7 +369,12 @@ pub mod feishu {
         let ts = now_secs().to_string();
         let nonce = hex::encode(rand::random::<[u8; 8]>());
         let mut h = Sha256::new();
-        for part in [ts.as_bytes(), nonce.as_bytes(), ENCRYPT_KEY.as_bytes(), body.as_bytes()] {
+        for part in [
+            ts.as_bytes(),
+            nonce.as_bytes(),
+            ENCRYPT_KEY.as_bytes(),
+            body.as_bytes(),
+        ] {
             h.update(part);
         }
         let sig = hex::encode(h.finalize());
@@ -566,7 +571,10 @@ pub mod dingtalk {
         let ts = now_millis().to_string();
         let nonce = wxcrypt::nonce();
         let sig = wxcrypt::signature(TOKEN, &ts, &nonce, &encrypt);
-        let mut s = Signed::json(vec![], json!({ "encrypt": encrypt }).to_string().into_bytes());
+        let mut s = Signed::json(
+            vec![],
+            json!({ "encrypt": encrypt }).to_string().into_bytes(),
+        );
         s.query = format!("signature={sig}&timestamp={ts}&nonce={nonce}");
         s
     }

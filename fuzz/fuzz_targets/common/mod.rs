@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use moltgate::platform::adapter::{Inbound, PlatformAdapter, WebhookRequest};
+use moltgate::platform::adapter::{Inbound, PlatformAdapter, Resealed, WebhookRequest};
 
 pub struct Input<'a> {
     pub ctl: u8,
@@ -149,11 +149,14 @@ pub fn drive<A: PlatformAdapter>(adapter: &A, req: &WebhookRequest<'_>) -> Optio
             match &inbound {
                 Inbound::Message(msg) => {
                     for text in [msg.text.as_str(), tricky_text(), ""] {
-                        let _ = adapter.inline_reply(msg, text, req.now);
+                        if let Some(answer) = adapter.inline_reply(msg, text, req.now) {
+                            open_and_seal(adapter, &answer.body, answer.content_type, req);
+                        }
                         let _ = adapter.reply_calls(msg, text);
                         let _ = adapter.reseal(req, msg, text);
                     }
                     let _ = adapter.ack(msg);
+                    passthrough(adapter, req);
                 }
                 Inbound::Answer { response, .. } | Inbound::Skip { response, .. } => {
                     let _ = response.status;
@@ -166,4 +169,65 @@ pub fn drive<A: PlatformAdapter>(adapter: &A, req: &WebhookRequest<'_>) -> Optio
             None
         }
     }
+}
+
+/// An adapter's own inline answer opens (decrypts) for egress DLP, and the
+/// opened answer, rewritten, seals again.
+fn open_and_seal<A: PlatformAdapter>(
+    adapter: &A,
+    body: &[u8],
+    content_type: &'static str,
+    req: &WebhookRequest<'_>,
+) {
+    let ct = Some(content_type).filter(|c| !c.is_empty());
+    let mut opened = adapter
+        .open_answer(ct, body)
+        .expect("the adapter's own answer opens");
+    if opened
+        .texts_mut(adapter.opaque_keys(), &mut |s: &mut String| s.push_str("]]>&<"))
+        .is_ok()
+    {
+        let _ = adapter.seal_answer(&opened, req.now);
+    }
+}
+
+/// Passthrough of a verified message: its payload is scanned and masked,
+/// and whatever the adapter reseals verifies and parses again as a message.
+fn passthrough<A: PlatformAdapter>(adapter: &A, req: &WebhookRequest<'_>) {
+    let Ok(mut payload) = adapter.payload(req) else {
+        return;
+    };
+    let walked = payload.texts_mut(adapter.opaque_keys(), &mut |s: &mut String| {
+        s.push_str(" **** ]]>&<");
+    });
+    if walked.is_err() {
+        return;
+    }
+    let Some(sealed) = adapter.reseal_payload(req, &payload) else {
+        return;
+    };
+    let headers = resealed_headers(req.headers, &sealed);
+    let again = WebhookRequest {
+        query: sealed.query.as_deref().or(req.query),
+        headers: &headers,
+        body: &sealed.body,
+        ..*req
+    };
+    match adapter.receive(&again) {
+        Ok(Inbound::Message(_)) | Ok(Inbound::Skip { .. }) | Ok(Inbound::Answer { .. }) => {}
+        Err(e) => panic!("a resealed request must verify again: {e}"),
+    }
+}
+
+fn resealed_headers(original: &HeaderMap, sealed: &Resealed) -> HeaderMap {
+    let mut h = original.clone();
+    for (k, v) in &sealed.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    h
 }
