@@ -50,118 +50,54 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(format!("moltgate_{name}"), help), labels)
-                .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
-            registry
-                .register(Box::new(c.clone()))
-                .unwrap_or_else(|e| unreachable!("registering {name}: {e}"));
-            c
-        };
-        let requests = counter(
-            "requests_total",
-            "Requests by route, platform and outcome.",
-            &["route", "platform", "outcome"],
-        );
-        let rejections = counter(
-            "rejections_total",
-            "Requests refused as bad input, by route and reason.",
-            &["route", "reason"],
-        );
-        let upstream_attempts = counter(
-            "upstream_attempts_total",
-            "Calls to upstream nodes, by result.",
-            &["upstream", "node", "result"],
-        );
-        let upstream_failures = counter(
-            "upstream_failures_total",
-            "Failed upstream calls, by reason.",
-            &["upstream", "node", "reason"],
-        );
-        let policy_reloads = counter(
-            "policy_reload_total",
-            "Policy reloads by result.",
-            &["result"],
-        );
-        let policy_decisions = counter(
-            "policy_decisions_total",
-            "Policy decisions by stage, decision and rule.",
-            &["stage", "decision", "rule"],
-        );
-        let dlp_findings = counter(
-            "dlp_findings_total",
-            "DLP findings by rule, action and direction.",
-            &["rule", "action", "direction"],
-        );
-        let duplicates = counter(
-            "duplicate_messages_total",
-            "Redeliveries recognised and not forwarded again.",
-            &["platform"],
-        );
-        let ignored_events = counter(
-            "ignored_events_total",
-            "Verified events acknowledged but not forwarded.",
-            &["platform", "reason"],
-        );
-        let writebacks = counter(
-            "writeback_total",
-            "Replies sent through platform APIs, by result.",
-            &["platform", "result"],
-        );
-        let context_events = counter(
-            "context_events_total",
-            "Context cache hits, misses and evictions.",
-            &["event"],
-        );
-
-        let message_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "moltgate_message_latency_seconds",
-                "Time from request to answer for handled messages.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ]),
-            &["platform"],
-        )
-        .unwrap_or_else(|e| unreachable!("latency histogram: {e}"));
-        let accept_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "moltgate_upstream_accept_seconds",
-                "Time until an upstream node accepted a message.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ]),
-        )
-        .unwrap_or_else(|e| unreachable!("accept histogram: {e}"));
-        let node_healthy = IntGaugeVec::new(
-            Opts::new(
-                "moltgate_upstream_node_healthy",
-                "1 when the upstream node passes health checks.",
+        let r = Registry::new();
+        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events] =
+            COUNTERS.map(|(name, help, labels)| counter(&r, name, help, labels));
+        let message_latency = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "moltgate_message_latency_seconds",
+                    "Time from request to answer for handled messages.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["platform"],
             ),
-            &["upstream", "node"],
-        )
-        .unwrap_or_else(|e| unreachable!("node gauge: {e}"));
-        let context_entries = IntGauge::new(
-            "moltgate_context_entries",
-            "Conversations held in the context cache.",
-        )
-        .unwrap_or_else(|e| unreachable!("context gauge: {e}"));
-        for m in [
-            Box::new(message_latency.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(accept_latency.clone()),
-            Box::new(node_healthy.clone()),
-            Box::new(context_entries.clone()),
-        ] {
-            registry
-                .register(m)
-                .unwrap_or_else(|e| unreachable!("registering: {e}"));
-        }
+        );
+        let accept_latency = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "moltgate_upstream_accept_seconds",
+                    "Time until an upstream node accepted a message.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+            ),
+        );
+        let node_healthy = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "moltgate_upstream_node_healthy",
+                    "1 when the upstream node passes health checks.",
+                ),
+                &["upstream", "node"],
+            ),
+        );
+        let context_entries = register(
+            &r,
+            IntGauge::new(
+                "moltgate_context_entries",
+                "Conversations held in the context cache.",
+            ),
+        );
         Self {
-            registry,
+            registry: r,
             requests,
             message_latency,
             rejections,
@@ -222,4 +158,86 @@ mod tests {
             assert!(line.starts_with("moltgate_"), "{line}");
         }
     }
+}
+
+/// Every counter: name (after `moltgate_`), help, labels; in the order
+/// `Metrics::new` destructures them.
+type CounterDef = (&'static str, &'static str, &'static [&'static str]);
+const COUNTERS: [CounterDef; 11] = [
+    (
+        "requests_total",
+        "Requests by route, platform and outcome.",
+        &["route", "platform", "outcome"],
+    ),
+    (
+        "rejections_total",
+        "Requests refused as bad input, by route and reason.",
+        &["route", "reason"],
+    ),
+    (
+        "upstream_attempts_total",
+        "Calls to upstream nodes, by result.",
+        &["upstream", "node", "result"],
+    ),
+    (
+        "upstream_failures_total",
+        "Failed upstream calls, by reason.",
+        &["upstream", "node", "reason"],
+    ),
+    (
+        "policy_reload_total",
+        "Policy reloads by result.",
+        &["result"],
+    ),
+    (
+        "policy_decisions_total",
+        "Policy decisions by stage, decision and rule.",
+        &["stage", "decision", "rule"],
+    ),
+    (
+        "dlp_findings_total",
+        "DLP findings by rule, action and direction.",
+        &["rule", "action", "direction"],
+    ),
+    (
+        "duplicate_messages_total",
+        "Redeliveries recognised and not forwarded again.",
+        &["platform"],
+    ),
+    (
+        "ignored_events_total",
+        "Verified events acknowledged but not forwarded.",
+        &["platform", "reason"],
+    ),
+    (
+        "writeback_total",
+        "Replies sent through platform APIs, by result.",
+        &["platform", "result"],
+    ),
+    (
+        "context_events_total",
+        "Context cache hits, misses and evictions.",
+        &["event"],
+    ),
+];
+
+/// Registers a metric whose definition is static: an error is a bug in this
+/// file, caught by the first test that builds `Metrics`.
+fn register<C>(registry: &Registry, metric: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| unreachable!("registering a metric twice: {e}"));
+    metric
+}
+
+/// A `moltgate_<name>` counter with `labels`.
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(format!("moltgate_{name}"), help), labels),
+    )
 }

@@ -37,9 +37,15 @@ const H_TIMESTAMP: &str = "x-lark-request-timestamp";
 const H_NONCE: &str = "x-lark-request-nonce";
 
 /// Ids, tokens, timestamps and enum-like fields of Feishu events (v1 and
-/// v2, after decryption). The message `content` (a JSON string), mention
-/// `name`s and everything else a person wrote are scanned.
+/// v2, after decryption), and of the message `content` (rich-text `tag`s,
+/// image and file keys). Texts, titles, mention `name`s, link `href`s and
+/// everything else a person wrote are scanned.
 pub const OPAQUE_KEYS: &[&str] = &[
+    "tag",
+    "image_key",
+    "file_key",
+    "media_key",
+    "emoji_type",
     "id",
     "type",
     "token",
@@ -517,8 +523,20 @@ impl PlatformAdapter for FeishuAdapter {
         self.seal(req, &event, encrypted)
     }
 
+    /// The decrypted event, with the message's `content` (JSON inside a
+    /// string) opened into JSON, so that DLP reads and masks its values
+    /// and can never break its syntax.
     fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
-        Ok(Payload::Json(self.open(req)?.event))
+        let mut event = self.open(req)?.event;
+        if let Some(content) = event.pointer_mut("/event/message/content") {
+            let inner = content
+                .as_str()
+                .and_then(|s| serde_json::from_str::<Value>(s).ok());
+            if let Some(inner) = inner.filter(|v| v.is_object() || v.is_array()) {
+                *content = inner;
+            }
+        }
+        Ok(Payload::Json(event))
     }
 
     fn opaque_keys(&self) -> &'static [&'static str] {
@@ -532,7 +550,13 @@ impl PlatformAdapter for FeishuAdapter {
             return None;
         };
         let Opened { encrypted, .. } = self.open(req).ok()?;
-        self.seal(req, event, encrypted)
+        let mut event = event.clone();
+        if let Some(content) = event.pointer_mut("/event/message/content") {
+            if content.is_object() || content.is_array() {
+                *content = Value::String(content.to_string());
+            }
+        }
+        self.seal(req, &event, encrypted)
     }
 }
 
@@ -1098,10 +1122,12 @@ mod tests {
         let h = signed_headers(&t0.to_string(), "n", KEY, body.as_bytes());
         let r = post(&h, body.as_bytes(), at(t0 + 5));
         let mut p = a.payload(&r).unwrap();
-        assert_eq!(p, Payload::Json(event.clone()), "the decrypted event");
+        let mut opened = event.clone();
+        opened["event"]["message"]["content"] = json!({ "text": "@_user_1 card 4111" });
+        assert_eq!(p, Payload::Json(opened), "decrypted, content opened");
         let mut seen = mask(&a, &mut p);
         seen.sort();
-        assert_eq!(seen, ["Bot 4111", "{\"text\":\"@_user_1 card 4111\"}"]);
+        assert_eq!(seen, ["@_user_1 card 4111", "Bot 4111"]);
         let sealed = a.reseal_payload(&r, &p).unwrap();
         let sealed_body: Value = serde_json::from_slice(&sealed.body).unwrap();
         assert!(sealed_body.get("encrypt").is_some(), "stays encrypted");

@@ -12,6 +12,7 @@ pub mod proxy;
 #[path = "proxy_new.rs"]
 pub mod proxy;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -81,30 +82,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
     if !crate::tls::install_tls13_only_provider() {
         return Err(StartError::Tls13);
     }
-    let cert = config.resolve(&config.listen.public.tls.cert);
-    let key = config.resolve(&config.listen.public.tls.key);
-    if config.listen.public.tls.dev_autogenerate && (!cert.exists() || !key.exists()) {
-        let dir = cert
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
-        let made =
-            crate::tls::create_dev_certs(&dir).map_err(|e| StartError::Listener(e.to_string()))?;
-        tracing::warn!(
-            dir = %dir.display(),
-            ca = %made.ca_cert.display(),
-            "created DEVELOPMENT certificates (self-signed CA): for local use only, never in production"
-        );
-    }
-    for (what, p) in [("certificate", &cert), ("key", &key)] {
-        if !p.is_file() {
-            return Err(StartError::Listener(format!(
-                "{}: TLS {what} file {} not found (run `moltgate certs dev` for development certificates)",
-                config.source.display(),
-                p.display()
-            )));
-        }
-    }
+    let (cert, key) = certificates(&config)?;
     let public_addr = config.public_addr()?;
     let admin_addr = config.admin_addr()?;
 
@@ -113,51 +91,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .thread_name("moltgate-core")
         .enable_all()
         .build()?;
-    let metrics = Metrics::new();
     let gateway = {
         let _ctx = core.enter();
-        Arc::new(Gateway::build(&config, metrics)?)
+        Arc::new(Gateway::build(&config, Metrics::new())?)
     };
-    for cluster in gateway.clusters() {
-        core.spawn(crate::upstream::health::run(cluster.clone()));
-    }
-    core.spawn(crate::policy::reload::reload_on_sighup(
-        gateway.policies.clone(),
-    ));
-    // Caches expire and evict lazily as they are used; a quiet gateway still
-    // owes its metrics an up-to-date count.
-    let context = gateway.context.clone();
-    core.spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            context.run_pending_tasks();
-        }
-    });
-    let _watcher = match crate::policy::reload::watch(gateway.policies.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the policies directory; reload with SIGHUP or POST /reload");
-            None
-        }
-    };
+    let _watcher = start_background(&core, &gateway);
 
-    let mut conf = ServerConf {
-        threads: config.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        }),
-        grace_period_seconds: Some(config.shutdown.grace_period.0.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.shutdown.timeout.0.as_secs()),
-        ..ServerConf::default()
-    };
-    let run_dir = std::env::temp_dir().join(format!("moltgate-{}", std::process::id()));
-    conf.pid_file = run_dir.join("moltgate.pid").display().to_string();
-    conf.upgrade_sock = run_dir.join("upgrade.sock").display().to_string();
-    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);
+    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), server_conf(&config));
     server.bootstrap();
-
     let mut public = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy::PublicProxy {
@@ -178,7 +119,6 @@ pub fn run(config: Config) -> Result<(), StartError> {
     })?;
     tls.enable_h2();
     public.add_tls_with_settings(&public_addr.to_string(), None, tls);
-
     let mut admin = Service::new(
         "moltgate admin".to_string(),
         admin::AdminApp {
@@ -196,4 +136,80 @@ pub fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("moltgate stopped");
     core.shutdown_background();
     Ok(())
+}
+
+/// The public listener's certificate and key, created for development when
+/// the config asks for it and they are missing.
+fn certificates(config: &Config) -> Result<(PathBuf, PathBuf), StartError> {
+    let cert = config.resolve(&config.listen.public.tls.cert);
+    let key = config.resolve(&config.listen.public.tls.key);
+    if config.listen.public.tls.dev_autogenerate && (!cert.exists() || !key.exists()) {
+        let dir = cert.parent().map(Path::to_path_buf).unwrap_or_default();
+        let made =
+            crate::tls::create_dev_certs(&dir).map_err(|e| StartError::Listener(e.to_string()))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            ca = %made.ca_cert.display(),
+            "created DEVELOPMENT certificates (self-signed CA): for local use only, never in production"
+        );
+    }
+    for (what, p) in [("certificate", &cert), ("key", &key)] {
+        if !p.is_file() {
+            return Err(StartError::Listener(format!(
+                "{}: TLS {what} file {} not found (run `moltgate certs dev` for development certificates)",
+                config.source.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok((cert, key))
+}
+
+/// Health checks, reload on SIGHUP and on file changes, cache upkeep: on
+/// the core runtime. Returns the watcher, which must live as long as the server.
+fn start_background(
+    core: &tokio::runtime::Runtime,
+    gateway: &Arc<Gateway>,
+) -> Option<notify::RecommendedWatcher> {
+    for cluster in gateway.clusters() {
+        core.spawn(crate::upstream::health::run(cluster.clone()));
+    }
+    core.spawn(crate::policy::reload::reload_on_sighup(
+        gateway.policies.clone(),
+    ));
+    // Caches expire and evict lazily as they are used; a quiet gateway still
+    // owes its metrics an up-to-date count.
+    let context = gateway.context.clone();
+    core.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            context.run_pending_tasks();
+        }
+    });
+    match crate::policy::reload::watch(gateway.policies.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policies directory; reload with SIGHUP or POST /reload");
+            None
+        }
+    }
+}
+
+/// Pingora's settings from `moltgate.yaml`.
+fn server_conf(config: &Config) -> ServerConf {
+    let mut conf = ServerConf {
+        threads: config.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        grace_period_seconds: Some(config.shutdown.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown.timeout.0.as_secs()),
+        ..ServerConf::default()
+    };
+    let run_dir = std::env::temp_dir().join(format!("moltgate-{}", std::process::id()));
+    conf.pid_file = run_dir.join("moltgate.pid").display().to_string();
+    conf.upgrade_sock = run_dir.join("upgrade.sock").display().to_string();
+    conf
 }
