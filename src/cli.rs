@@ -1,5 +1,6 @@
-//! The `moltgate` command line: `run`, `check`, `assistant`, `certs dev` and
-//! `token`. Each subcommand is a thin shell over a library function.
+//! The `moltgate` command line: `run`, `check`, `assistant`, `dlp scan`,
+//! `explain`, `certs dev` and `token`. Each subcommand is a thin shell over a
+//! library function, so what it prints is what the library decides.
 
 #[cfg(feature = "newpath")]
 use crate::path::Gateway as Gw;
@@ -32,7 +33,7 @@ struct ConfigArg {
 enum Command {
     /// Start the gateway.
     Run(ConfigArg),
-    /// Validate the config and every policy file; print file:line:col on errors.
+    /// Validate the config and every policy file: print every error as file:line:col: message (exit 1), and warnings for policy rules that match no route.
     Check(ConfigArg),
     /// Run the reference demo Assistant (gRPC) on ADDR.
     Assistant {
@@ -117,140 +118,211 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Prints the value with `print` and succeeds, or prints the error and fails.
+fn finish<T, E: std::fmt::Display>(result: Result<T, E>, print: impl FnOnce(T)) -> ExitCode {
+    match result {
+        Ok(v) => {
+            print(v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// Runs the command line; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(c) => {
-            let config = match load_config(&c.config) {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            crate::observe::init_logging(&config.log.format, &config.log.level);
-            match crate::server::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "moltgate cannot start");
-                    fail(e)
-                }
+        Command::Run(c) => run(&c.config),
+        Command::Check(c) => {
+            let report = check(&c.config);
+            for line in &report.diagnostics {
+                eprintln!("{line}");
             }
+            if report.failed {
+                return ExitCode::FAILURE;
+            }
+            println!("{}", report.summary);
+            ExitCode::SUCCESS
         }
-        Command::Check(c) => match check(&c.config) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
-        Command::Assistant { listen } => {
-            crate::observe::init_logging("json", "info");
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => return fail(e),
-            };
-            tracing::info!(%listen, "demo assistant listening");
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            let shutdown = async move {
-                #[cfg(unix)]
-                {
-                    use tokio::signal::unix::{signal, SignalKind};
-                    if let Ok(mut term) = signal(SignalKind::terminate()) {
-                        tokio::select! { _ = term.recv() => {}, _ = shutdown => {} }
-                        return;
-                    }
-                }
-                shutdown.await
-            };
-            match rt.block_on(crate::assistant::serve(listen, shutdown)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(format!("assistant on {listen}: {e}")),
-            }
-        }
+        Command::Assistant { listen } => assistant(listen),
         Command::Dlp {
             command: DlpCommand::Scan { policies, input },
-        } => match dlp_scan(&policies, &input) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        },
+        } => finish(dlp_scan(&policies, &input), |()| {}),
         Command::Explain {
             policies,
             json,
             request,
-        } => match explain(&policies, &request, json) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+        } => finish(explain(&policies, &request, json), |out| print!("{out}")),
         Command::Certs {
             command: CertsCommand::Dev { dir },
-        } => match crate::tls::create_dev_certs(&dir) {
-            Ok(c) => {
-                println!(
-                    "created development certificates (not for production):\n  CA:     {}\n  cert:   {}\n  key:    {}",
-                    c.ca_cert.display(),
-                    c.server_cert.display(),
-                    c.server_key.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+        } => finish(crate::tls::create_dev_certs(&dir), |c| {
+            println!(
+                "created development certificates (not for production):\n  CA:     {}\n  cert:   {}\n  key:    {}",
+                c.ca_cert.display(),
+                c.server_cert.display(),
+                c.server_key.display()
+            )
+        }),
         Command::Token {
             config,
             sub,
             claims,
             ttl,
-        } => match token(&config.config, &sub, &claims, &ttl) {
-            Ok(t) => {
-                println!("{t}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        },
+        } => finish(token(&config.config, &sub, &claims, &ttl), |t| {
+            println!("{t}")
+        }),
     }
 }
 
-/// `moltgate check`: everything `run` would refuse, without opening sockets.
-pub fn check(path: &ConfigArgPath) -> Result<String, String> {
-    let config = load_config(path).map_err(|e| e.to_string())?;
+/// `moltgate run`: loads the config, starts logging, runs the gateway.
+fn run(path: &ConfigArgPath) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    crate::observe::init_logging(&config.log.format, &config.log.level);
+    match crate::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "moltgate cannot start");
+            fail(e)
+        }
+    }
+}
+
+/// `moltgate assistant`: the demo Assistant until Ctrl-C or SIGTERM.
+fn assistant(listen: std::net::SocketAddr) -> ExitCode {
+    crate::observe::init_logging("json", "info");
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    tracing::info!(%listen, "demo assistant listening");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let shutdown = async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! { _ = term.recv() => {}, _ = shutdown => {} }
+                return;
+            }
+        }
+        shutdown.await
+    };
+    finish(
+        rt.block_on(crate::assistant::serve(listen, shutdown))
+            .map_err(|e| format!("assistant on {listen}: {e}")),
+        |()| {},
+    )
+}
+
+/// What `moltgate check` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Every error and warning, one `file:line:col: [warning: ]message` each,
+    /// in the order found.
+    pub diagnostics: Vec<String>,
+    /// Whether any diagnostic is an error (`check` then exits non-zero).
+    pub failed: bool,
+    /// The one-line `ok: ...` summary, when nothing failed.
+    pub summary: String,
+}
+
+impl CheckReport {
+    fn errors(&mut self, e: crate::config::FileError) {
+        self.failed = true;
+        self.diagnostics
+            .extend(e.split().into_iter().map(|e| e.to_string()));
+    }
+
+    fn lints(&mut self, lints: &[crate::policy::lint::Lint]) {
+        self.failed |= crate::policy::lint::has_errors(lints);
+        self.diagnostics.extend(lints.iter().map(|l| l.to_string()));
+    }
+}
+
+/// `moltgate check`: everything `run` would refuse, without opening sockets,
+/// every error of every file, plus lints: policy rules that can never apply
+/// (errors) or match no configured route (warnings). See
+/// [`crate::policy::lint`].
+pub fn check(path: &ConfigArgPath) -> CheckReport {
+    let mut report = CheckReport::default();
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            report.errors(e);
+            return report;
+        }
+    };
+    let routes: Vec<&str> = config.routes.iter().map(|r| r.path.0.as_str()).collect();
+    match crate::policy::PolicySet::load(&config.policies_dir(), 1, None) {
+        Ok(set) => report.lints(&set.lint(&routes)),
+        Err(e) => report.errors(e),
+    }
+    if let Err(e) = check_tls_files(&config) {
+        report.errors(e);
+    }
+    if report.failed {
+        return report;
+    }
+    match build_gateway(&config) {
+        Ok((dir, version)) => {
+            let warnings = report.diagnostics.len();
+            report.summary = format!(
+                "ok: {} is valid; policies in {} loaded (version {version}); {} route(s), {} upstream(s){}",
+                config.source.display(),
+                dir.display(),
+                config.routes.len(),
+                config.upstreams.len(),
+                match warnings {
+                    0 => String::new(),
+                    n => format!("; {n} warning(s)"),
+                },
+            );
+        }
+        Err(e) => {
+            report.failed = true;
+            report.diagnostics.push(e);
+        }
+    }
+    report
+}
+
+/// Builds the gateway as `run` would (in a throwaway runtime): the policies
+/// directory and version it loaded.
+fn build_gateway(config: &Config) -> Result<(PathBuf, u64), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let _ctx = rt.enter();
-    let gateway = Gw::build(&config, crate::observe::Metrics::new()).map_err(|e| e.to_string())?;
-    if !config.listen.public.tls.dev_autogenerate {
-        for p in [
-            &config.listen.public.tls.cert,
-            &config.listen.public.tls.key,
-        ] {
-            let resolved = config.resolve(p);
-            if !resolved.is_file() {
-                let pos = crate::config::yaml::locate(
-                    &std::fs::read_to_string(&config.source).unwrap_or_default(),
-                    p,
-                );
-                return Err(crate::config::FileError::at(
-                    &config.source,
-                    pos,
-                    format!("TLS file {} not found", resolved.display()),
-                )
-                .to_string());
-            }
-        }
+    let gateway = Gw::build(config, crate::observe::Metrics::new()).map_err(|e| e.to_string())?;
+    let version = gateway.policies.current().version;
+    Ok((gateway.policies.dir().to_path_buf(), version))
+}
+
+/// The TLS certificate and key must exist unless they are generated on start.
+fn check_tls_files(config: &Config) -> Result<(), crate::config::FileError> {
+    if config.listen.public.tls.dev_autogenerate {
+        return Ok(());
     }
-    Ok(format!(
-        "ok: {} is valid; policies in {} loaded (version {}); {} route(s), {} upstream(s)",
-        config.source.display(),
-        gateway.policies.dir().display(),
-        gateway.policies.current().version,
-        config.routes.len(),
-        config.upstreams.len()
-    ))
+    let text = std::fs::read_to_string(&config.source).unwrap_or_default();
+    let tls = &config.listen.public.tls;
+    let missing = [&tls.cert, &tls.key].into_iter().filter_map(|p| {
+        let resolved = config.resolve(p);
+        (!resolved.is_file()).then(|| {
+            crate::config::FileError::at(
+                &config.source,
+                crate::config::yaml::locate(&text, p),
+                format!("TLS file {} not found", resolved.display()),
+            )
+        })
+    });
+    crate::config::FileError::check(missing.collect())
 }
 
 /// Reads one policy file from `dir` with `compile`; a missing file is an error here.

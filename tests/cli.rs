@@ -383,3 +383,192 @@ fn check_covers_policies() {
     let o = check();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The README Quickstart's `explain` step works as written: the shipped
+/// `examples/request.json` against the shipped `policies/`.
+#[test]
+fn explain_the_shipped_example_request() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = stdout(&run(
+        &["explain", "-p", "policies/", "examples/request.json"],
+        Some(Path::new(root)),
+        None,
+    ));
+    assert_eq!(
+        out,
+        "decision: allow
+decided_by: local_demo
+confirm: no
+rbac: not needed (not a command)
+roles: (none)
+request: action=forward resource=/v1/messages subject=alice ip=127.0.0.1 time=2025-03-04T10:00:00Z
+rules:
+  local_demo (allow): matched
+  acme_engineering_api (allow): not matched (ipRange)
+"
+    );
+    let readme = std::fs::read_to_string(Path::new(root).join("README.md")).unwrap();
+    assert!(readme.contains("moltgate explain -p policies/ examples/request.json"));
+}
+
+/// A message carrying a command is decided as the gateway decides it:
+/// `forward`, then `command:<name>`, the first denial deciding.
+#[test]
+fn explain_a_message_with_a_command_takes_both_steps() {
+    let dir = explain_dir();
+    let (text, json) = explain(
+        dir.path(),
+        r#"{"subject":{"id":"carl","roles":["user"]},"resource":"/v1/messages","action":"forward","command":"reboot","environment":{"ip":"10.1.2.3","time":"2025-03-04T10:00:00Z"}}"#,
+    );
+    assert_eq!(
+        text,
+        "decision: deny
+decided_by: rbac:no_role_grants command:reboot
+confirm: no
+rbac: no role grants command:reboot
+roles: user
+request: action=forward resource=/v1/messages subject=carl ip=10.1.2.3 time=2025-03-04T10:00:00Z
+steps: forward=allow (office_hours), command:reboot=deny (rbac:no_role_grants command:reboot)
+rules (forward):
+  office_hours (allow): matched
+  no_contractors (deny): not matched (claims.contractor)
+rules (command:reboot):
+  ops_commands (allow): matched
+"
+    );
+    assert_eq!(
+        json,
+        concat!(
+            r#"{"decision":"deny","decided_by":"rbac:no_role_grants command:reboot","confirm":false,"#,
+            r#""rbac":{"permission":"command:reboot","granted":false,"role":null,"pattern":null},"roles":["user"],"#,
+            r#""rules":[{"id":"office_hours","effect":"allow","confirm":false,"matched":true,"failed":null},{"id":"no_contractors","effect":"deny","confirm":false,"matched":false,"failed":"claims.contractor"}],"#,
+            r#""steps":[{"action":"forward","decision":"allow","decided_by":"office_hours","confirm":false,"rules":[{"id":"office_hours","effect":"allow","confirm":false,"matched":true,"failed":null},{"id":"no_contractors","effect":"deny","confirm":false,"matched":false,"failed":"claims.contractor"}]},"#,
+            r#"{"action":"command:reboot","decision":"deny","decided_by":"rbac:no_role_grants command:reboot","confirm":false,"rules":[{"id":"ops_commands","effect":"allow","confirm":false,"matched":true,"failed":null}]}]}"#,
+            "\n"
+        )
+    );
+    // After hours `forward` is denied, so the command is not evaluated.
+    let (text, _) = explain(
+        dir.path(),
+        r#"{"subject":{"id":"carl","roles":["admin"]},"resource":"/v1/messages","action":"forward","command":"/reboot","environment":{"ip":"10.1.2.3","time":"2025-03-04T20:00:00Z"}}"#,
+    );
+    assert!(
+        text.starts_with("decision: deny\ndecided_by: default_deny\nconfirm: no\nrbac: not checked (forward denied)\nroles: admin\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("steps: forward=deny (default_deny), command:reboot=not evaluated\n")
+            && text.ends_with("rules (command:reboot): (not evaluated)\n"),
+        "{text}"
+    );
+}
+
+/// Runs `check` on a fresh setup with `abac` (and otherwise the given
+/// policies); returns (success, stdout, stderr).
+fn check_with(policies: Vec<(&'static str, String)>, routes: &str) -> (bool, String, String) {
+    let (_dir, _, _, config) = Setup {
+        policies,
+        routes: routes.into(),
+        ..Default::default()
+    }
+    .write();
+    let o = run(&["check", "-c", config.to_str().unwrap()], None, None);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+const TWO_ROUTES: &str = "  - { path: /v1/messages, platform: generic, upstream: assistant }\n  - { path: /v1/chat, platform: generic, upstream: assistant }\n";
+
+/// `check` reports every error of every policy file, each on its own line,
+/// and exits non-zero.
+#[test]
+fn check_reports_every_error_in_every_file() {
+    let abac = "policies:\n  - { id: a, effect: Allow, resources: ['/v1/**'], actions: [forward], conditions: { ipRnage: 10.0.0.0/8 } }\n  - { id: b, effect: Alow, resources: ['/v1/**'], actions: [forward] }\n  - { id: c, effect: Allow, resources: ['/v1/**'], actions: [forward], conditions: { time: '9-5' } }\n  - { id: d, effect: Allow, resources: ['/v1/**'], actions: [forward] }\n  - { id: d, effect: Deny, resources: ['/x'], actions: [forward] }\n";
+    let dlp = "patterns:\n  one: { regex: '(', action: mask }\n  two: { regex: 'ok', action: alert }\n  three: { regex: '[', action: block }\n  four: { regx: 'x', action: block }\n";
+    let permissions =
+        "roles:\n  admin: ['command:*']\nsubjects:\n  alice: [admn]\n  bob: [nobody]\n";
+    let (ok, out, err) = check_with(
+        vec![
+            ("security_policy.yaml", SECURITY_POLICY.into()),
+            ("abac.yaml", abac.into()),
+            ("dlp.yaml", dlp.into()),
+            ("permissions.yaml", permissions.into()),
+        ],
+        TWO_ROUTES,
+    );
+    assert!(!ok, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    let expect = [
+        "abac.yaml:2:86: unknown key 'ipRnage' (did you mean 'ipRange'?)",
+        "abac.yaml:3:22: unknown value 'Alow' (did you mean 'Allow'?)",
+        "abac.yaml:4:92: invalid time window '9-5'",
+        "abac.yaml:6:7: duplicate rule id 'd'",
+        "dlp.yaml:2:3: pattern 'one': invalid regex: unclosed group (column 1)",
+        "dlp.yaml:4:3: pattern 'three': invalid regex: unclosed character class (column 1)",
+        "dlp.yaml:5:11: unknown key 'regx' (did you mean 'regex'?)",
+        "permissions.yaml:4:3: subject 'alice' has undeclared role 'admn' (did you mean 'admin'?)",
+        "permissions.yaml:5:3: subject 'bob' has undeclared role 'nobody'",
+    ];
+    for want in expect {
+        assert!(
+            lines.iter().any(|l| l.contains(want)),
+            "missing {want:?} in:\n{err}"
+        );
+    }
+    // One diagnostic per line, nothing else.
+    assert_eq!(lines.len(), expect.len(), "{err}");
+}
+
+/// Route coverage: a resource glob that matches no route is a warning (exit
+/// 0); a rule that can never apply is an error; no Allow for `forward` on
+/// any route is a warning naming the file.
+#[test]
+fn check_flags_globs_that_match_no_route() {
+    let security = ("security_policy.yaml", SECURITY_POLICY.to_string());
+    let typo = "policies:\n  - id: api\n    effect: Allow\n    resources: [\"v1/messages\", \"/v1/chat\"]\n    actions: [forward]\n";
+    let (ok, out, err) = check_with(
+        vec![security.clone(), ("abac.yaml", typo.into())],
+        TWO_ROUTES,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("ok: ") && out.contains("; 2 warning(s)"),
+        "{out}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].ends_with("policies/abac.yaml:4:17: warning: resource 'v1/messages' matches no route (routes: /v1/messages, /v1/chat); did you mean '/v1/messages'?"),
+        "{err}"
+    );
+    assert!(
+        lines[1].ends_with("policies/abac.yaml: warning: no Allow rule can allow 'forward' on route '/v1/messages': every message on it will be denied"),
+        "{err}"
+    );
+
+    let dead =
+        "policies:\n  - { id: api, effect: Allow, resources: [v1/messages], actions: [forward] }\n";
+    let (ok, out, err) = check_with(
+        vec![security.clone(), ("abac.yaml", dead.into())],
+        TWO_ROUTES,
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("abac.yaml:2:43: resource 'v1/messages' can match no route path (route paths start with '/'), so rule 'api' never applies"),
+        "{err}"
+    );
+    assert!(
+        err.contains("abac.yaml: warning: no Allow rule can allow 'forward' on any route (routes: /v1/messages, /v1/chat): every message will be denied; add one to "),
+        "{err}"
+    );
+
+    // A bare "*" means every route: nothing to say.
+    let star = "policies:\n  - { id: all, effect: Allow, resources: ['*'], actions: [forward] }\n";
+    let (ok, out, err) = check_with(vec![security, ("abac.yaml", star.into())], TWO_ROUTES);
+    assert!(ok && err.is_empty(), "{err}");
+    assert!(!out.contains("warning"), "{out}");
+}

@@ -107,6 +107,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &h,
         body: &body,
         now,
+        bearer: None,
     };
     drive(adapter, &req);
     if let Ok(v) = serde_json::from_slice(inp.body) {

@@ -126,6 +126,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &h,
         body: &body,
         now,
+        bearer: None,
     };
     if let Some(Inbound::Message(_)) = drive(adapter, &req) {
         for text in [tricky_text(), "", "]]>"] {

@@ -4,7 +4,9 @@
 //! The schema is strict (unknown keys are errors) because a typo in an edge
 //! gateway's config is a security hole, not a style issue. Everything is
 //! checked at load time, so `moltgate check` and `moltgate run` refuse the
-//! same files with the same `file:line:col` messages.
+//! same files with the same `file:line:col` messages, every problem of the
+//! file at once (a YAML syntax or schema error stops the reading, so it is
+//! reported alone).
 
 pub mod yaml;
 
@@ -551,13 +553,15 @@ impl Config {
     }
 
     /// Checks what types cannot: references, addresses, platform secrets.
+    /// Every problem is reported, not only the first.
     fn validate(&self, text: &str) -> Result<(), FileError> {
         let at = |needle: &str, msg: String| {
             FileError::at(&self.source, yaml::locate(text, needle), msg)
         };
+        let mut errors = Vec::new();
         for raw in [&self.listen.public.address, &self.listen.admin.address] {
             if raw.parse::<SocketAddr>().is_err() {
-                return Err(at(
+                errors.push(at(
                     raw,
                     format!(
                         "invalid listen address '{raw}'; expected host:port, like 127.0.0.1:8443"
@@ -566,79 +570,111 @@ impl Config {
             }
         }
         for (name, up) in &self.upstreams {
-            if up.nodes.is_empty() {
-                return Err(at(
-                    &format!("{name}:"),
-                    format!("upstream '{name}' has no nodes"),
-                ));
-            }
-            for node in &up.nodes {
-                let embedded = node.0 == EMBEDDED_NODE;
-                if embedded && up.kind == UpstreamKind::Http {
-                    return Err(at(
-                        node,
-                        format!("upstream '{name}': node 'embedded' is a gRPC assistant; kind must be grpc"),
-                    ));
-                }
-                if !embedded
-                    && node
-                        .rsplit_once(':')
-                        .and_then(|(_, p)| p.parse::<u16>().ok())
-                        .is_none()
-                {
-                    return Err(at(
-                        node,
-                        format!("upstream '{name}': node '{node}' must be host:port or 'embedded'"),
-                    ));
-                }
-            }
+            errors.extend(check_upstream(name, up).into_iter().map(|(node, msg)| {
+                let pos = match node {
+                    Some(node) => yaml::locate_after_key(text, name, &node),
+                    None => yaml::locate_key(text, name),
+                };
+                FileError::at(&self.source, pos, msg)
+            }));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: Vec<&str> = Vec::new();
         for route in &self.routes {
-            let path = &route.path.0;
-            if !path.starts_with('/') {
-                return Err(at(path, format!("route path '{path}' must start with '/'")));
+            let path = route.path.0.as_str();
+            let n = seen.iter().filter(|p| **p == path).count();
+            seen.push(path);
+            if n > 0 {
+                let pos = yaml::locate_nth(text, path, n + 1).or_else(|| yaml::locate(text, path));
+                let msg = format!("route path '{path}' is defined twice");
+                errors.push(FileError::at(&self.source, pos, msg));
+                continue;
             }
-            if !seen.insert(path.clone()) {
-                return Err(at(path, format!("route path '{path}' is defined twice")));
-            }
-            let Some(up) = self.upstreams.get(&route.upstream.0) else {
-                let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
-                let hint = yaml::did_you_mean(&route.upstream, known.iter().copied())
-                    .map(|s| format!(" (did you mean '{s}'?)"))
-                    .unwrap_or_default();
-                return Err(at(
-                    &route.upstream,
-                    format!(
-                        "route '{path}' names unknown upstream '{}'{hint}; defined: {}",
-                        route.upstream,
-                        known.join(", ")
-                    ),
-                ));
-            };
-            let want = match route.mode {
-                RouteMode::Translate => UpstreamKind::Grpc,
-                RouteMode::Passthrough => UpstreamKind::Http,
-            };
-            if up.kind != want {
-                return Err(at(
-                    path,
-                    format!(
-                        "route '{path}' in {:?} mode needs a {:?} upstream, but '{}' is {:?}",
-                        route.mode, want, route.upstream, up.kind
-                    )
-                    .to_lowercase(),
-                ));
-            }
-            if route.mode == RouteMode::Passthrough && route.platform == PlatformKind::Generic {
-                return Err(at(
-                    path,
-                    format!("route '{path}': passthrough needs a chat platform, not generic"),
-                ));
-            }
+            errors.extend(
+                self.check_route(route)
+                    .map(|(needle, msg)| at(&needle, msg)),
+            );
         }
-        Ok(())
+        FileError::sort_by_position(&mut errors);
+        FileError::check(errors)
     }
+
+    /// A route's own problems, as (text to locate, message).
+    fn check_route(&self, route: &RouteConfig) -> Option<(String, String)> {
+        let path = &route.path.0;
+        if !path.starts_with('/') {
+            return Some((
+                path.clone(),
+                format!("route path '{path}' must start with '/'"),
+            ));
+        }
+        let Some(up) = self.upstreams.get(&route.upstream.0) else {
+            let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+            let hint = yaml::did_you_mean(&route.upstream, known.iter().copied())
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_default();
+            return Some((
+                route.upstream.0.clone(),
+                format!(
+                    "route '{path}' names unknown upstream '{}'{hint}; defined: {}",
+                    route.upstream,
+                    known.join(", ")
+                ),
+            ));
+        };
+        let want = match route.mode {
+            RouteMode::Translate => UpstreamKind::Grpc,
+            RouteMode::Passthrough => UpstreamKind::Http,
+        };
+        if up.kind != want {
+            return Some((
+                path.clone(),
+                format!(
+                    "route '{path}' in {:?} mode needs a {:?} upstream, but '{}' is {:?}",
+                    route.mode, want, route.upstream, up.kind
+                )
+                .to_lowercase(),
+            ));
+        }
+        if route.mode == RouteMode::Passthrough && route.platform == PlatformKind::Generic {
+            return Some((
+                path.clone(),
+                format!("route '{path}': passthrough needs a chat platform, not generic"),
+            ));
+        }
+        None
+    }
+}
+
+/// An upstream's problems, as (the node at fault, if one; message): it needs
+/// nodes, each `host:port` or (for gRPC) `embedded`.
+fn check_upstream(name: &str, up: &UpstreamConfig) -> Vec<(Option<String>, String)> {
+    if up.nodes.is_empty() {
+        return vec![(None, format!("upstream '{name}' has no nodes"))];
+    }
+    let mut out = Vec::new();
+    for node in &up.nodes {
+        let embedded = node.0 == EMBEDDED_NODE;
+        if embedded && up.kind == UpstreamKind::Http {
+            out.push((
+                Some(node.0.clone()),
+                format!(
+                    "upstream '{name}': node 'embedded' is a gRPC assistant; kind must be grpc"
+                ),
+            ));
+        }
+        if !embedded
+            && node
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
+            out.push((
+                Some(node.0.clone()),
+                format!("upstream '{name}': node '{node}' must be host:port or 'embedded'"),
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -691,6 +727,25 @@ mod tests {
         .unwrap_err();
         assert_eq!((e.line, e.column), (Some(7), Some(56)), "{e}");
         assert!(e.message.contains("did you mean 'assistant'"), "{e}");
+    }
+
+    /// Every route and upstream problem is reported at once, in file order.
+    #[test]
+    fn every_error_is_reported() {
+        let e = parse(&format!(
+            "{MIN}upstreams:\n  a: {{ kind: grpc, nodes: [embedded] }}\n  b: {{ kind: http, nodes: [embedded, nowhere] }}\n  c: {{ kind: grpc, nodes: [] }}\nroutes:\n  - {{ path: x, platform: generic, upstream: a }}\n  - {{ path: /y, platform: generic, upstream: asistant }}\n  - {{ path: /y, platform: generic, upstream: a }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "moltgate.yaml:6:28: upstream 'b': node 'embedded' is a gRPC assistant; kind must be grpc
+moltgate.yaml:6:38: upstream 'b': node 'nowhere' must be host:port or 'embedded'
+moltgate.yaml:7:3: upstream 'c' has no nodes
+moltgate.yaml:9:13: route path 'x' must start with '/'
+moltgate.yaml:10:46: route '/y' names unknown upstream 'asistant'; defined: a, b, c
+moltgate.yaml:11:13: route path '/y' is defined twice"
+        );
+        assert_eq!(e.count(), 6);
     }
 
     #[test]

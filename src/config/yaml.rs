@@ -5,15 +5,26 @@
 //! environment, durations read like `30s`, and every error names
 //! `file:line:col`, says what was expected, and suggests the closest known
 //! key for a typo (`ipRnage` → `did you mean ipRange?`).
+//!
+//! Like a compiler, a check reports every error it can find, not only the
+//! first: [`FileError`] carries the further diagnostics of the same check, and
+//! [`parse_all`] keeps reading after an error in one item of an [`Items`] list
+//! (or any list built on [`RecoverableList`]).
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::{DeserializeOwned, Deserializer};
+use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// An error in a file an operator wrote, located where it can be fixed.
+///
+/// One check may find several: the first is this value's own fields, the rest
+/// are in [`FileError::more`], and `Display` prints each on its own line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct FileError {
     /// The file, as the operator named it.
@@ -24,30 +35,26 @@ pub struct FileError {
     pub column: Option<usize>,
     /// What is wrong and what was expected.
     pub message: String,
+    /// Further errors found by the same check, in the order they are shown.
+    /// Each has an empty `more` of its own.
+    pub more: Vec<FileError>,
 }
 
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(col) = self.column {
-                write!(f, ":{col}")?;
-            }
+        self.fmt_one(f)?;
+        for e in &self.more {
+            f.write_str("\n")?;
+            e.fmt_one(f)?;
         }
-        write!(f, ": {}", self.message)
+        Ok(())
     }
 }
 
 impl FileError {
     /// An error about the file as a whole (unreadable, semantic check).
     pub fn whole(path: &Path, message: impl Into<String>) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            line: None,
-            column: None,
-            message: message.into(),
-        }
+        Self::at(path, None, message)
     }
 
     /// An error at a position found by [`locate`] (falls back to the whole file).
@@ -57,7 +64,56 @@ impl FileError {
             line: pos.map(|p| p.0),
             column: pos.map(|p| p.1),
             message: message.into(),
+            more: Vec::new(),
         }
+    }
+
+    /// Joins every diagnostic of `errors` (flattened, in order) into one
+    /// error; `None` when there are none.
+    pub fn collect(errors: impl IntoIterator<Item = FileError>) -> Option<FileError> {
+        let mut all = errors.into_iter().flat_map(FileError::split);
+        let mut head = all.next()?;
+        head.more = all.collect();
+        Some(head)
+    }
+
+    /// `Ok(())` when `errors` is empty, else all of them as one error.
+    pub fn check(errors: Vec<FileError>) -> Result<(), FileError> {
+        match FileError::collect(errors) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Every diagnostic on its own, the first one first.
+    pub fn split(mut self) -> Vec<FileError> {
+        let more = std::mem::take(&mut self.more);
+        let mut out = Vec::with_capacity(more.len() + 1);
+        out.push(self);
+        out.extend(more.into_iter().flat_map(FileError::split));
+        out
+    }
+
+    /// How many diagnostics this error carries (at least one).
+    pub fn count(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    /// Sorts diagnostics of one file by position, those without one last,
+    /// as a compiler lists them.
+    pub fn sort_by_position(errors: &mut [FileError]) {
+        errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+    }
+
+    fn fmt_one(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
     }
 }
 
@@ -71,24 +127,226 @@ pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
 /// Parses YAML `text` (read from `path`) into `T`.
 pub fn parse_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
     serde_yaml::from_str(text).map_err(|e| {
-        let loc = e.location();
-        FileError {
-            path: path.to_path_buf(),
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            message: explain(&e.to_string()),
-        }
+        let pos = e.location().map(|l| (l.line(), l.column()));
+        FileError::at(path, pos, explain(&e.to_string()))
     })
+}
+
+/// At most this many errors are collected from one file.
+const MAX_ERRORS: usize = 50;
+
+/// Parses `text` like [`parse_str`], but goes on after an error inside an
+/// item of a recoverable list ([`Items`], [`RecoverableList`]): that item is
+/// reported, skipped, and the file parsed again, until it parses or an error
+/// lies outside every item. Returns the value without the failed items (for
+/// further checks of the rest) and every error, in the order found.
+pub fn parse_all<T: DeserializeOwned>(path: &Path, text: &str) -> (Option<T>, Vec<FileError>) {
+    let mut skip: HashSet<(usize, usize)> = HashSet::new();
+    let mut errors: Vec<FileError> = Vec::new();
+    loop {
+        let (result, failed_in) = {
+            let _pass = Pass::start(skip.clone());
+            let result = parse_str::<T>(path, text);
+            (
+                result,
+                RECOVERY.with(|r| r.borrow().as_ref()?.stack.last().copied()),
+            )
+        };
+        let e = match result {
+            Ok(v) => return (Some(v), errors),
+            Err(e) => e,
+        };
+        let repeated = errors.contains(&e);
+        if !repeated {
+            errors.push(e);
+        }
+        match failed_in {
+            Some(item) if !repeated && errors.len() < MAX_ERRORS && skip.insert(item) => {}
+            _ => return (None, errors),
+        }
+    }
+}
+
+/// What [`parse_all`] tells the recoverable lists during one pass.
+#[derive(Debug, Default)]
+struct Recovery {
+    /// (list, item) pairs to read past without deserializing.
+    skip: HashSet<(usize, usize)>,
+    /// Lists begun so far in this pass; a pass begins them in the same order.
+    lists: usize,
+    /// The items being read, innermost last.
+    stack: Vec<(usize, usize)>,
+}
+
+thread_local! {
+    static RECOVERY: RefCell<Option<Recovery>> = const { RefCell::new(None) };
+}
+
+/// One pass of [`parse_all`]; clears the thread's recovery state when dropped.
+struct Pass;
+
+impl Pass {
+    fn start(skip: HashSet<(usize, usize)>) -> Pass {
+        RECOVERY.with(|r| {
+            *r.borrow_mut() = Some(Recovery {
+                skip,
+                ..Recovery::default()
+            })
+        });
+        Pass
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        RECOVERY.with(|r| *r.borrow_mut() = None);
+    }
+}
+
+/// A list (YAML sequence or map) whose items [`parse_all`] may skip. Its
+/// deserializer calls [`enter`](Self::enter) before each item and
+/// [`leave`](Self::leave) after it, and reads an item it
+/// [`skips`](Self::skips) as `IgnoredAny`. Outside `parse_all` it does nothing.
+#[derive(Debug)]
+pub struct RecoverableList(Option<usize>);
+
+impl RecoverableList {
+    /// Registers a list in the current pass.
+    pub fn begin() -> Self {
+        RecoverableList(RECOVERY.with(|r| {
+            let mut r = r.borrow_mut();
+            let state = r.as_mut()?;
+            state.lists += 1;
+            Some(state.lists - 1)
+        }))
+    }
+
+    /// Whether item `i` failed in an earlier pass and must be read past.
+    pub fn skips(&self, i: usize) -> bool {
+        self.0.is_some_and(|list| {
+            RECOVERY.with(|r| {
+                r.borrow()
+                    .as_ref()
+                    .is_some_and(|s| s.skip.contains(&(list, i)))
+            })
+        })
+    }
+
+    /// Item `i` is being read: an error before [`leave`](Self::leave) belongs to it.
+    pub fn enter(&self, i: usize) {
+        if let Some(list) = self.0 {
+            RECOVERY.with(|r| {
+                if let Some(s) = r.borrow_mut().as_mut() {
+                    s.stack.push((list, i));
+                }
+            });
+        }
+    }
+
+    /// The item begun by the last [`enter`](Self::enter) was read without error.
+    pub fn leave(&self) {
+        if self.0.is_some() {
+            RECOVERY.with(|r| {
+                if let Some(s) = r.borrow_mut().as_mut() {
+                    s.stack.pop();
+                }
+            });
+        }
+    }
+}
+
+/// A YAML sequence of `T` that [`parse_all`] reads item by item: an item with
+/// an error is reported and skipped, and the items after it are still read.
+/// With [`parse_str`] it is a plain `Vec<T>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Items<T>(pub Vec<T>);
+
+impl<T> Default for Items<T> {
+    fn default() -> Self {
+        Items(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Items<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Items<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items<T>, A::Error> {
+                let list = RecoverableList::begin();
+                let mut out = Vec::new();
+                for i in 0.. {
+                    if list.skips(i) {
+                        if seq.next_element::<IgnoredAny>()?.is_none() {
+                            break;
+                        }
+                        continue;
+                    }
+                    list.enter(i);
+                    let item = seq.next_element::<T>()?;
+                    list.leave();
+                    match item {
+                        Some(v) => out.push(v),
+                        None => break,
+                    }
+                }
+                Ok(Items(out))
+            }
+        }
+        d.deserialize_seq(V(PhantomData))
+    }
 }
 
 /// Finds the 1-based line and column of the first occurrence of `needle` in
 /// `text`, for semantic errors found after parsing.
 pub fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
-    let offset = text.find(needle)?;
+    text.find(needle).map(|offset| position(text, offset))
+}
+
+/// Byte offset of the map key `key:` that starts a line (after indentation).
+fn key_offset(text: &str, key: &str) -> Option<usize> {
+    let pattern = format!("{key}:");
+    text.match_indices(&pattern).map(|(i, _)| i).find(|&i| {
+        let line_start = text[..i].rfind('\n').map_or(0, |nl| nl + 1);
+        text[line_start..i].trim().is_empty()
+    })
+}
+
+/// Position of the map key `key:` that starts a line (after indentation),
+/// else of the first `key:` anywhere.
+pub fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    match key_offset(text, key) {
+        Some(i) => Some(position(text, i)),
+        None => locate(text, &format!("{key}:")),
+    }
+}
+
+/// Like [`locate`], but the first `needle` after the map key `key:` that
+/// starts a line (for a value inside one section), falling back to the
+/// first `needle` anywhere.
+pub fn locate_after_key(text: &str, key: &str, needle: &str) -> Option<(usize, usize)> {
+    let from = key_offset(text, key).map_or(0, |i| i + key.len() + 1);
+    match text[from..].find(needle) {
+        Some(i) => Some(position(text, from + i)),
+        None => locate(text, needle),
+    }
+}
+
+/// Like [`locate`], but the `n`th (1-based) occurrence of `needle`.
+pub fn locate_nth(text: &str, needle: &str, n: usize) -> Option<(usize, usize)> {
+    let (offset, _) = text.match_indices(needle).nth(n.checked_sub(1)?)?;
+    Some(position(text, offset))
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-    Some((line, column))
+    (line, column)
 }
 
 /// Rewrites serde_yaml's message: drops its own position suffix (we print
@@ -98,7 +356,7 @@ fn explain(raw: &str) -> String {
         Some(i) => &raw[..i],
         None => raw,
     };
-    let msg = msg.trim_end_matches(',');
+    let msg = strip_yaml_path(msg.trim_end_matches(','));
     for (marker, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
         // serde_yaml prefixes nested errors with their path (`routes[0].secrets: `).
         if let Some(rest) = msg.find(marker).map(|i| &msg[i + marker.len()..]) {
@@ -116,6 +374,25 @@ fn explain(raw: &str) -> String {
         }
     }
     msg.to_string()
+}
+
+/// Drops the path serde_yaml puts in front of a nested error
+/// (`policies[2].conditions.time: invalid ...`): `file:line:col` already
+/// says where it is.
+fn strip_yaml_path(msg: &str) -> &str {
+    let Some((path, rest)) = msg.split_once(": ") else {
+        return msg;
+    };
+    let is_path = !path.is_empty()
+        && (path.contains('.') || path.contains('['))
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.[]<>".contains(c));
+    if is_path && !rest.is_empty() {
+        rest
+    } else {
+        msg
+    }
 }
 
 /// Extracts the names from serde's ", expected one of `a`, `b`" tail.
@@ -297,7 +574,6 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Sample {
-        #[allow(dead_code)]
         name: EnvString,
         #[serde(default, rename = "ipRange")]
         #[allow(dead_code)]
@@ -384,6 +660,63 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
         assert!(e.message.contains("did you mean 'ipRange'"), "{e}");
+    }
+
+    #[test]
+    fn nested_error_drops_the_yaml_path() {
+        assert_eq!(
+            strip_yaml_path("policies[2].conditions.time: invalid time window '9-5'"),
+            "invalid time window '9-5'"
+        );
+        assert_eq!(
+            strip_yaml_path("routes[0]: missing field `path`"),
+            "missing field `path`"
+        );
+        assert_eq!(
+            strip_yaml_path("invalid type: string"),
+            "invalid type: string"
+        );
+        assert_eq!(strip_yaml_path("name: x"), "name: x");
+    }
+
+    /// `parse_all` reports an error in each bad item and keeps the good ones.
+    #[test]
+    fn parse_all_goes_on_after_an_error_in_an_item() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            items: Items<Sample>,
+        }
+        let text = "items:\n  - name: a\n  - name: b\n    ipRnage: x\n  - { name: c, window: forever }\n  - name: d\n";
+        let (file, errors) = parse_all::<File>(Path::new("f.yaml"), text);
+        let names: Vec<String> = file
+            .map(|f| f.items.0.into_iter().map(|s| s.name.0).collect())
+            .unwrap_or_default();
+        assert_eq!(names, ["a", "d"]);
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("f.yaml:4:5: unknown key 'ipRnage'"),
+            "{shown:?}"
+        );
+        assert!(shown[1].starts_with("f.yaml:5:"), "{shown:?}");
+        assert!(shown[1].contains("invalid duration 'forever'"), "{shown:?}");
+        // An error outside every item ends the report; plain parsing is unchanged.
+        let (file, errors) = parse_all::<File>(Path::new("f.yaml"), "itms: []\n");
+        assert!(file.is_none() && errors.len() == 1);
+        assert!(parse_str::<File>(Path::new("f.yaml"), text).is_err());
+        let joined = FileError::collect(errors.into_iter().chain(shown_errors()));
+        let joined = joined.unwrap_or_else(|| panic!("no errors"));
+        assert_eq!(joined.count(), 3);
+        assert_eq!(joined.to_string().lines().count(), 3);
+        assert_eq!(joined.clone().split().len(), 3);
+    }
+
+    fn shown_errors() -> Vec<FileError> {
+        vec![
+            FileError::whole(Path::new("a"), "one"),
+            FileError::at(Path::new("b"), Some((1, 2)), "two"),
+        ]
     }
 
     #[test]

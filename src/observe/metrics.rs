@@ -132,34 +132,6 @@ impl Default for Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_prefixed_names() {
-        let m = Metrics::new();
-        m.requests
-            .with_label_values(&["/v1/messages", "generic", "answered"])
-            .inc();
-        m.message_latency
-            .with_label_values(&["generic"])
-            .observe(0.01);
-        let text = m.render();
-        assert!(text.contains("moltgate_requests_total{outcome=\"answered\",platform=\"generic\",route=\"/v1/messages\"} 1"), "{text}");
-        assert!(
-            text.contains("moltgate_message_latency_seconds_bucket"),
-            "{text}"
-        );
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
-            assert!(line.starts_with("moltgate_"), "{line}");
-        }
-    }
-}
-
 /// Every counter: name (after `moltgate_`), help, labels; in the order
 /// `Metrics::new` destructures them.
 type CounterDef = (&'static str, &'static str, &'static [&'static str]);
@@ -240,4 +212,32 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         registry,
         IntCounterVec::new(Opts::new(format!("moltgate_{name}"), help), labels),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names() {
+        let m = Metrics::new();
+        m.requests
+            .with_label_values(&["/v1/messages", "generic", "answered"])
+            .inc();
+        m.message_latency
+            .with_label_values(&["generic"])
+            .observe(0.01);
+        let text = m.render();
+        assert!(text.contains("moltgate_requests_total{outcome=\"answered\",platform=\"generic\",route=\"/v1/messages\"} 1"), "{text}");
+        assert!(
+            text.contains("moltgate_message_latency_seconds_bucket"),
+            "{text}"
+        );
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(line.starts_with("moltgate_"), "{line}");
+        }
+    }
 }

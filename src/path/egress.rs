@@ -28,14 +28,24 @@ pub fn scan_reply(policies: &PolicySet, text: &str, found: &mut Vec<Found>) -> S
     scan.masked.unwrap_or_else(|| text.to_string())
 }
 
-/// Scans every text of a bot's answer in place. `Err(())`: a `block` rule
-/// matched, so the answer must be withheld. `Ok(true)`: something was masked.
+/// What egress DLP made of a bot's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerScan {
+    /// Nothing to change: forward the answer's bytes as they are.
+    Clean,
+    /// Something was masked in place: the answer must be re-serialised.
+    Masked,
+    /// A `block` rule matched, or the answer could not be walked: withhold it.
+    Withheld,
+}
+
+/// Scans every text of a bot's answer in place.
 pub fn scan_answer(
     policies: &PolicySet,
     answer: &mut Payload,
     opaque: &[&str],
     found: &mut Vec<Found>,
-) -> Result<bool, ()> {
+) -> AnswerScan {
     let mut blocked = false;
     let mut masked = false;
     let walked = answer.texts_mut(opaque, &mut |text: &mut String| {
@@ -54,9 +64,12 @@ pub fn scan_answer(
         }
     });
     if walked.is_err() || blocked {
-        return Err(());
+        AnswerScan::Withheld
+    } else if masked {
+        AnswerScan::Masked
+    } else {
+        AnswerScan::Clean
     }
-    Ok(masked)
 }
 
 /// Counts DLP findings made outside a request's record (deferred replies).

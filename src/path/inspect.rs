@@ -161,7 +161,8 @@ mod tests {
             text: "hello".into(),
             ..Default::default()
         };
-        msg.attributes.insert("title".into(), "TOPSECRET plans".into());
+        msg.attributes
+            .insert("title".into(), "TOPSECRET plans".into());
         let out = message(&p, &mut msg);
         assert!(matches!(out.verdict(), Err(Stop::Blocked { .. })));
     }
@@ -176,9 +177,15 @@ mod tests {
         let sealed = sealed.unwrap().expect("masked, so rebuilt");
         let forwarded = String::from_utf8(sealed.body.to_vec()).unwrap();
         assert!(!forwarded.contains(&format!("see {CARD}")), "{forwarded}");
-        assert!(!forwarded.contains(&format!("quoted {CARD}")), "{forwarded}");
+        assert!(
+            !forwarded.contains(&format!("quoted {CARD}")),
+            "{forwarded}"
+        );
         // Ids are not text: an id that looks like a card survives.
-        assert!(forwarded.contains(r#""message_id":"4111111111111111""#), "{forwarded}");
+        assert!(
+            forwarded.contains(r#""message_id":"4111111111111111""#),
+            "{forwarded}"
+        );
         assert_eq!(out.found.len(), 2);
     }
 

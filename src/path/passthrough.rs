@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::answer::Done;
-use super::egress;
+use super::egress::{self, AnswerScan};
 use super::exchange::{Found, IncomingRequest};
 use super::routes::HttpUpstream;
 use super::stop::Stop;
@@ -129,9 +129,9 @@ fn inspect_answer(
         return withheld(status);
     };
     let body = match egress::scan_answer(policies, &mut payload, adapter.opaque_keys(), found) {
-        Err(()) => return withheld(status),
-        Ok(false) => body,
-        Ok(true) => match adapter.seal_answer(&payload, SystemTime::now()) {
+        AnswerScan::Withheld => return withheld(status),
+        AnswerScan::Clean => body,
+        AnswerScan::Masked => match adapter.seal_answer(&payload, SystemTime::now()) {
             Some(sealed) => sealed,
             None => return withheld(status),
         },
@@ -172,7 +172,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_bots_answer_is_masked_before_the_platform_sees_it() {
-        let client = ScriptedBot::answering(200, json!({"method": "sendMessage", "text": format!("card {CARD}")}));
+        let client = ScriptedBot::answering(
+            200,
+            json!({"method": "sendMessage", "text": format!("card {CARD}")}),
+        );
         let (out, found) = send(&client).await;
         let (peer, done) = out.unwrap();
         assert_eq!(peer, "127.0.0.1:9");

@@ -497,6 +497,10 @@ pub trait PlatformAdapter: Send + Sync {
     /// message's text, re-signed or re-encrypted with the route's secrets.
     /// `None` when the scheme cannot be re-signed (Discord): the pipeline then
     /// refuses rather than pass unmasked content.
+    ///
+    /// Superseded by [`PlatformAdapter::payload`] +
+    /// [`PlatformAdapter::reseal_payload`] (which rewrite every text of the
+    /// body, not only the message's); kept while `pipeline.rs` calls it.
     fn reseal(
         &self,
         req: &WebhookRequest<'_>,

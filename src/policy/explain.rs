@@ -1,5 +1,6 @@
 //! The pure core of `moltgate explain`: read a request's attributes from
-//! JSON, decide it with ABAC + RBAC, and say which rule decided and why.
+//! JSON, decide it with [`authorize::authorize`] (the function the gateway
+//! calls), and say which rule decided and why.
 //!
 //! It exists so operators can test a policy edit without sending traffic.
 //! The CLI glue only reads files, calls [`parse_request`], [`explain`] and
@@ -35,14 +36,26 @@
 //! `rules:` lists, in file order, every rule whose resource and action match;
 //! when there is none the line reads `rules: (none match this resource and action)`.
 //! The `rbac:` forms are `not needed (not a command)`,
-//! `not checked (ABAC denied)`, `no role grants command:<name>` and
+//! `not checked (ABAC denied)`, `not checked (<action> denied)` (an earlier
+//! action was denied, so the command was not evaluated),
+//! `no role grants command:<name>` and
 //! `command:<name> granted by role <role> (permission <pattern>)`.
+//!
+//! A request whose `command` adds a second action (see
+//! [`crate::policy::authorize`]) gets, after `request:`, the line
+//! `steps: <action>=allow|deny (<decided by>), ...` (`<action>=not evaluated`
+//! after a denial), and one block per action, `rules (<action>):`, instead of
+//! `rules:`.
 //!
 //! # JSON output ([`render_json`]): one line, keys in this order
 //! `{"decision":"allow"|"deny","decided_by":"...","confirm":bool,
 //!   "rbac":null|{"permission":"command:x","granted":bool,"role":null|"..","pattern":null|".."},
 //!   "roles":[...],"rules":[{"id":"..","effect":"allow"|"deny","confirm":bool,"matched":bool,"failed":null|".."}]}`
-//! where `rbac` is `null` unless the action is a command that ABAC allowed.
+//! where `rbac` is `null` unless the request's command action was evaluated
+//! and ABAC allowed it, and `rules` are those of the request's own action.
+//! When the command adds a second action, a last key `"steps"` lists every
+//! action: `[{"action":"..","decision":"allow"|"deny"|null,"decided_by":".."|null,
+//! "confirm":bool,"rules":[...]}]` (`null` for an action not evaluated).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -54,6 +67,7 @@ use crate::config::yaml::{did_you_mean, FileError};
 use crate::policy::abac::{
     AbacPolicy, AccessRequest, DecidedBy, Decision, Effect, Environment, RuleTrace, Subject,
 };
+use crate::policy::authorize::{self, Authorization};
 use crate::policy::rbac::Permissions;
 
 /// A decision with everything that explains it.
@@ -61,12 +75,26 @@ use crate::policy::rbac::Permissions;
 pub struct Explanation {
     /// The request as evaluated (with defaults filled in).
     pub request: AccessRequest,
-    /// The ABAC + RBAC decision.
-    pub decision: Decision,
-    /// The subject's effective roles (JWT ∪ permissions.yaml).
-    pub roles: Vec<String>,
-    /// Rules matching the resource and action, in file order, with their outcome.
-    pub rules: Vec<RuleTrace>,
+    /// The decision, from [`authorize::authorize`]: what the gateway decides.
+    pub authorization: Authorization,
+    /// Every action the request implies, in order; those past a denial are
+    /// not evaluated.
+    pub actions: Vec<String>,
+    /// For each evaluated action (as in `authorization.steps`), the rules
+    /// matching its resource and action, in file order, with their outcome.
+    pub rules: Vec<Vec<RuleTrace>>,
+}
+
+impl Explanation {
+    /// The decision of the `i`th action, when it was evaluated.
+    fn step(&self, i: usize) -> Option<&Decision> {
+        self.authorization.steps.get(i).map(|(_, d)| d)
+    }
+
+    /// Whether the request implies more than one action.
+    fn multi(&self) -> bool {
+        self.actions.len() > 1
+    }
 }
 
 /// Parses an explain request; `now` is used when `environment.time` is absent.
@@ -116,26 +144,55 @@ pub fn parse_request(
     })
 }
 
-/// Decides `req` and gathers the detail behind the decision.
+/// The request file that [`parse_request`] reads back as `req`: every
+/// attribute written out (for tests, and to turn a logged request into a file).
+pub fn request_json(req: &AccessRequest) -> String {
+    let s = &req.subject;
+    serde_json::json!({
+        "subject": {
+            "id": s.id, "person": s.person, "roles": s.roles, "tenant": s.tenant,
+            "device_type": s.device_type, "platform": s.platform, "claims": s.claims,
+        },
+        "resource": req.resource,
+        "action": req.action,
+        "chat_type": req.chat_type,
+        "command": req.command,
+        "environment": {
+            "ip": req.environment.ip.map(|ip| ip.to_string()),
+            "time": req.environment.time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        },
+    })
+    .to_string()
+}
+
+/// Decides `req` with [`authorize::authorize`] and gathers the detail
+/// behind the decision.
 pub fn explain(abac: &AbacPolicy, perms: &Permissions, req: AccessRequest) -> Explanation {
-    let decision = abac.decide(&req, perms);
-    let rules = abac.trace(&req, perms);
-    let roles = perms.effective_roles(&req.subject);
+    let authorization = authorize::authorize(abac, perms, &req);
+    let rules = authorization
+        .steps
+        .iter()
+        .map(|(action, _)| abac.trace_as(&req, action, perms))
+        .collect();
     Explanation {
+        actions: authorize::actions(&req),
         request: req,
-        decision,
-        roles,
+        authorization,
         rules,
     }
 }
 
-/// The `rbac:` line's text.
+/// The `rbac:` line's text, about the request's (last) command action.
 fn rbac_text(x: &Explanation) -> String {
-    let action = &x.request.action;
-    if !action.starts_with("command:") {
+    let Some(i) = x.actions.iter().rposition(|a| a.starts_with("command:")) else {
         return "not needed (not a command)".into();
-    }
-    match (&x.decision.decided_by, &x.decision.grant) {
+    };
+    let action = &x.actions[i];
+    let Some(d) = x.step(i) else {
+        let denied = x.authorization.steps.last().map_or("", |(a, _)| a.as_str());
+        return format!("not checked ({denied} denied)");
+    };
+    match (&d.decided_by, &d.grant) {
         (DecidedBy::NoRoleGrants { permission }, _) => format!("no role grants {permission}"),
         (_, Some(g)) => format!(
             "{action} granted by role {} (permission {})",
@@ -145,25 +202,35 @@ fn rbac_text(x: &Explanation) -> String {
     }
 }
 
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn allow_deny(b: bool) -> &'static str {
+    if b {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
 /// Renders the documented text form (ends with a newline).
 pub fn render_text(x: &Explanation) -> String {
-    let d = &x.decision;
+    let a = &x.authorization;
     let r = &x.request;
     let mut out = String::new();
-    out.push_str(&format!(
-        "decision: {}\n",
-        if d.allowed { "allow" } else { "deny" }
-    ));
-    out.push_str(&format!("decided_by: {}\n", d.decided_by));
-    out.push_str(&format!(
-        "confirm: {}\n",
-        if d.confirm { "yes" } else { "no" }
-    ));
+    out.push_str(&format!("decision: {}\n", allow_deny(a.allowed)));
+    out.push_str(&format!("decided_by: {}\n", a.decided_by));
+    out.push_str(&format!("confirm: {}\n", yes_no(a.confirm)));
     out.push_str(&format!("rbac: {}\n", rbac_text(x)));
-    let roles = if x.roles.is_empty() {
+    let roles = if a.roles.is_empty() {
         "(none)".to_string()
     } else {
-        x.roles.join(", ")
+        a.roles.join(", ")
     };
     out.push_str(&format!("roles: {roles}\n"));
     out.push_str(&format!(
@@ -182,20 +249,53 @@ pub fn render_text(x: &Explanation) -> String {
             .time
             .to_rfc3339_opts(SecondsFormat::Secs, true),
     ));
-    if x.rules.is_empty() {
-        out.push_str("rules: (none match this resource and action)\n");
-    } else {
-        out.push_str("rules:\n");
-        for t in &x.rules {
-            let confirm = if t.confirm { ", confirm" } else { "" };
-            let outcome = match &t.failed {
-                None => "matched".to_string(),
-                Some(c) => format!("not matched ({c})"),
-            };
-            out.push_str(&format!("  {} ({}{confirm}): {outcome}\n", t.id, t.effect));
-        }
+    if x.multi() {
+        out.push_str(&format!("steps: {}\n", steps_text(x)));
+    }
+    for (i, action) in x.actions.iter().enumerate() {
+        let label = if x.multi() {
+            format!("rules ({action})")
+        } else {
+            "rules".to_string()
+        };
+        push_rules(&mut out, &label, x.rules.get(i).map(Vec::as_slice));
     }
     out
+}
+
+/// `forward=allow (local_demo), command:reboot=not evaluated`.
+fn steps_text(x: &Explanation) -> String {
+    let parts: Vec<String> = x
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(i, action)| match x.step(i) {
+            Some(d) => format!("{action}={} ({})", allow_deny(d.allowed), d.decided_by),
+            None => format!("{action}=not evaluated"),
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// One `rules:` block; `None` for an action that was not evaluated.
+fn push_rules(out: &mut String, label: &str, rules: Option<&[RuleTrace]>) {
+    let Some(rules) = rules else {
+        out.push_str(&format!("{label}: (not evaluated)\n"));
+        return;
+    };
+    if rules.is_empty() {
+        out.push_str(&format!("{label}: (none match this resource and action)\n"));
+        return;
+    }
+    out.push_str(&format!("{label}:\n"));
+    for t in rules {
+        let confirm = if t.confirm { ", confirm" } else { "" };
+        let outcome = match &t.failed {
+            None => "matched".to_string(),
+            Some(c) => format!("not matched ({c})"),
+        };
+        out.push_str(&format!("  {} ({}{confirm}): {outcome}\n", t.id, t.effect));
+    }
 }
 
 #[derive(Serialize)]
@@ -206,6 +306,8 @@ struct JsonOut<'a> {
     rbac: Option<JsonRbac<'a>>,
     roles: &'a [String],
     rules: Vec<JsonRule<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<JsonStep<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -219,43 +321,75 @@ struct JsonRbac<'a> {
 #[derive(Serialize)]
 struct JsonRule<'a> {
     id: &'a str,
-    effect: String,
+    effect: &'static str,
     confirm: bool,
     matched: bool,
     failed: Option<&'a str>,
 }
 
+#[derive(Serialize)]
+struct JsonStep<'a> {
+    action: &'a str,
+    decision: Option<&'static str>,
+    decided_by: Option<String>,
+    confirm: bool,
+    rules: Vec<JsonRule<'a>>,
+}
+
+fn json_rules(rules: Option<&Vec<RuleTrace>>) -> Vec<JsonRule<'_>> {
+    rules
+        .into_iter()
+        .flatten()
+        .map(|t| JsonRule {
+            id: &t.id,
+            effect: match t.effect {
+                Effect::Allow => "allow",
+                Effect::Deny => "deny",
+            },
+            confirm: t.confirm,
+            matched: t.failed.is_none(),
+            failed: t.failed.as_deref(),
+        })
+        .collect()
+}
+
+/// The `rbac` object: the request's command action, when ABAC allowed it.
+fn json_rbac(x: &Explanation) -> Option<JsonRbac<'_>> {
+    let i = x.actions.iter().rposition(|a| a.starts_with("command:"))?;
+    let d = x.step(i)?;
+    let checked = d.allowed || matches!(d.decided_by, DecidedBy::NoRoleGrants { .. });
+    checked.then(|| JsonRbac {
+        permission: &x.actions[i],
+        granted: d.grant.is_some(),
+        role: d.grant.as_ref().map(|g| g.role.as_str()),
+        pattern: d.grant.as_ref().map(|g| g.permission.as_str()),
+    })
+}
+
 /// Renders the documented one-line JSON form (no trailing newline).
 pub fn render_json(x: &Explanation) -> String {
-    let d = &x.decision;
-    let action = x.request.action.as_str();
-    let rbac_checked = action.starts_with("command:")
-        && (d.allowed || matches!(d.decided_by, DecidedBy::NoRoleGrants { .. }));
-    let out = JsonOut {
-        decision: if d.allowed { "allow" } else { "deny" },
-        decided_by: d.decided_by.to_string(),
-        confirm: d.confirm,
-        rbac: rbac_checked.then(|| JsonRbac {
-            permission: action,
-            granted: d.grant.is_some(),
-            role: d.grant.as_ref().map(|g| g.role.as_str()),
-            pattern: d.grant.as_ref().map(|g| g.permission.as_str()),
-        }),
-        roles: &x.roles,
-        rules: x
-            .rules
+    let a = &x.authorization;
+    let steps = x.multi().then(|| {
+        x.actions
             .iter()
-            .map(|t| JsonRule {
-                id: &t.id,
-                effect: match t.effect {
-                    Effect::Allow => "allow".into(),
-                    Effect::Deny => "deny".into(),
-                },
-                confirm: t.confirm,
-                matched: t.failed.is_none(),
-                failed: t.failed.as_deref(),
+            .enumerate()
+            .map(|(i, action)| JsonStep {
+                action,
+                decision: x.step(i).map(|d| allow_deny(d.allowed)),
+                decided_by: x.step(i).map(|d| d.decided_by.to_string()),
+                confirm: x.step(i).is_some_and(|d| d.confirm),
+                rules: json_rules(x.rules.get(i)),
             })
-            .collect(),
+            .collect()
+    });
+    let out = JsonOut {
+        decision: allow_deny(a.allowed),
+        decided_by: a.decided_by.to_string(),
+        confirm: a.confirm,
+        rbac: json_rbac(x),
+        roles: &a.roles,
+        rules: json_rules(x.rules.first()),
+        steps,
     };
     // Serializing plain strings and bools cannot fail; keep a fallback anyway.
     serde_json::to_string(&out).unwrap_or_else(|_| "{\"error\":\"cannot render\"}".into())
@@ -278,17 +412,8 @@ fn json_error(path: &Path, e: &serde_json::Error) -> FileError {
             }
         }
     }
-    let (line, column) = if e.line() == 0 {
-        (None, None)
-    } else {
-        (Some(e.line()), Some(e.column()))
-    };
-    FileError {
-        path: path.to_path_buf(),
-        line,
-        column,
-        message,
-    }
+    let pos = (e.line() != 0).then(|| (e.line(), e.column()));
+    FileError::at(path, pos, message)
 }
 
 #[derive(Deserialize)]
@@ -458,12 +583,15 @@ rules: (none match this resource and action)
         let x = run(
             r#"{"subject":{"id":"bob","tenant":"acme","claims":{"department":"sre"},"deviceType":"mobile"},"resource":"/v1/messages","action":"read","environment":{"ip":"10.2.3.4"}}"#,
         );
-        assert!(x.decision.allowed);
-        assert_eq!(x.decision.decided_by.to_string(), "acme_engineering_api");
+        assert!(x.authorization.allowed);
+        assert_eq!(
+            x.authorization.decided_by.to_string(),
+            "acme_engineering_api"
+        );
         let x = run(
             r#"{"subject":{"device_type":"desktop"},"resource":"/api/v1/messages/7","action":"forward","environment":{"ip":"10.0.0.1","time":"2025-03-04T17:59:00+00:00"}}"#,
         );
-        assert_eq!(x.decision.decided_by.to_string(), "msg_routing_policy");
+        assert_eq!(x.authorization.decided_by.to_string(), "msg_routing_policy");
     }
 
     #[test]

@@ -112,7 +112,10 @@ impl JwtError {
     }
 }
 
-/// The authenticated subject, from the token's claims.
+/// The authenticated subject, from the token's claims: the bearer token's
+/// view of who is asking. The gateway copies it into the one authorisation
+/// subject, [`crate::policy::subject::Subject`], which also carries the person,
+/// platform and the claims' JSON values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subject {
     /// `sub`.
@@ -161,99 +164,25 @@ impl JwtVerifier {
         text: &str,
     ) -> Result<Self, FileError> {
         let at = |needle: &str, msg: String| FileError::at(file, locate(text, needle), msg);
-        let algorithms: Vec<Algorithm> = if cfg.algorithms.is_empty() {
-            vec![if cfg.secret.is_some() {
-                Algorithm::HS256
-            } else {
-                Algorithm::RS256
-            }]
-        } else {
-            cfg.algorithms
-                .iter()
-                .map(|a| {
-                    Algorithm::from_str(a).map_err(|_| {
-                        at(
-                            a,
-                            format!("unknown JWT algorithm '{a}'; expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        };
-        let hmac = algorithms
-            .iter()
-            .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
-        let asym = algorithms
-            .iter()
-            .any(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
-        if hmac && asym {
+        let algorithms = algorithms(cfg, &at)?;
+        let hmac = algorithms.iter().any(|a| is_hmac(*a));
+        if hmac && algorithms.iter().any(|a| !is_hmac(*a)) {
             return Err(at(
                 "algorithms",
                 "jwt_validation.algorithms mixes HS* with public-key algorithms; use one family"
                     .into(),
             ));
         }
-        let read = |p: &str| {
-            let path = dir.join(p);
-            std::fs::read(&path).map_err(|e| at(p, format!("cannot read {}: {e}", path.display())))
-        };
         let keys = if hmac {
             match &cfg.secret {
                 Some(s) if !s.is_empty() => Keys::One(DecodingKey::from_secret(s.as_bytes())),
                 _ => Keys::None,
             }
-        } else if let Some(p) = &cfg.public_key {
-            let pem = read(p)?;
-            let alg = algorithms.first().copied().unwrap_or(Algorithm::RS256);
-            let key = match alg {
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                _ => DecodingKey::from_rsa_pem(&pem),
-            }
-            .map_err(|e| {
-                at(
-                    p,
-                    format!("public_key {p} is not a valid {alg:?} PEM public key: {e}"),
-                )
-            })?;
-            Keys::One(key)
-        } else if let Some(p) = &cfg.jwks {
-            let raw = read(p)?;
-            let set: JwkSet = serde_json::from_slice(&raw)
-                .map_err(|e| at(p, format!("jwks {p} is not a JWKS document: {e}")))?;
-            let keys = set
-                .keys
-                .iter()
-                .map(|k| {
-                    DecodingKey::from_jwk(k)
-                        .map(|d| (k.common.key_id.clone(), d))
-                        .map_err(|e| at(p, format!("jwks {p}: unusable key: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Keys::Set(keys)
         } else {
-            Keys::None
+            public_keys(cfg, dir, algorithms.first().copied(), &at)?
         };
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = cfg.leeway;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if let Some(iss) = &cfg.issuer {
-            validation.set_issuer(&[iss.0.as_str()]);
-        }
-        if cfg.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(
-                &cfg.audiences
-                    .iter()
-                    .map(|a| a.0.as_str())
-                    .collect::<Vec<_>>(),
-            );
-        }
         Ok(Self {
-            validation,
+            validation: validation(cfg, algorithms),
             keys,
             secret: cfg
                 .secret
@@ -352,6 +281,105 @@ impl JwtVerifier {
         )
         .map_err(|e| e.to_string())
     }
+}
+
+/// Builds a located error from the text to point at and a message.
+type At<'a> = dyn Fn(&str, String) -> FileError + 'a;
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// The accepted algorithms: as configured, else HS256 with a secret, RS256 without.
+fn algorithms(cfg: &JwtValidationConfig, at: &At<'_>) -> Result<Vec<Algorithm>, FileError> {
+    if cfg.algorithms.is_empty() {
+        return Ok(vec![if cfg.secret.is_some() {
+            Algorithm::HS256
+        } else {
+            Algorithm::RS256
+        }]);
+    }
+    cfg.algorithms
+        .iter()
+        .map(|a| {
+            Algorithm::from_str(a).map_err(|_| {
+                at(
+                    a,
+                    format!("unknown JWT algorithm '{a}'; expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The public key (`public_key` PEM) or key set (`jwks`), read now so that
+/// verification never touches the disk.
+fn public_keys(
+    cfg: &JwtValidationConfig,
+    dir: &Path,
+    first: Option<Algorithm>,
+    at: &At<'_>,
+) -> Result<Keys, FileError> {
+    let read = |p: &str| {
+        let path = dir.join(p);
+        std::fs::read(&path).map_err(|e| at(p, format!("cannot read {}: {e}", path.display())))
+    };
+    if let Some(p) = &cfg.public_key {
+        let pem = read(p)?;
+        let alg = first.unwrap_or(Algorithm::RS256);
+        let key = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+            _ => DecodingKey::from_rsa_pem(&pem),
+        }
+        .map_err(|e| {
+            at(
+                p,
+                format!("public_key {p} is not a valid {alg:?} PEM public key: {e}"),
+            )
+        })?;
+        return Ok(Keys::One(key));
+    }
+    let Some(p) = &cfg.jwks else {
+        return Ok(Keys::None);
+    };
+    let raw = read(p)?;
+    let set: JwkSet = serde_json::from_slice(&raw)
+        .map_err(|e| at(p, format!("jwks {p} is not a JWKS document: {e}")))?;
+    let keys = set
+        .keys
+        .iter()
+        .map(|k| {
+            DecodingKey::from_jwk(k)
+                .map(|d| (k.common.key_id.clone(), d))
+                .map_err(|e| at(p, format!("jwks {p}: unusable key: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Keys::Set(keys))
+}
+
+/// The token checks: algorithms, leeway, `nbf`, required `exp` and `sub`,
+/// issuer and audiences when configured.
+fn validation(cfg: &JwtValidationConfig, algorithms: Vec<Algorithm>) -> Validation {
+    let mut validation = Validation::new(algorithms.first().copied().unwrap_or(Algorithm::HS256));
+    validation.algorithms = algorithms;
+    validation.leeway = cfg.leeway;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    if let Some(iss) = &cfg.issuer {
+        validation.set_issuer(&[iss.0.as_str()]);
+    }
+    if cfg.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(
+            &cfg.audiences
+                .iter()
+                .map(|a| a.0.as_str())
+                .collect::<Vec<_>>(),
+        );
+    }
+    validation
 }
 
 fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> JwtError {

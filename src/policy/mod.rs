@@ -4,18 +4,30 @@
 //! The request path reads the current set through [`PolicyStore::current`]
 //! (an `arc-swap` load: no lock, nothing compiled). A reload parses and
 //! compiles every file first and swaps only if all of them succeed, so the
-//! old set keeps serving when an operator saves a broken file.
+//! old set keeps serving when an operator saves a broken file. A failed load
+//! reports every error of every file, not only the first.
+//!
+//! Authorisation of a message is [`PolicySet::authorize`] ([`authorize`]);
+//! [`lint`] finds rules that can never apply to the configured routes.
+//!
+//! Module dependencies run one way: `subject`, `glob` ← `request`, `rbac` ←
+//! `abac` ← `authorize` ← `explain`, `lint`.
 
 pub mod abac;
+pub mod authorize;
 pub mod dlp;
 pub mod explain;
+pub mod glob;
 pub mod identities;
 pub mod ip;
 pub mod jwt;
+pub mod lint;
 pub mod rate;
 pub mod rbac;
 pub mod reload;
+pub mod request;
 pub mod security;
+pub mod subject;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,8 +82,9 @@ impl std::fmt::Debug for PolicySet {
 impl PolicySet {
     /// Parses and compiles every policy file in `dir`. A missing file means
     /// that policy's defaults (a missing `abac.yaml` denies everything); a
-    /// present but broken file is an error. `previous` hands over the rate
-    /// limiter's counters.
+    /// present but broken file is an error. Every file is compiled even after
+    /// one fails, and the error carries every problem found. `previous` hands
+    /// over the rate limiter's counters.
     pub fn load(
         dir: &Path,
         version: u64,
@@ -80,60 +93,105 @@ impl PolicySet {
         if !dir.is_dir() {
             return Err(FileError::whole(dir, "policies directory does not exist"));
         }
-        let security_path = dir.join(SECURITY_FILE);
-        let (security, security_text) =
-            read_optional::<security::SecurityPolicyFile>(&security_path)?;
-        let jwt = match &security.jwt_validation {
-            Some(cfg) => jwt::JwtVerifier::new(cfg, dir, &security_path, &security_text)?,
-            None => jwt::JwtVerifier::unconfigured(),
-        };
-        let ip = ip::IpPolicy::new(
-            &security.ip_whitelist,
-            &security.ip_blacklist,
-            &security.trusted_proxies,
+        let mut errors = Vec::new();
+        let security = keep(load_security(dir, previous), &mut errors);
+        let (abac, dlp) = compile_abac_and_dlp(dir);
+        let abac = keep(abac, &mut errors);
+        let dlp = keep(dlp, &mut errors);
+        let permissions = keep(
+            compile_optional(&dir.join(PERMISSIONS_FILE), rbac::Permissions::from_yaml),
+            &mut errors,
         );
-        let rate = match previous {
-            Some(p) => p.rate.reconfigure(&security.rate_limiting),
-            None => rate::RateLimiter::new(&security.rate_limiting),
-        };
-        // The two big compiles (rules, keyword automaton) run side by side:
-        // a reload's latency is the slower of them, not their sum.
-        let (abac, dlp) = std::thread::scope(|scope| {
-            let dlp =
-                scope.spawn(|| compile_optional(&dir.join(DLP_FILE), dlp::DlpPolicy::from_yaml));
-            let abac = compile_optional(&dir.join(ABAC_FILE), abac::AbacPolicy::from_yaml);
-            let dlp = dlp.join().unwrap_or_else(|_| {
-                Err(FileError::whole(
-                    &dir.join(DLP_FILE),
-                    "compiling dlp.yaml panicked",
-                ))
-            });
-            (abac, dlp)
-        });
-        let abac = abac?.unwrap_or_else(|| {
-            tracing::warn!(dir = %dir.display(), "no abac.yaml: every message is denied (default deny)");
-            abac::AbacPolicy::default()
-        });
-        let dlp = dlp?.unwrap_or_else(dlp::DlpPolicy::empty);
-        let permissions =
-            compile_optional(&dir.join(PERMISSIONS_FILE), rbac::Permissions::from_yaml)?
-                .unwrap_or_default();
-        let identities = compile_optional(
-            &dir.join(IDENTITIES_FILE),
-            identities::Identities::from_yaml,
-        )?
-        .unwrap_or_default();
-        Ok(PolicySet {
-            version,
-            jwt,
-            ip,
-            rate,
-            abac,
-            permissions,
-            dlp,
-            identities,
-        })
+        let identities = keep(
+            compile_optional(
+                &dir.join(IDENTITIES_FILE),
+                identities::Identities::from_yaml,
+            ),
+            &mut errors,
+        );
+        match (security, abac, dlp, permissions, identities) {
+            (Some((jwt, ip, rate)), Some(abac), Some(dlp), Some(permissions), Some(identities))
+                if errors.is_empty() =>
+            {
+                Ok(PolicySet {
+                    version,
+                    jwt,
+                    ip,
+                    rate,
+                    abac,
+                    permissions: permissions.unwrap_or_default(),
+                    dlp: dlp.unwrap_or_else(dlp::DlpPolicy::empty),
+                    identities: identities.unwrap_or_default(),
+                })
+            }
+            _ => Err(FileError::collect(errors)
+                .unwrap_or_else(|| FileError::whole(dir, "the policies did not load"))),
+        }
     }
+
+    /// Rules and route coverage problems of this set's `abac.yaml` against
+    /// the configured route paths; see [`lint::lint`].
+    pub fn lint(&self, route_paths: &[&str]) -> Vec<lint::Lint> {
+        lint::lint(&self.abac, route_paths)
+    }
+}
+
+/// `Some(value)`, or `None` with the error kept for the report.
+fn keep<T>(result: Result<T, FileError>, errors: &mut Vec<FileError>) -> Option<T> {
+    result.map_err(|e| errors.push(e)).ok()
+}
+
+/// `security_policy.yaml`: the JWT verifier, IP lists and rate limiter.
+fn load_security(
+    dir: &Path,
+    previous: Option<&PolicySet>,
+) -> Result<(jwt::JwtVerifier, ip::IpPolicy, rate::RateLimiter), FileError> {
+    let security_path = dir.join(SECURITY_FILE);
+    let (security, security_text) = read_optional::<security::SecurityPolicyFile>(&security_path)?;
+    let jwt = match &security.jwt_validation {
+        Some(cfg) => jwt::JwtVerifier::new(cfg, dir, &security_path, &security_text)?,
+        None => jwt::JwtVerifier::unconfigured(),
+    };
+    let ip = ip::IpPolicy::new(
+        &security.ip_whitelist,
+        &security.ip_blacklist,
+        &security.trusted_proxies,
+    );
+    let rate = match previous {
+        Some(p) => p.rate.reconfigure(&security.rate_limiting),
+        None => rate::RateLimiter::new(&security.rate_limiting),
+    };
+    Ok((jwt, ip, rate))
+}
+
+/// The two big compiles (rules, keyword automaton) run side by side: a
+/// reload's latency is the slower of them, not their sum. A missing
+/// `abac.yaml` is the empty (deny-all) policy, named for lints.
+#[allow(clippy::type_complexity)]
+fn compile_abac_and_dlp(
+    dir: &Path,
+) -> (
+    Result<abac::AbacPolicy, FileError>,
+    Result<Option<dlp::DlpPolicy>, FileError>,
+) {
+    let (abac, dlp) = std::thread::scope(|scope| {
+        let dlp = scope.spawn(|| compile_optional(&dir.join(DLP_FILE), dlp::DlpPolicy::from_yaml));
+        let abac = compile_optional(&dir.join(ABAC_FILE), abac::AbacPolicy::from_yaml);
+        let dlp = dlp.join().unwrap_or_else(|_| {
+            Err(FileError::whole(
+                &dir.join(DLP_FILE),
+                "compiling dlp.yaml panicked",
+            ))
+        });
+        (abac, dlp)
+    });
+    let abac = abac.map(|a| {
+        a.unwrap_or_else(|| {
+            tracing::warn!(dir = %dir.display(), "no abac.yaml: every message is denied (default deny)");
+            abac::AbacPolicy::missing(&dir.join(ABAC_FILE))
+        })
+    });
+    (abac, dlp)
 }
 
 /// Compiles `path` with `compile` if it exists.

@@ -363,6 +363,39 @@ impl Scope {
     }
 }
 
+/// How often a limited key is told to slow down: the longest configured window.
+fn notice_interval(config: &RateLimitingConfig) -> Duration {
+    [
+        &config.global,
+        &config.per_ip,
+        &config.per_user,
+        &config.per_tenant,
+    ]
+    .into_iter()
+    .flatten()
+    .chain(config.per_route.values())
+    .map(|c| c.window.0)
+    .max()
+    .unwrap_or(DEFAULT_NOTICE_INTERVAL)
+}
+
+/// The notice cache: the old limiter's while the interval holds, else a new one.
+fn notices(
+    old: Option<&RateLimiter>,
+    interval: Duration,
+    capacity: u64,
+) -> Arc<Cache<String, Arc<AtomicU64>>> {
+    match old {
+        Some(o) if o.notice_interval == interval => o.notices.clone(),
+        _ => Arc::new(
+            Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(interval)
+                .build(),
+        ),
+    }
+}
+
 /// A window borrowed from a scope store or held by its cache entry.
 enum WinRef<'a> {
     Borrowed(&'a Mutex<Window>),
@@ -409,42 +442,10 @@ impl RateLimiter {
             .max_tracked_keys
             .unwrap_or(DEFAULT_MAX_TRACKED_KEYS)
             .max(1);
-        let global = config.global.as_ref().map(|c| {
-            Scope::build(
-                "global",
-                c,
-                KindOf::One,
-                1,
-                old.and_then(|o| o.global.as_ref()),
-            )
-        });
-        let per_ip = config.per_ip.as_ref().map(|c| {
-            Scope::build(
-                "per_ip",
-                c,
-                KindOf::Ip,
-                cap,
-                old.and_then(|o| o.per_ip.as_ref()),
-            )
-        });
-        let per_user = config.per_user.as_ref().map(|c| {
-            Scope::build(
-                "per_user",
-                c,
-                KindOf::Name,
-                cap,
-                old.and_then(|o| o.per_user.as_ref()),
-            )
-        });
-        let per_tenant = config.per_tenant.as_ref().map(|c| {
-            Scope::build(
-                "per_tenant",
-                c,
-                KindOf::Name,
-                cap,
-                old.and_then(|o| o.per_tenant.as_ref()),
-            )
-        });
+        let scope = |name, cfg: &Option<RateLimit>, kind, capacity, prev: Option<&Scope>| {
+            cfg.as_ref()
+                .map(|c| Scope::build(name, c, kind, capacity, prev))
+        };
         let per_route = config
             .per_route
             .iter()
@@ -456,37 +457,41 @@ impl RateLimiter {
                 )
             })
             .collect();
-        let notice_interval = [
-            &config.global,
-            &config.per_ip,
-            &config.per_user,
-            &config.per_tenant,
-        ]
-        .into_iter()
-        .flatten()
-        .chain(config.per_route.values())
-        .map(|c| c.window.0)
-        .max()
-        .unwrap_or(DEFAULT_NOTICE_INTERVAL);
-        let notices = match old {
-            Some(o) if o.notice_interval == notice_interval => o.notices.clone(),
-            _ => Arc::new(
-                Cache::builder()
-                    .max_capacity(cap)
-                    .time_to_idle(notice_interval)
-                    .build(),
-            ),
-        };
+        let notice_interval = notice_interval(config);
         RateLimiter {
             epoch: old.map_or_else(Instant::now, |o| o.epoch),
-            global,
-            per_ip,
-            per_user,
-            per_tenant,
+            global: scope(
+                "global",
+                &config.global,
+                KindOf::One,
+                1,
+                old.and_then(|o| o.global.as_ref()),
+            ),
+            per_ip: scope(
+                "per_ip",
+                &config.per_ip,
+                KindOf::Ip,
+                cap,
+                old.and_then(|o| o.per_ip.as_ref()),
+            ),
+            per_user: scope(
+                "per_user",
+                &config.per_user,
+                KindOf::Name,
+                cap,
+                old.and_then(|o| o.per_user.as_ref()),
+            ),
+            per_tenant: scope(
+                "per_tenant",
+                &config.per_tenant,
+                KindOf::Name,
+                cap,
+                old.and_then(|o| o.per_tenant.as_ref()),
+            ),
             per_route,
             hasher: old.map_or_else(RandomState::new, |o| o.hasher.clone()),
             notice_interval,
-            notices,
+            notices: notices(old, notice_interval, cap),
         }
     }
 

@@ -19,6 +19,9 @@
 //! A subject's roles are its JWT roles, then those of its person, then those
 //! of its account. Every role named under `subjects:` must be declared under
 //! `roles:`, so a typo is a load error rather than a silent lack of access.
+//!
+//! RBAC depends only on [`crate::policy::subject`] and [`crate::policy::glob`];
+//! ABAC depends on RBAC (for roles and grants), never the other way round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -28,7 +31,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::config::yaml::{did_you_mean, locate, parse_str, FileError};
-use crate::policy::abac::{Glob, Subject};
+use crate::policy::glob::Glob;
+use crate::policy::subject::Subject;
 
 /// The role and permission pattern that granted a permission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,64 +43,31 @@ pub struct Grant {
     pub permission: String,
 }
 
+/// Roles of people (by person id).
+type People = HashMap<String, Vec<String>>;
+/// Roles of accounts: platform -> user id -> roles.
+type Accounts = HashMap<String, HashMap<String, Vec<String>>>;
+
 /// A compiled `permissions.yaml`.
 #[derive(Debug, Default)]
 pub struct Permissions {
     roles: HashMap<String, Vec<Glob>>,
-    people: HashMap<String, Vec<String>>,
+    people: People,
     /// platform -> user id -> roles, so lookups need no formatted key.
-    accounts: HashMap<String, HashMap<String, Vec<String>>>,
+    accounts: Accounts,
 }
 
 impl Permissions {
-    /// Parses and compiles `permissions.yaml`; every error names `file:line:col`.
+    /// Parses and compiles `permissions.yaml`. On failure the error carries
+    /// every problem found (each bad permission, each bad subject), each at
+    /// `file:line:col`.
     pub fn from_yaml(path: &Path, text: &str) -> Result<Self, FileError> {
-        let raw: RawFile = parse_str(path, text).map_err(crate::policy::abac::polish)?;
-        let mut roles = HashMap::with_capacity(raw.roles.len());
-        for (role, perms) in &raw.roles {
-            let mut globs = Vec::with_capacity(perms.len());
-            for p in perms {
-                let g = Glob::new(p).map_err(|e| {
-                    FileError::at(path, locate(text, role), format!("role '{role}': {e}"))
-                })?;
-                globs.push(g);
-            }
-            roles.insert(role.clone(), globs);
-        }
-        let mut people: HashMap<String, Vec<String>> = HashMap::new();
-        let mut accounts: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
-        for (who, names) in raw.subjects {
-            for r in &names.0 {
-                if !roles.contains_key(r) {
-                    let mut msg = format!("subject '{who}' has undeclared role '{r}'");
-                    match did_you_mean(r, roles.keys().map(String::as_str)) {
-                        Some(best) => msg.push_str(&format!(" (did you mean '{best}'?)")),
-                        None => msg.push_str("; declare it under roles: (an empty list is fine)"),
-                    }
-                    return Err(FileError::at(path, locate(text, &who), msg));
-                }
-            }
-            match who.split_once(':') {
-                Some((platform, id)) if !platform.is_empty() && !id.is_empty() => {
-                    accounts
-                        .entry(platform.to_string())
-                        .or_default()
-                        .insert(id.to_string(), names.0);
-                }
-                Some(_) => {
-                    return Err(FileError::at(
-                        path,
-                        locate(text, &who),
-                        format!(
-                            "subject '{who}' is malformed; expected a person or platform:user_id"
-                        ),
-                    ))
-                }
-                None => {
-                    people.insert(who, names.0);
-                }
-            }
-        }
+        let raw: RawFile = parse_str(path, text)?;
+        let mut errors = Vec::new();
+        let roles = compile_roles(path, text, &raw.roles, &mut errors);
+        let (people, accounts) = assign_subjects(path, text, raw.subjects, &roles, &mut errors);
+        FileError::sort_by_position(&mut errors);
+        FileError::check(errors)?;
         Ok(Self {
             roles,
             people,
@@ -156,6 +127,70 @@ impl Permissions {
     pub fn role_names(&self) -> impl Iterator<Item = &str> {
         self.roles.keys().map(String::as_str)
     }
+}
+
+/// Compiles every role's permission globs; a bad glob is reported and left out.
+fn compile_roles(
+    path: &Path,
+    text: &str,
+    raw: &BTreeMap<String, Vec<String>>,
+    errors: &mut Vec<FileError>,
+) -> HashMap<String, Vec<Glob>> {
+    let mut roles = HashMap::with_capacity(raw.len());
+    for (role, perms) in raw {
+        let mut globs = Vec::with_capacity(perms.len());
+        for p in perms {
+            match Glob::new(p) {
+                Ok(g) => globs.push(g),
+                Err(e) => errors.push(FileError::at(
+                    path,
+                    locate(text, role),
+                    format!("role '{role}': {e}"),
+                )),
+            }
+        }
+        roles.insert(role.clone(), globs);
+    }
+    roles
+}
+
+/// Splits `subjects:` into people and accounts; every named role must be declared.
+fn assign_subjects(
+    path: &Path,
+    text: &str,
+    subjects: BTreeMap<String, RoleList>,
+    roles: &HashMap<String, Vec<Glob>>,
+    errors: &mut Vec<FileError>,
+) -> (People, Accounts) {
+    let mut people = People::new();
+    let mut accounts = Accounts::new();
+    for (who, names) in subjects {
+        for r in names.0.iter().filter(|r| !roles.contains_key(*r)) {
+            let mut msg = format!("subject '{who}' has undeclared role '{r}'");
+            match did_you_mean(r, roles.keys().map(String::as_str)) {
+                Some(best) => msg.push_str(&format!(" (did you mean '{best}'?)")),
+                None => msg.push_str("; declare it under roles: (an empty list is fine)"),
+            }
+            errors.push(FileError::at(path, locate(text, &who), msg));
+        }
+        match who.split_once(':') {
+            Some((platform, id)) if !platform.is_empty() && !id.is_empty() => {
+                accounts
+                    .entry(platform.to_string())
+                    .or_default()
+                    .insert(id.to_string(), names.0);
+            }
+            Some(_) => errors.push(FileError::at(
+                path,
+                locate(text, &who),
+                format!("subject '{who}' is malformed; expected a person or platform:user_id"),
+            )),
+            None => {
+                people.insert(who, names.0);
+            }
+        }
+    }
+    (people, accounts)
 }
 
 #[derive(Deserialize)]
@@ -258,6 +293,25 @@ mod tests {
         s.platform = Some("discord".into());
         s.person = None;
         assert!(!p.has_role(&s, "user"));
+    }
+
+    /// Every bad permission and subject is reported, not only the first.
+    #[test]
+    fn every_error_is_reported() {
+        let e = load("roles:\n  admin: ['', 'a***']\n  user: []\nsubjects:\n  alice: [admn]\n  ':x': user\n  bob: [user, ghost]\n")
+            .err()
+            .unwrap_or_else(|| panic!("expected errors"));
+        let lines: Vec<usize> = e.clone().split().iter().filter_map(|d| d.line).collect();
+        assert_eq!(lines, [2, 2, 5, 6, 7], "{e}");
+        let shown = e.to_string();
+        assert!(shown.contains("role 'admin': empty pattern"), "{shown}");
+        assert!(shown.contains("'***' is ambiguous"), "{shown}");
+        assert!(
+            shown.contains("undeclared role 'admn' (did you mean 'admin'?)"),
+            "{shown}"
+        );
+        assert!(shown.contains("subject ':x' is malformed"), "{shown}");
+        assert!(shown.contains("undeclared role 'ghost'"), "{shown}");
     }
 
     #[test]

@@ -67,66 +67,11 @@ impl FakeApi {
         let (reqs, fails) = (requests.clone(), failures.clone());
         rt.spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (reqs, fails) = (reqs.clone(), fails.clone());
-                tokio::spawn(async move {
-                    let (r, mut w) = stream.into_split();
-                    let mut r = BufReader::new(r);
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let mut parts = line.split_whitespace();
-                        let method = parts.next().unwrap_or("").to_string();
-                        let target = parts.next().unwrap_or("").to_string();
-                        let mut headers = HashMap::new();
-                        loop {
-                            let mut h = String::new();
-                            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            let h = h.trim_end();
-                            if h.is_empty() {
-                                break;
-                            }
-                            if let Some((k, v)) = h.split_once(':') {
-                                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                            }
-                        }
-                        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                        let mut body = vec![0u8; len];
-                        if r.read_exact(&mut body).await.is_err() {
-                            return;
-                        }
-                        let (path, query) = match target.split_once('?') {
-                            Some((p, q)) => (p.to_string(), q.to_string()),
-                            None => (target.clone(), String::new()),
-                        };
-                        let status = {
-                            let mut f = fails.lock().unwrap();
-                            f.iter_mut()
-                                .find(|(prefix, left)| path.starts_with(prefix.as_str()) && !left.is_empty())
-                                .map(|(_, left)| left.remove(0))
-                                .unwrap_or(200)
-                        };
-                        reqs.lock().unwrap().push(Recorded {
-                            method,
-                            path,
-                            query,
-                            headers,
-                            body,
-                        });
-                        let body = if status == 200 { OK_BODY } else { r#"{"ok":false,"code":1,"errcode":1}"# };
-                        let resp = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if w.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+                tokio::spawn(serve(stream, reqs, fails));
             }
         });
         Ok(Self {
@@ -178,6 +123,73 @@ impl FakeApi {
                 self.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Answers one connection's requests (keep-alive) until it closes.
+async fn serve(stream: tokio::net::TcpStream, reqs: Arc<Mutex<Vec<Recorded>>>, fails: Failures) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (target.clone(), String::new()),
+        };
+        let status = {
+            let mut f = fails.lock().unwrap();
+            f.iter_mut()
+                .find(|(prefix, left)| path.starts_with(prefix.as_str()) && !left.is_empty())
+                .map(|(_, left)| left.remove(0))
+                .unwrap_or(200)
+        };
+        reqs.lock().unwrap().push(Recorded {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        });
+        let body = if status == 200 {
+            OK_BODY
+        } else {
+            r#"{"ok":false,"code":1,"errcode":1}"#
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if w.write_all(resp.as_bytes()).await.is_err() {
+            return;
         }
     }
 }

@@ -24,21 +24,21 @@
 //! Findings carry the rule name, byte offsets and action, never the matched
 //! value, so they can go into `Envelope.verdict`, logs and metrics.
 
+mod file;
 mod mask;
+mod triggers;
 mod validators;
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::AhoCorasick;
 use regex::Regex;
-use regex_syntax::hir::{Class, Hir, HirKind, Look};
-use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::config::yaml::{locate, parse_str, FileError};
+use crate::config::yaml::FileError;
+use triggers::{digit_positions, windows, Trigger};
 
 pub use mask::MaskSpec;
 pub use validators::Validator;
@@ -94,103 +94,6 @@ impl fmt::Display for Action {
     }
 }
 
-/// The directions a rule applies to, as written in the file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum DirectionSpec {
-    Ingress,
-    Egress,
-    #[default]
-    Both,
-}
-
-impl DirectionSpec {
-    fn bits(self) -> u8 {
-        match self {
-            DirectionSpec::Ingress => INGRESS,
-            DirectionSpec::Egress => EGRESS,
-            DirectionSpec::Both => BOTH,
-        }
-    }
-}
-
-// Regexes and keywords are plain strings, not EnvString: `${` is ordinary
-// regex syntax and must not be read as an environment variable.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatternSpec {
-    regex: String,
-    #[serde(default)]
-    validate: Option<Validator>,
-    action: Action,
-    #[serde(default)]
-    direction: DirectionSpec,
-    #[serde(default)]
-    mask: Option<MaskSpec>,
-    #[serde(default)]
-    unicode: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeywordSpec {
-    words: Vec<String>,
-    action: Action,
-    #[serde(default)]
-    direction: DirectionSpec,
-    #[serde(default)]
-    case_insensitive: bool,
-    #[serde(default)]
-    mask: Option<MaskSpec>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DlpFile {
-    #[serde(default)]
-    patterns: Ordered<PatternSpec>,
-    #[serde(default)]
-    keywords: Ordered<KeywordSpec>,
-}
-
-/// A YAML map kept in file order, so "the first blocking rule" means what the
-/// operator sees, and duplicate names are refused with a position.
-#[derive(Debug)]
-struct Ordered<T>(Vec<(String, T)>);
-
-impl<T> Default for Ordered<T> {
-    fn default() -> Self {
-        Ordered(Vec::new())
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Ordered<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map from rule name to rule")
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Ordered(Vec::new()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(String, T)> = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    if out.iter().any(|(n, _)| *n == name) {
-                        return Err(A::Error::custom(format!("duplicate rule name '{name}'")));
-                    }
-                    let value = map.next_value()?;
-                    out.push((name, value));
-                }
-                Ok(Ordered(out))
-            }
-        }
-        d.deserialize_map(V(PhantomData))
-    }
-}
-
 /// One DLP hit: which rule, where (byte offsets into the scanned text), and what it does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -235,18 +138,6 @@ struct Rule {
     mask: MaskSpec,
 }
 
-/// How a pattern decides whether it needs to run at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trigger {
-    /// One of its literals (in the shared automaton) must appear.
-    Literals,
-    /// At least `min` ASCII digits must appear; with `max_len`, within that
-    /// many bytes, and the regex then runs only on those windows.
-    Digits { min: usize, max_len: Option<usize> },
-    /// No usable trigger: runs on every text.
-    Always,
-}
-
 #[derive(Debug)]
 struct Pattern {
     rule: usize,
@@ -275,114 +166,17 @@ pub struct DlpPolicy {
     targets: Vec<AcTarget>,
 }
 
-/// Above this many automaton bytes a DFA costs more to build and hold than it
-/// saves in scanning; the contiguous NFA is used instead.
-const DFA_MAX_PATTERN_BYTES: usize = 64 * 1024;
-/// Up to this many automaton bytes the DFA skips byte-class translation: one
-/// lookup less per scanned byte (about 2x here) for up to ~1 KiB per state.
-const DFA_FULL_ALPHABET_BYTES: usize = 16 * 1024;
-
 impl DlpPolicy {
     /// A policy with no rules (no `dlp.yaml`): every scan finds nothing.
     pub fn empty() -> Self {
         Self::default()
     }
 
-    /// Parses and compiles `dlp.yaml`; `path` is only used in error messages.
+    /// Parses and compiles `dlp.yaml`; `path` is only used in error
+    /// messages. On failure the error carries every problem found (each bad
+    /// pattern or keyword rule), each at `file:line:col`.
     pub fn from_yaml(path: &Path, text: &str) -> Result<Self, FileError> {
-        let file: DlpFile = parse_str(path, text)?;
-        let at = |name: &str| locate(text, &format!("{name}:")).or_else(|| locate(text, name));
-        let mut policy = DlpPolicy::default();
-        let mut literals: Vec<Vec<u8>> = Vec::new();
-        let mut case_fold = false;
-
-        for (name, spec) in &file.patterns.0 {
-            check_mask(path, &at, name, spec.action, spec.mask.as_ref())?;
-            check_unique(path, &at, &policy.rules, name)?;
-            let source = if spec.unicode {
-                spec.regex.clone()
-            } else {
-                ascii_dialect(&spec.regex)
-            };
-            let regex = Regex::new(&source).map_err(|e| {
-                // Report the operator's own pattern, not our rewrite of it.
-                let shown = Regex::new(&spec.regex).err().unwrap_or(e);
-                FileError::at(
-                    path,
-                    at(name),
-                    format!("pattern '{name}': invalid regex: {shown}"),
-                )
-            })?;
-            let pattern_index = policy.patterns.len();
-            let (trigger, lits) = derive_trigger(&source);
-            for lit in lits {
-                literals.push(lit);
-                policy.targets.push(AcTarget::Trigger {
-                    pattern: pattern_index,
-                });
-            }
-            policy.rules.push(Rule {
-                name: Arc::from(name.as_str()),
-                action: spec.action,
-                dirs: spec.direction.bits(),
-                mask: spec.mask.unwrap_or_default(),
-            });
-            policy.patterns.push(Pattern {
-                rule: policy.rules.len() - 1,
-                regex,
-                validator: spec.validate,
-                trigger,
-            });
-        }
-
-        let any_ci = file.keywords.0.iter().any(|(_, k)| k.case_insensitive);
-        for (name, spec) in &file.keywords.0 {
-            check_mask(path, &at, name, spec.action, spec.mask.as_ref())?;
-            check_unique(path, &at, &policy.rules, name)?;
-            if spec.words.is_empty() {
-                return Err(FileError::at(
-                    path,
-                    at(name),
-                    format!("keywords '{name}': 'words' is empty"),
-                ));
-            }
-            let rule = policy.rules.len();
-            for word in &spec.words {
-                if word.is_empty() {
-                    return Err(FileError::at(
-                        path,
-                        at(name),
-                        format!("keywords '{name}': empty word"),
-                    ));
-                }
-                let exact = (any_ci && !spec.case_insensitive).then(|| Box::from(word.as_bytes()));
-                literals.push(word.as_bytes().to_vec());
-                policy.targets.push(AcTarget::Keyword { rule, exact });
-            }
-            case_fold |= spec.case_insensitive;
-            policy.rules.push(Rule {
-                name: Arc::from(name.as_str()),
-                action: spec.action,
-                dirs: spec.direction.bits(),
-                mask: spec.mask.unwrap_or_default(),
-            });
-        }
-
-        if !literals.is_empty() {
-            let total: usize = literals.iter().map(Vec::len).sum();
-            let kind = (total <= DFA_MAX_PATTERN_BYTES).then_some(AhoCorasickKind::DFA);
-            let automaton = AhoCorasick::builder()
-                .match_kind(MatchKind::Standard)
-                .ascii_case_insensitive(case_fold)
-                .kind(kind)
-                .byte_classes(total > DFA_FULL_ALPHABET_BYTES)
-                .build(&literals)
-                .map_err(|e| {
-                    FileError::whole(path, format!("cannot build keyword automaton: {e}"))
-                })?;
-            policy.automaton = Some(automaton);
-        }
-        Ok(policy)
+        file::compile(path, text)
     }
 
     /// The rule names in file order (patterns, then keywords): the bounded
@@ -505,41 +299,6 @@ impl DlpPolicy {
     }
 }
 
-fn check_mask(
-    path: &Path,
-    at: &dyn Fn(&str) -> Option<(usize, usize)>,
-    name: &str,
-    action: Action,
-    mask: Option<&MaskSpec>,
-) -> Result<(), FileError> {
-    if mask.is_some() && action != Action::Mask {
-        return Err(FileError::at(
-            path,
-            at(name),
-            format!("rule '{name}': 'mask' options need 'action: mask' (it is '{action}')"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_unique(
-    path: &Path,
-    at: &dyn Fn(&str) -> Option<(usize, usize)>,
-    rules: &[Rule],
-    name: &str,
-) -> Result<(), FileError> {
-    if rules.iter().any(|r| &*r.name == name) {
-        return Err(FileError::at(
-            path,
-            at(name),
-            format!(
-                "rule name '{name}' is used twice; pattern and keyword names share one namespace"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Formats one line of `moltgate dlp scan` output:
 /// `{"line":N,"findings":[{"type":..,"start":..,"end":..,"action":..}],"masked":"..."}`.
 ///
@@ -567,310 +326,10 @@ pub fn scan_line_json(policy: &DlpPolicy, line_no: usize, line: &str) -> String 
     out
 }
 
-/// Rewrites `\d` to `[0-9]` and `\b`/`\B` to their ASCII forms (see the
-/// module doc), leaving escapes, classes and everything else as written.
-fn ascii_dialect(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + 16);
-    let mut chars = pattern.chars().peekable();
-    let mut depth = 0usize;
-    let mut class_open = false;
-    while let Some(c) = chars.next() {
-        let opened = class_open;
-        class_open = false;
-        match c {
-            '\\' => match chars.next() {
-                Some('d') if depth > 0 => out.push_str("0-9"),
-                Some('d') => out.push_str("[0-9]"),
-                Some(b @ ('b' | 'B')) if depth == 0 && chars.peek() != Some(&'{') => {
-                    out.push_str("(?-u:\\");
-                    out.push(b);
-                    out.push(')');
-                }
-                Some(other) => {
-                    out.push('\\');
-                    out.push(other);
-                }
-                None => out.push('\\'),
-            },
-            '[' => {
-                depth += 1;
-                out.push('[');
-                if chars.peek() == Some(&'^') {
-                    out.push('^');
-                    chars.next();
-                }
-                class_open = true;
-            }
-            ']' if depth > 0 && !opened => {
-                depth -= 1;
-                out.push(']');
-            }
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// Works out a pattern's trigger and the literals it needs in the automaton.
-/// Anything the analysis cannot prove falls back to [`Trigger::Always`].
-fn derive_trigger(source: &str) -> (Trigger, Vec<Vec<u8>>) {
-    let Ok(hir) = regex_syntax::Parser::new().parse(source) else {
-        return (Trigger::Always, Vec::new());
-    };
-    let lits = required_literals(&hir).filter(|l| l.set.iter().all(|s| !s.is_empty()));
-    let min_len = lits
-        .as_ref()
-        .map_or(0, |l| l.set.iter().map(Vec::len).min().unwrap_or(0));
-    let digits = min_digits(&hir);
-    // Windows are exact only when the regex looks at nothing but ASCII word
-    // boundaries: slices are cut where those see the same thing.
-    let windowable = hir.properties().look_set().iter().all(|l| {
-        matches!(
-            l,
-            Look::WordAscii
-                | Look::WordAsciiNegate
-                | Look::WordStartAscii
-                | Look::WordEndAscii
-                | Look::WordStartHalfAscii
-                | Look::WordEndHalfAscii
-        )
-    });
-    let max_len = hir.properties().maximum_len().filter(|_| windowable);
-    // Preference: digit windows (regex runs on a few bytes), then a literal of
-    // two or more bytes, then a bare digit count, then a one-byte literal.
-    if digits >= 4 && max_len.is_some() {
-        return (
-            Trigger::Digits {
-                min: digits,
-                max_len,
-            },
-            Vec::new(),
-        );
-    }
-    if let Some(l) = lits.filter(|_| min_len >= 2 || digits < 4) {
-        return (Trigger::Literals, l.set);
-    }
-    if digits >= 4 {
-        return (
-            Trigger::Digits {
-                min: digits,
-                max_len,
-            },
-            Vec::new(),
-        );
-    }
-    (Trigger::Always, Vec::new())
-}
-
-/// Literals of which every match contains at least one; `exact` when the
-/// node matches exactly one of them and nothing else.
-struct Lits {
-    set: Vec<Vec<u8>>,
-    exact: bool,
-}
-
-const MAX_LITERALS: usize = 64;
-const MAX_CLASS_CHARS: usize = 8;
-
-fn required_literals(hir: &Hir) -> Option<Lits> {
-    match hir.kind() {
-        HirKind::Empty | HirKind::Look(_) => Some(Lits {
-            set: vec![Vec::new()],
-            exact: true,
-        }),
-        HirKind::Literal(lit) => Some(Lits {
-            set: vec![lit.0.to_vec()],
-            exact: true,
-        }),
-        HirKind::Class(class) => class_literals(class).map(|set| Lits { set, exact: true }),
-        HirKind::Capture(cap) => required_literals(&cap.sub),
-        HirKind::Repetition(rep) if rep.min == 0 => None,
-        HirKind::Repetition(rep) => {
-            let mut lits = required_literals(&rep.sub)?;
-            lits.exact &= rep.max == Some(1) && rep.min == 1;
-            Some(lits)
-        }
-        HirKind::Alternation(alts) => {
-            let mut set = Vec::new();
-            let mut exact = true;
-            for alt in alts {
-                let l = required_literals(alt)?;
-                exact &= l.exact;
-                set.extend(l.set);
-                if set.len() > MAX_LITERALS {
-                    return None;
-                }
-            }
-            Some(Lits { set, exact })
-        }
-        HirKind::Concat(parts) => {
-            let mut best: Option<Vec<Vec<u8>>> = None;
-            let mut run: Vec<Vec<u8>> = vec![Vec::new()];
-            let mut all_exact = true;
-            let consider = |cand: Vec<Vec<u8>>, best: &mut Option<Vec<Vec<u8>>>| {
-                let score = |s: &Vec<Vec<u8>>| {
-                    (
-                        s.iter().map(Vec::len).min().unwrap_or(0),
-                        usize::MAX - s.len(),
-                    )
-                };
-                if best.as_ref().is_none_or(|b| score(&cand) > score(b)) {
-                    *best = Some(cand);
-                }
-            };
-            for part in parts {
-                match required_literals(part) {
-                    Some(l) if l.exact && run.len() * l.set.len() <= MAX_LITERALS => {
-                        run = run
-                            .iter()
-                            .flat_map(|a| l.set.iter().map(move |b| [a.as_slice(), b].concat()))
-                            .collect();
-                    }
-                    Some(l) => {
-                        all_exact = false;
-                        consider(std::mem::replace(&mut run, vec![Vec::new()]), &mut best);
-                        if l.exact {
-                            run = l.set;
-                        } else {
-                            consider(l.set, &mut best);
-                        }
-                    }
-                    None => {
-                        all_exact = false;
-                        consider(std::mem::replace(&mut run, vec![Vec::new()]), &mut best);
-                    }
-                }
-            }
-            if all_exact {
-                return Some(Lits {
-                    set: run,
-                    exact: true,
-                });
-            }
-            consider(run, &mut best);
-            best.map(|set| Lits { set, exact: false })
-        }
-    }
-}
-
-fn class_literals(class: &Class) -> Option<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    match class {
-        Class::Unicode(c) => {
-            for r in c.iter() {
-                for ch in r.start()..=r.end() {
-                    out.push(ch.to_string().into_bytes());
-                    if out.len() > MAX_CLASS_CHARS {
-                        return None;
-                    }
-                }
-            }
-        }
-        Class::Bytes(c) => {
-            for r in c.iter() {
-                for b in r.start()..=r.end() {
-                    out.push(vec![b]);
-                    if out.len() > MAX_CLASS_CHARS {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-    Some(out)
-}
-
-/// The fewest ASCII digits any match must contain.
-fn min_digits(hir: &Hir) -> usize {
-    match hir.kind() {
-        HirKind::Empty | HirKind::Look(_) => 0,
-        HirKind::Literal(lit) => lit.0.iter().filter(|b| b.is_ascii_digit()).count(),
-        HirKind::Class(Class::Unicode(c)) => usize::from(
-            !c.ranges().is_empty() && c.iter().all(|r| r.start() >= '0' && r.end() <= '9'),
-        ),
-        HirKind::Class(Class::Bytes(c)) => usize::from(
-            !c.ranges().is_empty() && c.iter().all(|r| r.start() >= b'0' && r.end() <= b'9'),
-        ),
-        HirKind::Capture(cap) => min_digits(&cap.sub),
-        HirKind::Repetition(rep) => (rep.min as usize).saturating_mul(min_digits(&rep.sub)),
-        HirKind::Concat(parts) => parts.iter().map(min_digits).fold(0, usize::saturating_add),
-        HirKind::Alternation(alts) => alts.iter().map(min_digits).min().unwrap_or(0),
-    }
-}
-
-/// Positions of ASCII digits. Most text has few, so 16-byte chunks without
-/// any are skipped with a branch-free test the compiler vectorises.
-fn digit_positions(bytes: &[u8]) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut chunks = bytes.chunks_exact(16);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        if chunk
-            .iter()
-            .fold(false, |acc, &b| acc | (b.wrapping_sub(b'0') < 10))
-        {
-            out.extend(
-                chunk
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.is_ascii_digit())
-                    .map(|(i, _)| base + i),
-            );
-        }
-        base += 16;
-    }
-    let rest = chunks.remainder();
-    out.extend(
-        rest.iter()
-            .enumerate()
-            .filter(|(_, b)| b.is_ascii_digit())
-            .map(|(i, _)| base + i),
-    );
-    out
-}
-
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// The slices a digit-triggered pattern must search: around every group of
-/// `min` digits that fits in `max_len` bytes (any match contains such a
-/// group), widened to cut points where an ASCII word boundary sees the same
-/// neighbour inside the slice as in the whole text, and merged.
-fn windows(text: &str, digits: &[usize], min: usize, max_len: usize) -> Vec<(usize, usize)> {
-    let bytes = text.as_bytes();
-    let mut raw: Vec<(usize, usize)> = Vec::new();
-    for group in digits.windows(min) {
-        let (first, last) = (group[0], group[min - 1]);
-        if last - first >= max_len {
-            continue;
-        }
-        let start = (last + 1).saturating_sub(max_len);
-        let end = (first + max_len).min(bytes.len());
-        match raw.last_mut() {
-            Some(prev) if start <= prev.1 => prev.1 = prev.1.max(end),
-            _ => raw.push((start, end)),
-        }
-    }
-    let mut out: Vec<(usize, usize)> = Vec::with_capacity(raw.len());
-    for (mut start, mut end) in raw {
-        while start > 0 && (is_word_byte(bytes[start - 1]) || !text.is_char_boundary(start)) {
-            start -= 1;
-        }
-        while end < bytes.len() && (is_word_byte(bytes[end]) || !text.is_char_boundary(end)) {
-            end += 1;
-        }
-        match out.last_mut() {
-            Some(prev) if start <= prev.1 => prev.1 = prev.1.max(end),
-            _ => out.push((start, end)),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use triggers::{ascii_dialect, derive_trigger};
 
     const SEED: &str = include_str!("../../../tests/fixtures/seed/dlp.yaml");
     const SHIPPED: &str = include_str!("../../../policies/dlp.yaml");
@@ -1243,6 +702,36 @@ mod tests {
         );
         assert!(e.message.contains("duplicate rule name 'a'"), "{e}");
         assert!(e.line.is_some(), "{e}");
+    }
+
+    /// Every bad pattern and keyword rule is reported, in file order.
+    #[test]
+    fn every_bad_rule_is_reported() {
+        let e = err("patterns:
+  a: { regex: '(', action: mask }
+  b: { regex: 'fine', action: alert }
+  c: { regex: 'x', action: alert, mask: { keep_prefix: 1 } }
+  d: { regx: 'x', action: block }
+  e: { regex: '[z', action: block }
+keywords:
+  b: { words: [x], action: alert }
+  k: { words: [], action: alert }
+  m: { words: [x], action: blok }
+");
+        let shown: Vec<String> = e.clone().split().iter().map(ToString::to_string).collect();
+        let want = [
+            "policies/dlp.yaml:2:3: pattern 'a': invalid regex: unclosed group (column 1)",
+            "policies/dlp.yaml:4:3: rule 'c': 'mask' options need 'action: mask' (it is 'alert')",
+            "policies/dlp.yaml:5:8: unknown key 'regx'",
+            "policies/dlp.yaml:6:3: pattern 'e': invalid regex: unclosed character class (column 1)",
+            "policies/dlp.yaml:3:3: rule name 'b' is used twice",
+            "policies/dlp.yaml:9:3: keywords 'k': 'words' is empty",
+            "policies/dlp.yaml:10:28: unknown value 'blok'",
+        ];
+        assert_eq!(shown.len(), want.len(), "{e}");
+        for w in want {
+            assert!(shown.iter().any(|s| s.starts_with(w)), "{w}\n{e}");
+        }
     }
 
     #[test]
