@@ -33,7 +33,7 @@ pub enum Stop {
     BodyUnreadable,
     /// The IP policy refused the client address.
     IpDenied {
-        /// `blacklisted` or `not_whitelisted`.
+        /// `blacklist` or `not_whitelisted`.
         reason: &'static str,
     },
     /// Verification failed: signature, token, replay window, decryption,
