@@ -259,17 +259,26 @@ pub fn check(path: &ConfigArgPath) -> CheckReport {
         }
     };
     let routes: Vec<&str> = config.routes.iter().map(|r| r.path.0.as_str()).collect();
-    match crate::policy::PolicySet::load(&config.policies_dir(), 1, None) {
-        Ok(set) => report.lints(&set.lint(&routes)),
-        Err(e) => report.errors(e),
-    }
+    let policies_loaded = match crate::policy::PolicySet::load(&config.policies_dir(), 1, None) {
+        Ok(set) => {
+            report.lints(&set.lint(&routes));
+            true
+        }
+        Err(e) => {
+            report.errors(e);
+            false
+        }
+    };
     if let Err(e) = check_tls_files(&config) {
         report.errors(e);
     }
-    if report.failed {
+    // Building the gateway loads the policies again: only worth it (and
+    // only new errors) when they loaded.
+    if !policies_loaded {
         return report;
     }
     match build_gateway(&config) {
+        Ok(_) if report.failed => {}
         Ok((dir, version)) => {
             let warnings = report.diagnostics.len();
             report.summary = format!(

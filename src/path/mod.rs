@@ -81,6 +81,7 @@ impl Gateway {
     pub fn build(config: &Config, metrics: Metrics) -> Result<Self, FileError> {
         let policies = Arc::new(PolicyStore::load(&config.policies_dir(), metrics.clone())?);
         let table = routes::RouteTable::build(config, &metrics)?;
+        policies.lint_against(table.routes.keys().cloned().collect());
         let bots = HttpBotClient::new()
             .map_err(|e| FileError::whole(&config.source, format!("HTTP bot client: {e}")))?;
         let mut limits = ContextLimits::from_config(&config.context);
@@ -114,11 +115,6 @@ impl Gateway {
     /// The gRPC clusters, for health checking.
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.table.clusters.values()
-    }
-
-    /// Every route path, for start-up lints.
-    pub fn route_paths(&self) -> Vec<&str> {
-        self.table.routes.keys().map(String::as_str).collect()
     }
 
     /// Ready: policies are loaded (always, once built) and every cluster

@@ -9,6 +9,7 @@ pub mod discord;
 pub mod feishu;
 pub mod generic;
 pub mod payload;
+pub mod rejection;
 pub mod slack;
 pub mod telegram;
 pub mod wecom;

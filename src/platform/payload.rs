@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::adapter::Rejection;
+use super::rejection::Rejection;
 
 /// Keys that hold ids, signatures, tokens, timestamps or enum-like types on
 /// every platform: they carry nothing a person wrote, and rewriting them
@@ -147,15 +147,38 @@ fn walk_json(v: &mut Value, opaque: &[&str], f: &mut dyn FnMut(&mut String)) {
     }
 }
 
+/// Decodes `%XX` escapes and `+`; `None` if the result is not UTF-8 or an escape is broken.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn parse_form(text: &str) -> Result<Vec<(String, String)>, Rejection> {
     text.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match (
-                super::adapter::percent_decode(k),
-                super::adapter::percent_decode(v),
-            ) {
+            match (percent_decode(k), percent_decode(v)) {
                 (Some(k), Some(v)) => Ok((k, v)),
                 _ => Err(Rejection::Malformed("bad form encoding".into())),
             }

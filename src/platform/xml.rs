@@ -12,7 +12,7 @@ use std::ops::Range;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 
-use super::adapter::Rejection;
+use super::rejection::Rejection;
 
 /// Nesting deeper than any WeCom message is refused rather than walked.
 const MAX_XML_DEPTH: usize = 16;

@@ -31,13 +31,6 @@ pub struct Authorization {
     pub roles: Vec<String>,
 }
 
-impl Authorization {
-    /// The step that decided: the denial, else the last allow.
-    pub fn deciding_step(&self) -> Option<&(String, Decision)> {
-        self.steps.last()
-    }
-}
-
 impl PolicySet {
     /// Authorises `req` with this set's ABAC rules and permissions.
     pub fn authorize(&self, req: &AccessRequest) -> Authorization {

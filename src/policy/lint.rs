@@ -132,6 +132,9 @@ pub fn has_errors(lints: &[Lint]) -> bool {
 /// Notes on `lint` that its pattern also appears in rule `id`.
 fn also_in(lint: &mut Lint, id: &str) {
     if lint.message.contains("; also in rule") {
+        lint.message = lint
+            .message
+            .replace("; also in rule '", "; also in rules '");
         lint.message.push_str(&format!(", '{id}'"));
     } else {
         lint.message.push_str(&format!("; also in rule '{id}'"));
@@ -361,7 +364,7 @@ mod tests {
             out,
             [
                 "policies/abac.yaml:24:17: warning: resource '/api/v1/messages/*' matches no route (routes: /v1/messages)",
-                "policies/abac.yaml:32:33: warning: resource '/hooks/**' matches no route (routes: /v1/messages); also in rule 'local_demo_commands', 'reboot_needs_confirmation'",
+                "policies/abac.yaml:32:33: warning: resource '/hooks/**' matches no route (routes: /v1/messages); also in rules 'local_demo_commands', 'reboot_needs_confirmation'",
             ]
         );
         let many = ["/v1/messages", "/hooks/slack/demo", "/api/v1/messages/1"];

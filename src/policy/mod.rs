@@ -225,6 +225,8 @@ pub struct PolicyStore {
     versions: AtomicU64,
     reloading: Mutex<()>,
     metrics: Metrics,
+    /// The gateway's route paths, for the lints logged at start and on reload.
+    route_paths: std::sync::OnceLock<Vec<String>>,
 }
 
 impl PolicyStore {
@@ -238,12 +240,28 @@ impl PolicyStore {
             versions: AtomicU64::new(1),
             reloading: Mutex::new(()),
             metrics,
+            route_paths: std::sync::OnceLock::new(),
         })
     }
 
     /// The set in force now. Lock-free; hold it for one request.
     pub fn current(&self) -> Arc<PolicySet> {
         self.current.load_full()
+    }
+
+    /// Tells the store which routes the gateway serves, and logs what the
+    /// current policies say about them (rules that match no route, routes
+    /// that no rule allows); every later reload logs the same.
+    pub fn lint_against(&self, route_paths: Vec<String>) {
+        let _ = self.route_paths.set(route_paths);
+        self.log_lints();
+    }
+
+    fn log_lints(&self) {
+        if let Some(paths) = self.route_paths.get() {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            lint::log(&self.current().lint(&paths));
+        }
     }
 
     /// The watched directory.
@@ -267,6 +285,7 @@ impl PolicyStore {
                     .with_label_values(&["success"])
                     .inc();
                 tracing::info!(version, dir = %self.dir.display(), "policies reloaded");
+                self.log_lints();
                 Ok(version)
             }
             Err(e) => {
