@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh test
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# The shape ARCHITECTURE.md promises: function and file sizes, no import cycles.
+python3 scripts/structure.py
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Benchmarks run once each (criterion's test mode); then unit and integration tests.

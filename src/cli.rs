@@ -2,10 +2,7 @@
 //! `explain`, `certs dev` and `token`. Each subcommand is a thin shell over a
 //! library function, so what it prints is what the library decides.
 
-#[cfg(feature = "newpath")]
 use crate::path::Gateway as Gw;
-#[cfg(not(feature = "newpath"))]
-use crate::pipeline::Gateway as Gw;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

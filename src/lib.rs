@@ -2,8 +2,10 @@
 //! assistants, built on Pingora.
 //!
 //! The modules follow the path of one message (see `ARCHITECTURE.md`):
-//! [`server`] (Pingora glue) ─▶ [`pipeline`] ─▶ [`platform`] (verify, parse)
-//! ─▶ [`policy`] ─▶ [`envelope`] ─▶ [`upstream`] (the AI cluster) ─▶ replies.
+//! [`server`] (Pingora glue: route, admit, read body) ─▶ [`path`] (every
+//! other stage, assembled in `path::Gateway::run`), which drives
+//! [`platform`] (verify, parse), [`policy`], [`context`], [`envelope`],
+//! [`upstream`] (the AI cluster, or a passthrough bot) and [`writeback`].
 #![warn(missing_docs)]
 
 pub mod assistant;
@@ -13,9 +15,7 @@ pub mod context;
 pub mod dedupe;
 pub mod envelope;
 pub mod observe;
-#[cfg(feature = "newpath")]
 pub mod path;
-pub mod pipeline;
 pub mod platform;
 pub mod policy;
 pub mod proto;

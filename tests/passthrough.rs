@@ -45,6 +45,11 @@ fn start(bot: &FakeApi) -> Gateway {
         ..Setup::default()
     };
     setup.policies.push(("dlp.yaml", dlp));
+    // A Discord interaction is a command (`/ask`): the sender needs a role for it.
+    setup.policies.push((
+        "permissions.yaml",
+        "roles:\n  asker: [command:ask]\nsubjects:\n  \"discord:424242\": [asker]\n".into(),
+    ));
     setup.start()
 }
 

@@ -42,12 +42,17 @@ fn start(fake: &FakeApi) -> Gateway {
              \x20 - {{ path: /hooks/telegram{path}, platform: telegram, upstream: assistant, api_base: \"{api}\", body_limit: {BODY_LIMIT}{deadline},\n      secrets: {{ secret_token: \"{TG_SECRET}\", bot_token: \"{TG_BOT_TOKEN}\" }} }}\n"
         ));
     }
-    Setup {
+    let mut setup = Setup {
         routes,
         ..Setup::default()
-    }
-    .start()
+    };
+    // A Discord interaction is a command (`/ask`): the sender needs a role for it.
+    setup.policies.push(("permissions.yaml", ASKER.into()));
+    setup.start()
 }
+
+/// Grants the Discord test user the `/ask` command.
+const ASKER: &str = "roles:\n  asker: [command:ask]\nsubjects:\n  \"discord:424242\": [asker]\n";
 
 // ---------------------------------------------------------------- Slack ----
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::fake_api::FakeApi;
 use common::{admin_get, admin_request, Gateway, Setup, SECURITY_POLICY};
-use moltgate::pipeline::{DENIED, SLOW_DOWN};
+use moltgate::path::answer::{DENIED, SLOW_DOWN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

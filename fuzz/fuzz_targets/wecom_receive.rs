@@ -1,5 +1,5 @@
 //! WeCom: `WecomAdapter::receive` (GET URL verification and POST messages),
-//! plus `reseal_with_query` on every message that gets through.
+//! plus payload inspection and `reseal_payload` on every message that gets through.
 //!
 //! ctl & 3 (mode):
 //!   0 raw: field 0 = the raw query string; the body as is.
@@ -19,7 +19,7 @@ use std::sync::LazyLock;
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
-use moltgate::platform::adapter::{Inbound, WebhookRequest};
+use moltgate::platform::adapter::WebhookRequest;
 use moltgate::platform::wecom::{self, WecomAdapter};
 use moltgate::platform::wxcrypt::{self, WxCrypt};
 
@@ -128,9 +128,6 @@ fuzz_target!(|data: &[u8]| {
         now,
         bearer: None,
     };
-    if let Some(Inbound::Message(_)) = drive(adapter, &req) {
-        for text in [tricky_text(), "", "]]>"] {
-            let _ = adapter.reseal_with_query(&req, text);
-        }
-    }
+    // `drive` runs payload → mask → reseal_payload → receive on every message.
+    let _ = drive(adapter, &req);
 });

@@ -24,18 +24,14 @@ pub struct Grant {
     pub confirm: bool,
     /// Effective roles (token ∪ `permissions.yaml`).
     pub roles: Vec<String>,
-    /// The command the message carries, if any.
-    pub command: Option<String>,
     /// The rule behind each decision, for the Envelope's verdict.
     pub rules: Vec<String>,
 }
 
-/// The command `msg` carries: the platform's field, else its text.
+/// The command `msg` carries: the platform's field, else its text
+/// (`envelope::command`, which the Envelope carries too).
 pub fn command_of(msg: &PlatformMessage) -> Option<String> {
-    msg.command
-        .clone()
-        .or_else(|| Some(envelope::command_of(&msg.text)))
-        .filter(|c| !c.is_empty())
+    Some(envelope::command(msg)).filter(|c| !c.is_empty())
 }
 
 /// The ABAC request for `msg` from `who` on `route`.
@@ -93,7 +89,6 @@ pub fn authorize(
     Ok(Grant {
         confirm: auth.confirm,
         roles: auth.roles,
-        command: req.command.clone(),
         rules,
     })
 }

@@ -352,9 +352,6 @@ fn envelope_for(
     if let Some(sender) = env.sender.as_mut() {
         sender.person_id = who.person.clone().unwrap_or_default();
     }
-    if let Some(content) = env.content.as_mut() {
-        content.command = grant.command.clone().unwrap_or_default();
-    }
     env.verdict = Some(crate::proto::v1::Verdict {
         dlp_findings: findings,
         matched_rules: grant.rules.clone(),

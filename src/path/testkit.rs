@@ -64,10 +64,6 @@ impl PlatformAdapter for JsonAdapter {
         Ok(Vec::new())
     }
 
-    fn reseal(&self, _r: &WebhookRequest<'_>, _m: &PlatformMessage, _t: &str) -> Option<Resealed> {
-        None // TEMPORARY: the old contract, removed with src/pipeline.rs
-    }
-
     fn reseal_payload(&self, _req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
         self.reseal.then(|| Resealed {
             body: payload.to_bytes().unwrap_or_default(),

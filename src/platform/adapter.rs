@@ -2,10 +2,11 @@
 //!
 //! An adapter is pure: it never opens a socket. It turns a fully read webhook
 //! request into a verified [`Inbound`], and it describes (as [`ApiCall`]s) how
-//! a reply goes back. The pipeline owns everything with side effects: dedupe,
-//! policies, forwarding, and `crate::writeback`, which executes the calls with
-//! retries and caches access tokens. Keeping adapters pure is what lets every
-//! platform be tested against its published vectors without a network.
+//! a reply goes back. The message path (`crate::path`) owns everything with
+//! side effects: dedupe, policies, forwarding, and `crate::writeback`, which
+//! executes the calls with retries and caches access tokens. Keeping adapters
+//! pure is what lets every platform be tested against its published vectors
+//! without a network.
 //!
 //! This file depends only on external crates so that an adapter can be built
 //! and tested on its own.
@@ -168,7 +169,7 @@ pub fn check_replay_window(timestamp: i64, now: i64, window: Duration) -> Result
     Ok(())
 }
 
-/// An HTTP answer produced by an adapter or the pipeline.
+/// An HTTP answer produced by an adapter or the message path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookResponse {
     /// Status code.
@@ -217,8 +218,8 @@ impl WebhookResponse {
     }
 }
 
-/// A verified message in platform-neutral form. The pipeline turns it into
-/// an `Envelope`.
+/// A verified message in platform-neutral form. The message path turns it
+/// into an `Envelope`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PlatformMessage {
     /// The platform's message or event id: the dedupe key.
@@ -364,7 +365,7 @@ pub struct Resealed {
     pub query: Option<String>,
 }
 
-/// The per-platform behaviour the pipeline drives.
+/// The per-platform behaviour the message path (`crate::path`) drives.
 pub trait PlatformAdapter: Send + Sync {
     /// Platform name: `feishu`, `wecom`, `dingtalk`, `slack`, `discord`, `telegram`.
     fn platform(&self) -> &'static str;
@@ -398,21 +399,6 @@ pub trait PlatformAdapter: Send + Sync {
 
     /// The API calls that deliver `text` as a reply to `msg`.
     fn reply_calls(&self, msg: &PlatformMessage, text: &str) -> Result<Vec<ApiCall>, Rejection>;
-
-    /// Rewrites the original request so that it carries `text` instead of the
-    /// message's text, re-signed or re-encrypted with the route's secrets.
-    /// `None` when the scheme cannot be re-signed (Discord): the pipeline then
-    /// refuses rather than pass unmasked content.
-    ///
-    /// Superseded by [`PlatformAdapter::payload`] +
-    /// [`PlatformAdapter::reseal_payload`] (which rewrite every text of the
-    /// body, not only the message's); kept while `pipeline.rs` calls it.
-    fn reseal(
-        &self,
-        req: &WebhookRequest<'_>,
-        msg: &PlatformMessage,
-        text: &str,
-    ) -> Option<Resealed>;
 
     /// How answers and refusals on this route are shaped.
     fn channel(&self) -> Channel {

@@ -487,21 +487,6 @@ impl PlatformAdapter for DingtalkAdapter {
             Kind::Event => self.seal_event(req, value),
         }
     }
-
-    /// Re-signs a robot callback with a fresh timestamp. Event subscriptions
-    /// never carry messages, so they have nothing to reseal.
-    fn reseal(
-        &self,
-        req: &WebhookRequest<'_>,
-        _msg: &PlatformMessage,
-        text: &str,
-    ) -> Option<Resealed> {
-        let mut body = self
-            .open_robot(req, req.header("timestamp")?, req.header("sign")?)
-            .ok()?;
-        *body.pointer_mut("/text/content")? = Value::String(text.to_string());
-        self.sign_robot(req, &body)
-    }
 }
 
 /// Which half of the adapter a request is for.
@@ -1017,56 +1002,6 @@ mod tests {
         assert!(local.reply_calls(&msg, "hi").is_err());
         assert!(a.inline_reply(&msg, "x", SystemTime::now()).is_none());
         assert_eq!(a.ack(&msg), WebhookResponse::empty());
-    }
-
-    #[test]
-    fn reseal_round_trip() {
-        let a = robot();
-        let t0 = 1_700_000_000_000i64;
-        let ts = t0.to_string();
-        let h = headers(&ts, &robot_sign("test_app_secret", &ts));
-        let body = robot_body("text", "staff1").to_string();
-        let r = WebhookRequest {
-            method: &Method::POST,
-            query: None,
-            headers: &h,
-            body: body.as_bytes(),
-            now: ms(t0),
-            bearer: None,
-        };
-        let Inbound::Message(m) = a.receive(&r).unwrap() else {
-            panic!()
-        };
-        let later = ms(t0 + 5_000);
-        let sealed = a
-            .reseal(&WebhookRequest { now: later, ..r }, &m, "masked ****")
-            .unwrap();
-        let mut h2 = HeaderMap::new();
-        for (k, v) in &sealed.headers {
-            h2.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        assert_eq!(h2.get("timestamp").unwrap(), &(t0 + 5_000).to_string());
-        let r2 = WebhookRequest {
-            method: &Method::POST,
-            query: None,
-            headers: &h2,
-            body: &sealed.body,
-            now: later,
-            bearer: None,
-        };
-        let Inbound::Message(m2) = a.receive(&r2).unwrap() else {
-            panic!()
-        };
-        assert_eq!(m2.text, "masked ****");
-        assert_eq!(m2.message_id, m.message_id);
-        // Forged originals are not resealed.
-        let bad = headers(&ts, "AAAA");
-        assert!(a
-            .reseal(&WebhookRequest { headers: &bad, ..r }, &m, "x")
-            .is_none());
     }
 
     #[test]

@@ -227,7 +227,8 @@ fn collect_options(
     }
 }
 
-/// Parses a verified interaction body into what the pipeline should do with it.
+/// Parses a verified interaction body into what the message path should do
+/// with it.
 pub fn parse_interaction(body: &[u8]) -> Result<Inbound, Rejection> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
@@ -445,16 +446,6 @@ impl PlatformAdapter for DiscordAdapter {
             .into_iter()
             .map(|part| ApiCall::post_json(url.clone(), &content_payload(part)))
             .collect())
-    }
-
-    fn reseal(
-        &self,
-        _req: &WebhookRequest<'_>,
-        _msg: &PlatformMessage,
-        _text: &str,
-    ) -> Option<Resealed> {
-        // Only Discord holds the private key.
-        None
     }
 
     fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
@@ -794,22 +785,6 @@ mod tests {
         let mut evil = m.clone();
         evil.reply_to = json!({"application_id":"1","token":"a/../../b"});
         assert!(bare.reply_calls(&evil, "x").is_err());
-    }
-
-    #[test]
-    fn reseal_is_refused() {
-        let body = command(json!({})).to_string();
-        let h = signed(&body, NOW);
-        let req = WebhookRequest {
-            method: &Method::POST,
-            query: None,
-            headers: &h,
-            body: body.as_bytes(),
-            now: at(NOW),
-            bearer: None,
-        };
-        let m = message(&command(json!({})));
-        assert!(adapter().reseal(&req, &m, "masked").is_none());
     }
 
     #[test]

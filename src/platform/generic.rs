@@ -110,8 +110,9 @@ pub fn parse(body: &[u8]) -> Result<GenericMessage, MalformedBody> {
     Ok(msg)
 }
 
-/// The platform-neutral message, with the authenticated subject as sender.
-/// Kept for the old pipeline; [`to_message`] is the adapter's.
+/// [`to_message`] for a caller that holds a JWT [`Subject`] rather than a
+/// [`Principal`] (the `message_path` benchmark and the `generic_parse` fuzz
+/// target): the subject is the sender.
 pub fn to_platform_message(msg: GenericMessage, subject: &Subject) -> PlatformMessage {
     let principal = Principal {
         id: subject.id.clone(),
@@ -201,7 +202,7 @@ impl PlatformAdapter for GenericAdapter {
             challenge: "Bearer".into(),
         })?;
         let principal = bearer.verify(req.header("authorization"))?;
-        let body = parse(req.body).map_err(|e| Rejection::Malformed(e.0))?;
+        let body = parse(req.body).map_err(|e| Rejection::MalformedJson(e.0))?;
         Ok(Inbound::Message(Box::new(to_message(body, &principal))))
     }
 
@@ -214,21 +215,10 @@ impl PlatformAdapter for GenericAdapter {
         Ok(Vec::new())
     }
 
-    fn reseal(
-        &self,
-        _req: &WebhookRequest<'_>,
-        _msg: &PlatformMessage,
-        _text: &str,
-    ) -> Option<Resealed> {
-        // The old pipeline authenticates the API itself; passthrough uses
-        // `reseal_payload`.
-        None
-    }
-
     fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
         serde_json::from_slice(req.body)
             .map(Payload::Json)
-            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))
+            .map_err(|e| Rejection::MalformedJson(e.to_string()))
     }
 
     fn opaque_keys(&self) -> &'static [&'static str] {
@@ -361,10 +351,16 @@ mod tests {
         let err = a.receive(&post(&h, body, None)).unwrap_err();
         assert_eq!(err.kind(), "missing_verifier");
         assert_eq!(err.status(), http::StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            a.receive(&post(&h, b"{}", Some(&ok))).unwrap_err().kind(),
-            "malformed"
-        );
+        // A body that is not the unified model: 400 `malformed_json`, with
+        // serde's position and never the content.
+        for body in [&b"{}"[..], b"{\"content\":", b"card 4111"] {
+            let err = a.receive(&post(&h, body, Some(&ok))).unwrap_err();
+            assert_eq!(err.kind(), "malformed_json");
+            assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+            let msg = err.to_string();
+            assert!(msg.starts_with("malformed JSON body: "), "{msg}");
+            assert!(!msg.contains("4111"), "{msg}");
+        }
         let get = WebhookRequest {
             method: &http::Method::GET,
             ..post(&h, body, Some(&ok))
@@ -406,6 +402,9 @@ mod tests {
         };
         assert_eq!(m.text, "card ****");
         assert_eq!(m.room_id, "4111", "opaque ids are kept");
-        assert!(a.payload(&post(&h, b"{", None)).is_err());
+        assert_eq!(
+            a.payload(&post(&h, b"{", None)).unwrap_err().kind(),
+            "malformed_json"
+        );
     }
 }

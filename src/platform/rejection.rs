@@ -26,6 +26,10 @@ pub enum Rejection {
     /// The body or a field could not be parsed.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// A JSON API body (the generic API's) is not valid JSON or not the
+    /// unified message model.
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
     /// Decryption failed (bad key, padding or receive id).
     #[error("decryption failed: {0}")]
     Decrypt(&'static str),
@@ -52,9 +56,10 @@ impl Rejection {
             Rejection::BadSignature(_)
             | Rejection::Stale { .. }
             | Rejection::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Rejection::Missing(_) | Rejection::Malformed(_) | Rejection::Decrypt(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Rejection::Missing(_)
+            | Rejection::Malformed(_)
+            | Rejection::MalformedJson(_)
+            | Rejection::Decrypt(_) => StatusCode::BAD_REQUEST,
             Rejection::Method => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -66,6 +71,7 @@ impl Rejection {
             Rejection::BadSignature(_) => "bad_signature",
             Rejection::Stale { .. } => "stale_timestamp",
             Rejection::Malformed(_) => "malformed",
+            Rejection::MalformedJson(_) => "malformed_json",
             Rejection::Decrypt(_) => "decrypt_failed",
             Rejection::Method => "method_not_allowed",
             Rejection::Unauthorized { kind, .. } => kind,

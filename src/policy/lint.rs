@@ -363,8 +363,8 @@ mod tests {
         assert_eq!(
             out,
             [
-                "policies/abac.yaml:24:17: warning: resource '/api/v1/messages/*' matches no route (routes: /v1/messages)",
-                "policies/abac.yaml:32:33: warning: resource '/hooks/**' matches no route (routes: /v1/messages); also in rules 'local_demo_commands', 'reboot_needs_confirmation'",
+                "policies/abac.yaml:25:17: warning: resource '/api/v1/messages/*' matches no route (routes: /v1/messages)",
+                "policies/abac.yaml:33:33: warning: resource '/hooks/**' matches no route (routes: /v1/messages); also in rules 'local_demo_commands', 'reboot_needs_confirmation'",
             ]
         );
         let many = ["/v1/messages", "/hooks/slack/demo", "/api/v1/messages/1"];

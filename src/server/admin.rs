@@ -9,10 +9,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-#[cfg(feature = "newpath")]
 use crate::path::Gateway;
-#[cfg(not(feature = "newpath"))]
-use crate::pipeline::Gateway;
 
 /// The admin endpoints.
 pub struct AdminApp {

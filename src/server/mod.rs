@@ -6,10 +6,6 @@
 //! which outlives Pingora's per-service runtimes for the whole process.
 
 pub mod admin;
-#[cfg(not(feature = "newpath"))]
-pub mod proxy;
-#[cfg(feature = "newpath")]
-#[path = "proxy_new.rs"]
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -22,10 +18,7 @@ use pingora::services::listening::Service;
 
 use crate::config::{Config, FileError};
 use crate::observe::Metrics;
-#[cfg(feature = "newpath")]
 use crate::path::Gateway;
-#[cfg(not(feature = "newpath"))]
-use crate::pipeline::Gateway;
 
 /// Errors that stop the gateway from starting.
 #[derive(Debug, thiserror::Error)]

@@ -153,7 +153,6 @@ pub fn drive<A: PlatformAdapter>(adapter: &A, req: &WebhookRequest<'_>) -> Optio
                             open_and_seal(adapter, &answer.body, answer.content_type, req);
                         }
                         let _ = adapter.reply_calls(msg, text);
-                        let _ = adapter.reseal(req, msg, text);
                     }
                     let _ = adapter.ack(msg);
                     passthrough(adapter, req);
