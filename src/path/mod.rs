@@ -82,8 +82,8 @@ impl Gateway {
         let policies = Arc::new(PolicyStore::load(&config.policies_dir(), metrics.clone())?);
         let table = routes::RouteTable::build(config, &metrics)?;
         policies.lint_against(table.routes.keys().cloned().collect());
-        let bots = HttpBotClient::new()
-            .map_err(|e| FileError::whole(&config.source, format!("HTTP bot client: {e}")))?;
+        let bots =
+            HttpBotClient::new().map_err(|e| FileError::whole(&config.source, e.to_string()))?;
         let mut limits = ContextLimits::from_config(&config.context);
         if let Some(idle) = config.context.idle {
             limits.idle = idle.0;
@@ -174,8 +174,8 @@ impl Gateway {
         let who = identity::identify(&policies, route.platform.as_str(), &msg);
         rate::limit(&policies, &who, &msg, req.client_ip, &route.path)
             .inspect_err(|stop| ex.record_stop(stop))?;
-        if let Some(held) = confirm::release(&self.confirm, &who, &msg.text)? {
-            return self.deliver_held(ex, &route, msg, held).await;
+        if let Some((cluster, held)) = self.release_held(&route, &who, &msg)? {
+            return self.deliver_held(ex, &route, cluster, msg, held).await;
         }
         let access = authorize::access_request(
             route.platform.as_str(),
@@ -218,20 +218,32 @@ impl Gateway {
             .await
     }
 
+    /// Stage confirm-reply: the Envelope a confirmation code releases, with
+    /// the cluster that takes it. Only routes to the AI cluster hold
+    /// messages, so a code sent to a bot's route is just a message for the bot.
+    fn release_held<'r>(
+        &self,
+        route: &'r Route,
+        who: &Who,
+        msg: &PlatformMessage,
+    ) -> Result<Option<(&'r Cluster, Envelope)>, Stop> {
+        let Target::Assistant(cluster) = &route.target else {
+            return Ok(None);
+        };
+        let held = confirm::release(&self.confirm, who, &msg.text)?;
+        Ok(held.map(|env| (cluster.as_ref(), env)))
+    }
+
     /// A message released by its confirmation code goes on as the original,
     /// answered on the channel the code came from.
     async fn deliver_held(
         &self,
         ex: &mut Exchange,
         route: &Route,
+        cluster: &Cluster,
         mut msg: PlatformMessage,
         held: Envelope,
     ) -> Result<Done, Stop> {
-        let Target::Assistant(cluster) = &route.target else {
-            return Err(Stop::Denied {
-                rule: "confirm_unsupported_in_passthrough".into(),
-            });
-        };
         ex.note = "confirmed";
         msg.text = held
             .content

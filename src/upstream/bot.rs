@@ -80,6 +80,11 @@ pub enum BotError {
     },
 }
 
+/// The HTTP client for bots could not be built (a TLS or system resource problem).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for passthrough bots: {0}")]
+pub struct ClientSetupError(String);
+
 /// Calls a bot. A trait so that the passthrough stage is testable without sockets.
 #[async_trait]
 pub trait BotClient: Send + Sync {
@@ -99,10 +104,10 @@ pub struct HttpBotClient {
 
 impl HttpBotClient {
     /// A client with no proxy and no redirects.
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, ClientSetupError> {
         let tls = rustls::ClientConfig::builder_with_provider(crate::tls::client_provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| ClientSetupError(e.to_string()))?
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         let client = reqwest::Client::builder()
@@ -111,7 +116,7 @@ impl HttpBotClient {
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ClientSetupError(e.to_string()))?;
         Ok(Self { client })
     }
 }
