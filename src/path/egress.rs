@@ -5,7 +5,7 @@
 use super::exchange::Found;
 use crate::observe::Metrics;
 use crate::platform::Payload;
-use crate::policy::dlp::Direction;
+use crate::policy::dlp::{Direction, DlpOutcome};
 use crate::policy::PolicySet;
 
 /// What the user is told when a reply is withheld by egress DLP.
@@ -14,14 +14,7 @@ pub const WITHHELD_REPLY: &str =
 
 /// The text the user may see: masked, or the withheld notice.
 pub fn scan_reply(policies: &PolicySet, text: &str, found: &mut Vec<Found>) -> String {
-    let scan = policies.dlp.scan(text, Direction::Egress);
-    for f in &scan.findings {
-        found.push(Found {
-            rule: f.rule.clone(),
-            action: f.action.as_str(),
-            direction: "egress",
-        });
-    }
+    let scan = scan(policies, text, found);
     if scan.is_blocked() {
         return WITHHELD_REPLY.to_string();
     }
@@ -49,14 +42,7 @@ pub fn scan_answer(
     let mut blocked = false;
     let mut masked = false;
     let walked = answer.texts_mut(opaque, &mut |text: &mut String| {
-        let scan = policies.dlp.scan(text, Direction::Egress);
-        for f in &scan.findings {
-            found.push(Found {
-                rule: f.rule.clone(),
-                action: f.action.as_str(),
-                direction: "egress",
-            });
-        }
+        let scan = scan(policies, text, found);
         blocked |= scan.is_blocked();
         if let Some(m) = scan.masked {
             *text = m;
@@ -70,6 +56,17 @@ pub fn scan_answer(
     } else {
         AnswerScan::Clean
     }
+}
+
+/// Scans `text` for egress, noting each finding in `found`.
+fn scan(policies: &PolicySet, text: &str, found: &mut Vec<Found>) -> DlpOutcome {
+    let scan = policies.dlp.scan(text, Direction::Egress);
+    found.extend(scan.findings.iter().map(|f| Found {
+        rule: f.rule.clone(),
+        action: f.action.as_str(),
+        direction: "egress",
+    }));
+    scan
 }
 
 /// Counts DLP findings made outside a request's record (deferred replies).

@@ -66,6 +66,13 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// A body that must be a JSON document.
+    pub fn json(body: &[u8]) -> Result<Self, Rejection> {
+        serde_json::from_slice(body)
+            .map(Payload::Json)
+            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))
+    }
+
     /// Parses `body` by its content type (JSON is also recognised by shape).
     /// Bytes that are not UTF-8 are refused: they cannot be scanned.
     pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Self, Rejection> {

@@ -440,9 +440,7 @@ impl PlatformAdapter for TelegramAdapter {
     }
 
     fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
-        serde_json::from_slice(req.body)
-            .map(Payload::Json)
-            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))
+        Payload::json(req.body)
     }
 
     fn opaque_keys(&self) -> &'static [&'static str] {
