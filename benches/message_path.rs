@@ -171,12 +171,5 @@ criterion_main!(benches);
 
 /// The conversation key the pipeline derives (part of building the envelope).
 fn key(m: &moltgate::platform::PlatformMessage) -> String {
-    moltgate::context::conversation_key(
-        "generic",
-        m.chat_type,
-        &m.room_id,
-        &m.thread_id,
-        &m.sender_id,
-        None,
-    )
+    moltgate::context::conversation_key("generic", m, None)
 }

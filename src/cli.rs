@@ -259,6 +259,9 @@ pub fn check(path: &ConfigArgPath) -> CheckReport {
     let policies_loaded = match crate::policy::PolicySet::load(&config.policies_dir(), 1, None) {
         Ok(set) => {
             report.lints(&set.lint(&routes));
+            let tenants = crate::policy::tenant_lint::multi_tenant_platforms(&config);
+            let dir = config.policies_dir();
+            report.lints(&crate::policy::tenant_lint::bare_accounts(&dir, &tenants));
             true
         }
         Err(e) => {

@@ -44,7 +44,7 @@ use moka::sync::Cache;
 
 use crate::config::ContextConfig;
 use crate::observe::Metrics;
-use crate::platform::ChatType;
+use crate::platform::{ChatType, PlatformMessage};
 use crate::proto::v1::{Context, Turn};
 
 /// Longest turn text kept, in bytes; longer turns are cut.
@@ -258,38 +258,37 @@ impl Expiry<String, Arc<Conversation>> for ConversationExpiry {
 /// `identities.yaml` is `person:<id>`, so it continues across platforms; an
 /// unlinked private chat is `<platform>:dm:<sender>`; a group is
 /// `<platform>:room:<room>` (plus `:thread:<thread>`), shared by everyone in
-/// it and never merged with anyone's private chat. `:` and `%` inside ids
-/// are percent-encoded so no two distinct chats share a key.
-pub fn conversation_key(
-    platform: &str,
-    chat_type: ChatType,
-    room_id: &str,
-    thread_id: &str,
-    sender_id: &str,
-    person: Option<&str>,
-) -> String {
+/// it and never merged with anyone's private chat. When the message has a
+/// tenant (the JWT `tenant` claim, the platform's team, corp or tenant id),
+/// it follows the platform: `<platform>@<tenant>:…`, so one tenant can never
+/// read or extend another tenant's conversation by naming the same room or
+/// user id. `:`, `@` and `%` inside ids are percent-encoded so no two
+/// distinct chats share a key.
+pub fn conversation_key(platform: &str, msg: &PlatformMessage, person: Option<&str>) -> String {
     let mut key = String::with_capacity(
-        platform.len() + room_id.len() + thread_id.len() + sender_id.len() + 16,
+        platform.len() + msg.tenant.len() + msg.room_id.len() + msg.thread_id.len() + 24,
     );
-    if chat_type == ChatType::Private || room_id.is_empty() {
-        match person {
-            Some(person) => {
-                key.push_str("person:");
-                push_escaped(&mut key, person);
-            }
-            None => {
-                push_escaped(&mut key, platform);
-                key.push_str(":dm:");
-                push_escaped(&mut key, sender_id);
-            }
+    if msg.chat_type == ChatType::Private || msg.room_id.is_empty() {
+        if let Some(person) = person {
+            key.push_str("person:");
+            push_escaped(&mut key, person);
+            return key;
         }
+    }
+    push_escaped(&mut key, platform);
+    if !msg.tenant.is_empty() {
+        key.push('@');
+        push_escaped(&mut key, &msg.tenant);
+    }
+    if msg.chat_type == ChatType::Private || msg.room_id.is_empty() {
+        key.push_str(":dm:");
+        push_escaped(&mut key, &msg.sender_id);
     } else {
-        push_escaped(&mut key, platform);
         key.push_str(":room:");
-        push_escaped(&mut key, room_id);
-        if !thread_id.is_empty() {
+        push_escaped(&mut key, &msg.room_id);
+        if !msg.thread_id.is_empty() {
             key.push_str(":thread:");
-            push_escaped(&mut key, thread_id);
+            push_escaped(&mut key, &msg.thread_id);
         }
     }
     key
@@ -298,7 +297,7 @@ pub fn conversation_key(
 fn push_escaped(out: &mut String, part: &str) {
     for c in part.chars() {
         match c {
-            ':' | '%' => {
+            ':' | '%' | '@' => {
                 let _ = write!(out, "%{:02X}", c as u32);
             }
             c => out.push(c),
@@ -638,9 +637,15 @@ mod tests {
 
     #[test]
     fn keys_for_private_group_and_linked_chats() {
-        let k = |platform, chat_type: &str, room, thread, sender, person| {
-            let chat_type = ChatType::parse(chat_type).unwrap_or_default();
-            conversation_key(platform, chat_type, room, thread, sender, person)
+        let k = |platform, chat_type: &str, room: &str, thread: &str, sender: &str, person| {
+            let msg = PlatformMessage {
+                chat_type: ChatType::parse(chat_type).unwrap_or_default(),
+                room_id: room.into(),
+                thread_id: thread.into(),
+                sender_id: sender.into(),
+                ..Default::default()
+            };
+            conversation_key(platform, &msg, person)
         };
         // Unlinked: the same shapes as before identity linking.
         assert_eq!(k("slack", "group", "c1", "", "u1", None), "slack:room:c1");
@@ -674,6 +679,53 @@ mod tests {
             k("slack", "group", "a:b%", "", "u", None),
             "slack:room:a%3Ab%25"
         );
+    }
+
+    #[test]
+    fn a_tenant_scopes_rooms_and_private_chats() {
+        let msg = |tenant: &str, chat_type, room: &str, sender: &str| PlatformMessage {
+            tenant: tenant.into(),
+            chat_type,
+            room_id: room.into(),
+            sender_id: sender.into(),
+            ..Default::default()
+        };
+        let room_a = conversation_key("generic", &msg("acme", ChatType::Group, "ops", "u1"), None);
+        let room_b = conversation_key(
+            "generic",
+            &msg("initech", ChatType::Group, "ops", "u1"),
+            None,
+        );
+        assert_eq!(room_a, "generic@acme:room:ops");
+        assert_ne!(
+            room_a, room_b,
+            "the same room name in two tenants is two rooms"
+        );
+        let dm_a = conversation_key(
+            "wecom",
+            &msg("corp1", ChatType::Private, "", "zhangsan"),
+            None,
+        );
+        let dm_b = conversation_key(
+            "wecom",
+            &msg("corp2", ChatType::Private, "", "zhangsan"),
+            None,
+        );
+        assert_ne!(dm_a, dm_b, "user ids are unique per corp only");
+        // A tenant cannot be forged through the separators.
+        let forged = conversation_key(
+            "generic",
+            &msg("acme:room:ops", ChatType::Private, "", "x"),
+            None,
+        );
+        assert!(!forged.starts_with("generic@acme:room:ops"), "{forged}");
+        // A linked person's private chat is the person's, whatever the tenant.
+        let linked = conversation_key(
+            "wecom",
+            &msg("corp1", ChatType::Private, "", "z"),
+            Some("zhangsan"),
+        );
+        assert_eq!(linked, "person:zhangsan");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::policy::PolicySet;
 pub struct Who {
     /// The linked person, if any.
     pub person: Option<String>,
-    /// `platform:sender`: the rate limiter's user key.
+    /// `platform:sender`, or `platform:tenant:sender`: the rate limiter's user key.
     pub user_key: String,
     /// Who answers a confirmation: `person:<id>` when linked, else `user_key`.
     pub key: String,
@@ -20,9 +20,14 @@ pub struct Who {
 pub fn identify(policies: &PolicySet, platform: &str, msg: &PlatformMessage) -> Who {
     let person = policies
         .identities
-        .person_of(platform, &msg.sender_id)
+        .person_of(platform, &msg.tenant, &msg.sender_id)
         .map(str::to_string);
-    let user_key = format!("{platform}:{}", msg.sender_id);
+    // User ids are unique per tenant only (WeCom, DingTalk corps), so limits
+    // and confirmations are keyed by both.
+    let user_key = match msg.tenant.as_str() {
+        "" => format!("{platform}:{}", msg.sender_id),
+        tenant => format!("{platform}:{tenant}:{}", msg.sender_id),
+    };
     let key = match &person {
         Some(p) => format!("person:{p}"),
         None => user_key.clone(),

@@ -340,14 +340,7 @@ fn envelope_for(
     findings: Vec<crate::proto::v1::DlpFinding>,
 ) -> Envelope {
     let platform = route.platform.as_str();
-    let key = crate::context::conversation_key(
-        platform,
-        msg.chat_type,
-        &msg.room_id,
-        &msg.thread_id,
-        &msg.sender_id,
-        who.person.as_deref(),
-    );
+    let key = crate::context::conversation_key(platform, msg, who.person.as_deref());
     let device_type = msg
         .principal
         .as_ref()

@@ -12,7 +12,8 @@
 //!   zhangsan: ["generic:user_123", "telegram:555", "wecom:zhangsan"]
 //! ```
 //!
-//! An account is `platform:user_id`. An unknown platform, a malformed person
+//! An account is `platform:user_id`, or `platform:<tenant>:user_id` for one
+//! user of one tenant (a WeCom corp id, a DingTalk corp id, a Slack team id). An unknown platform, a malformed person
 //! id, or an account listed twice is an error located at `file:line:col`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -83,12 +84,15 @@ impl Identities {
         Ok(out)
     }
 
-    /// The person linked to `user_id` on `platform`, if any.
-    pub fn person_of(&self, platform: &str, user_id: &str) -> Option<&str> {
-        self.by_account
-            .get(platform)
-            .and_then(|users| users.get(user_id))
-            .map(|p| &**p)
+    /// The person linked to `user_id` of `tenant` on `platform`, if any:
+    /// `platform:<tenant>:<user_id>` first (user ids of WeCom and DingTalk
+    /// are unique per corp only), then `platform:<user_id>`.
+    pub fn person_of(&self, platform: &str, tenant: &str, user_id: &str) -> Option<&str> {
+        let users = self.by_account.get(platform)?;
+        let in_tenant = (!tenant.is_empty())
+            .then(|| users.get(&format!("{tenant}:{user_id}")))
+            .flatten();
+        in_tenant.or_else(|| users.get(user_id)).map(|p| &**p)
     }
 
     /// The accounts linked to `person`, as written in the file.
@@ -181,12 +185,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ids.len(), 2);
-        assert_eq!(ids.person_of("telegram", "555"), Some("zhangsan"));
-        assert_eq!(ids.person_of("generic", "user_123"), Some("zhangsan"));
-        assert_eq!(ids.person_of("wecom", "zhangsan"), Some("zhangsan"));
-        assert_eq!(ids.person_of("slack", "U42"), Some("lisi"));
-        assert_eq!(ids.person_of("telegram", "556"), None);
-        assert_eq!(ids.person_of("slack", "555"), None);
+        assert_eq!(ids.person_of("telegram", "", "555"), Some("zhangsan"));
+        assert_eq!(ids.person_of("generic", "", "user_123"), Some("zhangsan"));
+        assert_eq!(ids.person_of("wecom", "", "zhangsan"), Some("zhangsan"));
+        assert_eq!(ids.person_of("slack", "", "U42"), Some("lisi"));
+        assert_eq!(ids.person_of("telegram", "", "556"), None);
+        assert_eq!(ids.person_of("slack", "", "555"), None);
         assert_eq!(
             ids.accounts_of("lisi"),
             Some(&["slack:U42".to_string()][..])
@@ -197,7 +201,9 @@ mod tests {
     fn empty_and_default() {
         assert!(load("people: {}\n").unwrap().is_empty());
         assert!(load("{}\n").unwrap().is_empty());
-        assert!(Identities::default().person_of("generic", "x").is_none());
+        assert!(Identities::default()
+            .person_of("generic", "", "x")
+            .is_none());
     }
 
     #[test]
@@ -248,6 +254,19 @@ mod tests {
     fn shipped_example_loads() {
         let text = include_str!("../../policies/identities.yaml");
         let ids = load(text).unwrap();
-        assert_eq!(ids.person_of("telegram", "555"), Some("zhangsan"));
+        assert_eq!(ids.person_of("telegram", "", "555"), Some("zhangsan"));
+    }
+
+    #[test]
+    fn tenant_qualified_accounts_come_first() {
+        let ids = Identities::from_yaml(
+            Path::new("identities.yaml"),
+            "people:\n  zhangsan: [\"wecom:corp1:zs\"]\n  other: [\"wecom:zs\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ids.person_of("wecom", "corp1", "zs"), Some("zhangsan"));
+        // Another corp's `zs` is not corp1's.
+        assert_eq!(ids.person_of("wecom", "corp2", "zs"), Some("other"));
+        assert_eq!(ids.person_of("wecom", "", "zs"), Some("other"));
     }
 }

@@ -28,6 +28,7 @@ pub mod reload;
 pub mod request;
 pub mod security;
 pub mod subject;
+pub mod tenant_lint;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

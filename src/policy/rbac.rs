@@ -79,14 +79,18 @@ impl Permissions {
     /// (may repeat a role).
     pub fn roles_of<'a>(&'a self, s: &'a Subject) -> impl Iterator<Item = &'a str> + 'a {
         let person = s.person.as_deref().and_then(|p| self.people.get(p));
-        let account = s
-            .platform
-            .as_deref()
-            .and_then(|p| self.accounts.get(p))
-            .and_then(|m| m.get(&s.id));
+        let accounts = s.platform.as_deref().and_then(|p| self.accounts.get(p));
+        let account = accounts.and_then(|m| m.get(&s.id));
+        // `platform:<tenant>:<user>` names one user of one tenant (WeCom and
+        // DingTalk user ids are unique per corp only).
+        let in_tenant = match (accounts, s.tenant.as_deref()) {
+            (Some(m), Some(t)) if !t.is_empty() => m.get(&format!("{t}:{}", s.id)),
+            _ => None,
+        };
         s.roles
             .iter()
             .chain(person.into_iter().flatten())
+            .chain(in_tenant.into_iter().flatten())
             .chain(account.into_iter().flatten())
             .map(String::as_str)
     }
@@ -341,5 +345,21 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("expected error"));
         assert!(e.message.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn a_tenant_qualified_subject_names_one_tenants_user() {
+        let p = ok("roles:\n  admin: [\"command:*\"]\nsubjects:\n  \"wecom:corp1:zs\": [admin]\n");
+        let zs = |tenant: &str| Subject {
+            id: "zs".into(),
+            platform: Some("wecom".into()),
+            tenant: Some(tenant.into()),
+            ..Subject::default()
+        };
+        assert!(p.has_role(&zs("corp1"), "admin"));
+        assert!(
+            !p.has_role(&zs("corp2"), "admin"),
+            "another corp's zs is someone else"
+        );
     }
 }
