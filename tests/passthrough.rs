@@ -448,7 +448,7 @@ fn passthrough_forged_requests_never_reach_bot() {
             )
             .await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         let resp = post(&gw, "/hooks/telegram/legacy", &[], tg.clone()).await;
@@ -466,14 +466,14 @@ fn passthrough_forged_requests_never_reach_bot() {
         expect_refusal(
             post(&gw, "/hooks/slack/legacy", &forged, slack.clone()).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         let stale = slack_headers(now_secs() - 900, &slack);
         expect_refusal(
             post(&gw, "/hooks/slack/legacy", &stale, slack.clone()).await,
             401,
-            "stale_timestamp",
+            "unauthenticated",
         )
         .await;
 
@@ -488,13 +488,13 @@ fn passthrough_forged_requests_never_reach_bot() {
             )
             .await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         expect_refusal(
             post(&gw, "/hooks/discord/legacy", &[], discord).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
 

@@ -26,11 +26,22 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
+/// The clock in milliseconds, strictly increasing across calls: DingTalk's
+/// robot sign covers only the timestamp, so the gateway accepts one body per
+/// signed timestamp, and two test messages must never share one.
 fn now_millis() -> i64 {
-    SystemTime::now()
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_millis() as i64
+        .as_millis() as i64;
+    let prev = LAST.fetch_max(now, Ordering::SeqCst);
+    if now > prev {
+        now
+    } else {
+        LAST.fetch_add(1, Ordering::SeqCst) + 1
+    }
 }
 
 /// One gateway with `routes` and the embedded assistant.
@@ -338,7 +349,7 @@ fn feishu_forged_and_stale_refused() {
         )
         .await;
         assert_eq!(a.status, 401, "{a:?}");
-        assert_eq!(a.json()["error"], "bad_signature");
+        assert_eq!(a.json()["error"], "unauthenticated");
         // Signature tampered after signing (first hex digit changed).
         let body = feishu_sealed(&event);
         let mut headers = feishu_headers(FS_KEY, now_secs(), &body);
@@ -369,7 +380,7 @@ fn feishu_forged_and_stale_refused() {
         )
         .await;
         assert_eq!(a.status, 401, "{a:?}");
-        assert_eq!(a.json()["error"], "stale_timestamp");
+        assert_eq!(a.json()["error"], "unauthenticated");
     });
     let metrics = gw.metrics();
     assert_eq!(
@@ -389,8 +400,8 @@ fn feishu_forged_and_stale_refused() {
     assert!(fake.requests().is_empty());
 }
 
-/// Not JSON, bad ciphertext and a missing signature are 400; a body past
-/// the route's limit is 413.
+/// Signed but not JSON is 400; bad ciphertext and a missing signature are
+/// the uniform 401; a body past the route's limit is 413.
 #[test]
 fn feishu_malformed_and_oversized_bodies() {
     let fake = FakeApi::start();
@@ -398,11 +409,11 @@ fn feishu_malformed_and_oversized_bodies() {
     let c = gw.client(true);
     let url = gw.url(FS_PATH);
     rt().block_on(async {
-        for body in [
-            "{not json",
-            "[1,2]",
-            r#"{"encrypt":"%%% not base64"}"#,
-            r#"{"encrypt":"AAAA"}"#,
+        for (body, status) in [
+            ("{not json", 400),
+            ("[1,2]", 400),
+            (r#"{"encrypt":"%%% not base64"}"#, 401),
+            (r#"{"encrypt":"AAAA"}"#, 401),
         ] {
             let a = post(
                 &c,
@@ -411,7 +422,7 @@ fn feishu_malformed_and_oversized_bodies() {
                 body.to_string(),
             )
             .await;
-            assert_eq!(a.status, 400, "{body}: {a:?}");
+            assert_eq!(a.status, status, "{body}: {a:?}");
         }
         // Encrypted but unsigned: refused, not decrypted and forwarded.
         let body = feishu_sealed(&feishu_event(
@@ -427,8 +438,8 @@ fn feishu_malformed_and_oversized_bodies() {
             body,
         )
         .await;
-        assert_eq!(a.status, 400, "{a:?}");
-        assert_eq!(a.json()["error"], "missing_field");
+        assert_eq!(a.status, 401, "{a:?}");
+        assert_eq!(a.json()["error"], "unauthenticated");
         // Past the 4096-byte limit, even though correctly signed.
         let body = feishu_sealed(&feishu_event(
             "im.message.receive_v1",
@@ -753,7 +764,7 @@ fn wecom_forged_and_stale_refused() {
         let (query, body) = wecom_delivery(&plain, now_secs(), "guessed", WC_CORP);
         let a = wecom_post(&gw, &c, WC_PATH, &query, body).await;
         assert_eq!(a.status, 401, "{a:?}");
-        assert_eq!(a.json()["error"], "bad_signature");
+        assert_eq!(a.json()["error"], "unauthenticated");
         // A valid signature over a different ciphertext than the body's.
         let (query, _) = wecom_delivery(&plain, now_secs(), WC_TOKEN, WC_CORP);
         let (_, body) = wecom_delivery(&plain, now_secs(), WC_TOKEN, WC_CORP);
@@ -761,17 +772,17 @@ fn wecom_forged_and_stale_refused() {
         // Encrypted for another corp: decrypts to the wrong receive id.
         let (query, body) = wecom_delivery(&plain, now_secs(), WC_TOKEN, "wwsomeoneelse");
         let a = wecom_post(&gw, &c, WC_PATH, &query, body).await;
-        assert_eq!(a.status, 400, "{a:?}");
-        assert_eq!(a.json()["error"], "decrypt_failed");
+        assert_eq!(a.status, 401, "{a:?}");
+        assert_eq!(a.json()["error"], "unauthenticated");
         // Correctly signed, an hour old (the window is 5 minutes).
         let (query, body) = wecom_delivery(&plain, now_secs() - 3600, WC_TOKEN, WC_CORP);
         let a = wecom_post(&gw, &c, WC_PATH, &query, body).await;
         assert_eq!(a.status, 401, "{a:?}");
-        assert_eq!(a.json()["error"], "stale_timestamp");
+        assert_eq!(a.json()["error"], "unauthenticated");
         // No signature at all.
         let (_, body) = wecom_delivery(&plain, now_secs(), WC_TOKEN, WC_CORP);
         let a = post(&c, &gw.url(WC_PATH), &[], body).await;
-        assert_eq!(a.status, 400, "{a:?}");
+        assert_eq!(a.status, 401, "{a:?}");
     });
     let metrics = gw.metrics();
     assert_eq!(
@@ -794,8 +805,9 @@ fn wecom_forged_and_stale_refused() {
     assert!(fake.requests().is_empty());
 }
 
-/// Broken XML, a DOCTYPE (entity expansion), garbage ciphertext and a
-/// signed message whose plaintext is not XML are 400; past the limit, 413.
+/// Broken XML, a DOCTYPE (entity expansion) and garbage ciphertext are the
+/// uniform 401; a signed message whose plaintext is not XML is 400; past
+/// the limit, 413.
 #[test]
 fn wecom_malformed_and_oversized_bodies() {
     let fake = FakeApi::start();
@@ -816,7 +828,7 @@ fn wecom_malformed_and_oversized_bodies() {
             ("<xml><ToUserName>x</ToUserName></xml>", ""),
         ] {
             let a = wecom_post(&gw, &c, WC_PATH, &signed_over(encrypt), body.to_string()).await;
-            assert_eq!(a.status, 400, "{body}: {a:?}");
+            assert_eq!(a.status, 401, "{body}: {a:?}");
         }
         // Signed and encrypted correctly, but the plaintext is not XML.
         let (query, body) = wecom_delivery("this is not xml <", now_secs(), WC_TOKEN, WC_CORP);
@@ -1223,7 +1235,7 @@ fn dingtalk_forged_and_stale_refused() {
         )
         .await;
         assert_eq!(a.status, 401, "{a:?}");
-        assert_eq!(a.json()["error"], "bad_signature");
+        assert_eq!(a.json()["error"], "unauthenticated");
         // A valid sign for another timestamp.
         let mut headers = robot_headers(DT_SECRET, now_millis());
         headers[2].1 = (now_millis() - 1000).to_string();
@@ -1247,7 +1259,7 @@ fn dingtalk_forged_and_stale_refused() {
         )
         .await;
         assert_eq!(a.status, 401, "{a:?}");
-        assert_eq!(a.json()["error"], "stale_timestamp");
+        assert_eq!(a.json()["error"], "unauthenticated");
         // An event subscription correctly signed two hours ago.
         let event = json!({"EventType": "check_url"});
         let crypt = WxCrypt::from_encoding_aes_key(DT_AES).unwrap();
@@ -1266,7 +1278,7 @@ fn dingtalk_forged_and_stale_refused() {
         )
         .await;
         assert_eq!(a.status, 401, "{a:?}");
-        assert_eq!(a.json()["error"], "stale_timestamp");
+        assert_eq!(a.json()["error"], "unauthenticated");
     });
     let metrics = gw.metrics();
     assert_eq!(
@@ -1284,8 +1296,8 @@ fn dingtalk_forged_and_stale_refused() {
     assert!(fake.requests().is_empty());
 }
 
-/// Signed but not JSON, missing headers, a non-object body: 400; past the
-/// route's limit: 413.
+/// Signed but not JSON, a non-object body: 400; missing headers: the
+/// uniform 401; past the route's limit: 413.
 #[test]
 fn dingtalk_malformed_and_oversized_bodies() {
     let fake = FakeApi::start();
@@ -1311,7 +1323,7 @@ fn dingtalk_malformed_and_oversized_bodies() {
         }
         // No signature headers at all.
         let a = post(&c, &url, &[], robot_message("msg_m1", "hi", &hook)).await;
-        assert_eq!(a.status, 400, "{a:?}");
+        assert_eq!(a.status, 401, "{a:?}");
         // Past the 4096-byte limit.
         let a = post(
             &c,

@@ -160,7 +160,7 @@ fn slack_url_verification_answered() {
         );
         // The handshake is signed like everything else.
         let forged = slack_headers(now_secs(), b"something else");
-        expect_refusal(post(&gw, "/hooks/slack", &forged, body).await, 401, "bad_signature").await;
+        expect_refusal(post(&gw, "/hooks/slack", &forged, body).await, 401, "unauthenticated").await;
         gw.wait_audit(|a| a["decision"] == "answered" && a["reason"] == "url_verification");
     });
     assert_eq!(accepted(&gw), 0.0);
@@ -186,7 +186,7 @@ fn slack_bad_requests_refused() {
         expect_refusal(
             post(&gw, "/hooks/slack", &forged, body.clone()).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         // A valid signature over a different body.
@@ -196,7 +196,7 @@ fn slack_bad_requests_refused() {
         expect_refusal(
             post(&gw, "/hooks/slack", &h, tampered).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         // Stale: correctly signed ten minutes ago (Slack's window is 5).
@@ -204,7 +204,7 @@ fn slack_bad_requests_refused() {
         expect_refusal(
             post(&gw, "/hooks/slack", &h, body.clone()).await,
             401,
-            "stale_timestamp",
+            "unauthenticated",
         )
         .await;
         // ... and from the future.
@@ -212,7 +212,7 @@ fn slack_bad_requests_refused() {
         expect_refusal(
             post(&gw, "/hooks/slack", &h, body.clone()).await,
             401,
-            "stale_timestamp",
+            "unauthenticated",
         )
         .await;
         // Unsigned.
@@ -438,7 +438,7 @@ fn slack_sdk_signed_requests_accepted() {
         expect_refusal(
             post(&gw, "/hooks/slack", &headers, tampered).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
     });
@@ -502,7 +502,7 @@ fn discord_ping_answered_with_pong() {
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
     });
@@ -590,13 +590,13 @@ fn discord_bad_requests_refused() {
             )
             .await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         expect_refusal(
             post(&gw, "/hooks/discord", &[], body.clone()).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         let garbled = vec![
@@ -606,14 +606,14 @@ fn discord_bad_requests_refused() {
         expect_refusal(
             post(&gw, "/hooks/discord", &garbled, body.clone()).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         let h = discord_headers(&key, now_secs(), b"{}");
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body.clone()).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         // The signature covers the timestamp: a new timestamp breaks it.
@@ -622,7 +622,7 @@ fn discord_bad_requests_refused() {
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body.clone()).await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         // Stale: correctly signed ten minutes ago.
@@ -630,7 +630,7 @@ fn discord_bad_requests_refused() {
         expect_refusal(
             post(&gw, "/hooks/discord", &h, body.clone()).await,
             401,
-            "stale_timestamp",
+            "unauthenticated",
         )
         .await;
         // Correctly signed junk.
@@ -793,7 +793,7 @@ fn telegram_bad_requests_refused() {
             )
             .await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         expect_refusal(
@@ -805,7 +805,7 @@ fn telegram_bad_requests_refused() {
             )
             .await,
             401,
-            "bad_signature",
+            "unauthenticated",
         )
         .await;
         let resp = post(&gw, "/hooks/telegram", &[], body.clone()).await;

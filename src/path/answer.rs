@@ -191,8 +191,10 @@ fn api_error(stop: &Stop) -> Response<Bytes> {
     json_error(status, code, &message)
 }
 
+/// A refused request: every failure to authenticate answers alike (the
+/// precise reason, `r.kind()`, goes to the audit line and the metric only).
 fn rejection(r: &crate::platform::Rejection) -> Response<Bytes> {
-    let mut resp = json_error(r.status(), r.kind(), &r.to_string());
+    let mut resp = json_error(r.status(), r.public_kind(), &r.public_message());
     if let crate::platform::Rejection::Unauthorized { challenge, .. } = r {
         if let Ok(v) = HeaderValue::from_str(challenge) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);

@@ -3,13 +3,32 @@
 //! A robot callback is plain JSON signed in the `timestamp`/`sign` headers
 //! with an HMAC of the app secret; the reply goes to the `sessionWebhook` URL
 //! the message carries. Because that URL comes from a request body, it is
-//! only ever called when its origin is exactly the configured API host, so a
-//! forged or replayed body cannot turn the gateway into a proxy to anywhere.
+//! only ever called when it is exactly DingTalk's shape on the route's API
+//! host (`<api_base>/robot/sendBySession?session=<token>`), so a forged or
+//! replayed body cannot turn the gateway into a proxy to anywhere.
+//!
+//! DingTalk's robot `sign` covers only the timestamp, not the body, and is
+//! valid for an hour either side of it. So a captured `(timestamp, sign)`
+//! pair could carry any body, any `msgId` and any sender for two hours.
+//! The adapter therefore accepts each signed timestamp with one body only
+//! (`UsedSigns`): the same request again (a redelivery or an exact replay)
+//! goes on to the dedupe stage, which answers it as a duplicate (its
+//! `msgId` is remembered for [`DingtalkAdapter::dedupe_ttl`], longer than
+//! the two-hour window); another body under a pair already used is refused
+//! as [`Rejection::Replayed`]. The cost: two genuine callbacks signed in
+//! the same millisecond, the second is refused (the rejection is counted,
+//! reason `replayed_signature`). Event subscriptions sign the ciphertext,
+//! so they need none of this.
+//!
 //! Event subscriptions use the WeCom cipher ([`super::wxcrypt`]) with the
 //! owner key as receive id, and every event is answered with an encrypted
-//! `success`, which is also how `check_url` is passed.
+//! `success`, which is also how `check_url` is passed. Nothing is decrypted
+//! before its signature and timestamp verified, and every failure to
+//! authenticate answers alike ([`Rejection::is_unauthenticated`]).
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
@@ -17,7 +36,7 @@ use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::adapter::{
@@ -31,6 +50,11 @@ use super::wxcrypt::{self, WxCrypt};
 pub const DEFAULT_API_BASE: &str = "https://oapi.dingtalk.com";
 /// DingTalk documents a one-hour tolerance on the robot `timestamp`.
 pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(3600);
+/// The path of every `sessionWebhook`, under the API base.
+pub const SESSION_WEBHOOK_PATH: &str = "/robot/sendBySession";
+/// How long a robot `msgId` is remembered at least: a day (the default),
+/// and always beyond the whole replay window on both sides of a timestamp.
+pub const MIN_DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Event types that probe the callback URL.
 const CHECK_URL_EVENTS: &[&str] = &[
@@ -57,9 +81,115 @@ pub fn verify_robot_sign(app_secret: &str, timestamp: &str, sign: &str) -> bool 
     !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(sign.trim().as_bytes()))
 }
 
-/// True when `url` has exactly the origin (scheme, host, port) of `api_base`.
+/// Why a `sessionWebhook` from a robot callback is not called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionWebhookError {
+    /// Not the scheme, host and port of the route's API base.
+    #[error("sessionWebhook is not on the route's API host")]
+    Host,
+    /// Not `/robot/sendBySession` under the API base.
+    #[error("sessionWebhook is not the sendBySession path")]
+    Path,
+    /// Not exactly one `session=<token>` query parameter (or a fragment).
+    #[error("sessionWebhook has no single well-formed session parameter")]
+    Session,
+}
+
+impl From<SessionWebhookError> for Rejection {
+    fn from(e: SessionWebhookError) -> Self {
+        Rejection::ReplyUrl(match e {
+            SessionWebhookError::Host => "sessionWebhook is not on the route's API host",
+            SessionWebhookError::Path => "sessionWebhook is not the sendBySession path",
+            SessionWebhookError::Session => "sessionWebhook has no well-formed session parameter",
+        })
+    }
+}
+
+/// A `session` token: what DingTalk issues (letters, digits, `-`, `_`),
+/// with room for URL-safe and base64 characters; never `&`, `#` or `/`.
+fn is_session_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 512
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'%' | b'=' | b'+')
+        })
+}
+
+/// Checks that `url` is a `sessionWebhook` as DingTalk issues it, on the
+/// route's API host: `<api_base>/robot/sendBySession?session=<token>`, the
+/// same origin (scheme, host, port: no userinfo, no lookalike host), the
+/// exact path and one `session` parameter, nothing else.
+pub fn check_session_webhook(url: &str, api_base: &str) -> Result<(), SessionWebhookError> {
+    if !same_origin(url, api_base) {
+        return Err(SessionWebhookError::Host);
+    }
+    if url.contains('#') {
+        return Err(SessionWebhookError::Session);
+    }
+    let (Ok(uri), Ok(base)) = (url.parse::<http::Uri>(), api_base.parse::<http::Uri>()) else {
+        return Err(SessionWebhookError::Host);
+    };
+    let expected = format!(
+        "{}{SESSION_WEBHOOK_PATH}",
+        base.path().trim_end_matches('/')
+    );
+    if uri.path() != expected {
+        return Err(SessionWebhookError::Path);
+    }
+    match uri.query().and_then(|q| q.strip_prefix("session=")) {
+        Some(token) if is_session_token(token) => Ok(()),
+        _ => Err(SessionWebhookError::Session),
+    }
+}
+
+/// True when `url` is a `sessionWebhook` the route may call
+/// ([`check_session_webhook`]).
 pub fn session_webhook_allowed(url: &str, api_base: &str) -> bool {
-    same_origin(url, api_base)
+    check_session_webhook(url, api_base).is_ok()
+}
+
+/// Robot timestamps already used, each with the SHA-256 of the one body it
+/// was accepted with. The `sign` is a function of the timestamp alone, so
+/// the (trimmed) timestamp is the key. Entries leave once their timestamp
+/// is out of the replay window (they could never verify again), so the map
+/// holds at most the genuine callbacks of two hours; an attacker without
+/// the app secret cannot add any (a refused replay is not stored).
+#[derive(Debug, Default)]
+struct UsedSigns {
+    by_timestamp: HashMap<String, ([u8; 32], i64)>,
+    purge_at: usize,
+}
+
+impl UsedSigns {
+    /// Whether `body` may use the pair signed at `timestamp` (`secs`): the
+    /// first body does, and the same body again (a redelivery, which the
+    /// dedupe stage then answers).
+    fn accept(
+        &mut self,
+        timestamp: &str,
+        secs: i64,
+        body: &[u8],
+        now: i64,
+        window: Duration,
+    ) -> bool {
+        if self.by_timestamp.len() >= self.purge_at {
+            // A minute of slack for a clock that steps back.
+            let horizon = i64::try_from(window.as_secs())
+                .unwrap_or(i64::MAX)
+                .saturating_add(60);
+            self.by_timestamp
+                .retain(|_, (_, t)| now.saturating_sub(*t) <= horizon);
+            self.purge_at = self.by_timestamp.len().saturating_mul(2).max(1024);
+        }
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        match self.by_timestamp.entry(timestamp.to_string()) {
+            Entry::Occupied(e) => e.get().0 == digest,
+            Entry::Vacant(e) => {
+                e.insert((digest, secs));
+                true
+            }
+        }
+    }
 }
 
 /// Ids, signatures, media codes, timestamps and enum-like fields of robot
@@ -210,6 +340,8 @@ pub struct DingtalkAdapter {
     events: Option<EventCrypto>,
     api_base: String,
     replay_window: Duration,
+    /// Shared by clones: one route, one record of used robot signatures.
+    used_signs: Arc<Mutex<UsedSigns>>,
 }
 
 impl DingtalkAdapter {
@@ -236,6 +368,7 @@ impl DingtalkAdapter {
                 .trim_end_matches('/')
                 .to_string(),
             replay_window: DEFAULT_REPLAY_WINDOW,
+            used_signs: Arc::default(),
         })
     }
 
@@ -272,6 +405,18 @@ impl DingtalkAdapter {
         nonce: &str,
         encrypt: &str,
     ) -> Result<Vec<u8>, Rejection> {
+        let ev = self.verify_event(signature, timestamp, nonce, encrypt)?;
+        Ok(ev.crypt.decrypt(encrypt, &ev.owner_key)?)
+    }
+
+    /// Checks an event's signature; nothing is decrypted.
+    fn verify_event(
+        &self,
+        signature: &str,
+        timestamp: &str,
+        nonce: &str,
+        encrypt: &str,
+    ) -> Result<&EventCrypto, Rejection> {
         let ev = self
             .events
             .as_ref()
@@ -279,27 +424,61 @@ impl DingtalkAdapter {
         if !wxcrypt::verify_signature(&ev.token, timestamp, nonce, encrypt, signature) {
             return Err(Rejection::BadSignature("signature"));
         }
-        Ok(ev.crypt.decrypt(encrypt, &ev.owner_key)?)
+        Ok(ev)
     }
 
-    /// Verifies the robot headers; returns the parsed body.
+    /// Verifies the robot headers (sign, then the window, then that this
+    /// signed timestamp comes with no other body); returns the parsed body.
     fn open_robot(
         &self,
         req: &WebhookRequest<'_>,
         timestamp: &str,
         sign: &str,
     ) -> Result<Value, Rejection> {
+        let secs = self
+            .verify_robot(req, timestamp, sign)
+            .map_err(Rejection::unverified)?;
+        let body: Value = serde_json::from_slice(req.body)
+            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
+        if !body.is_object() {
+            return Err(Rejection::Malformed("body is not a JSON object".into()));
+        }
+        // Only a body that can be a callback claims the pair, so a garbled
+        // body never costs a genuine one its signature.
+        let accepted = self
+            .used_signs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .accept(
+                timestamp.trim(),
+                secs,
+                req.body,
+                req.now_secs(),
+                self.replay_window,
+            );
+        if !accepted {
+            return Err(Rejection::Replayed("sign"));
+        }
+        Ok(body)
+    }
+
+    /// The robot sign and its window; the timestamp in Unix seconds.
+    fn verify_robot(
+        &self,
+        req: &WebhookRequest<'_>,
+        timestamp: &str,
+        sign: &str,
+    ) -> Result<i64, Rejection> {
         let secret = self
             .app_secret
             .as_deref()
             .ok_or(Rejection::BadSignature("robot signing not configured"))?;
-        let secs = timestamp_secs(timestamp)?;
         if !verify_robot_sign(secret, timestamp.trim(), sign) {
             return Err(Rejection::BadSignature("sign"));
         }
+        let secs = timestamp_secs(timestamp)?;
         check_replay_window(secs, req.now_secs(), self.replay_window)?;
-        serde_json::from_slice(req.body)
-            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))
+        Ok(secs)
     }
 
     /// Maps a verified robot callback body to an [`Inbound`].
@@ -359,11 +538,32 @@ impl DingtalkAdapter {
     }
 
     /// Verifies and decrypts an event: (outer body, event, name of the
-    /// signature parameter the platform used).
+    /// signature parameter the platform used). The signature and the
+    /// window are checked before a byte is decrypted, and every failure
+    /// until then answers alike.
     fn open_event(
         &self,
         req: &WebhookRequest<'_>,
     ) -> Result<(Value, Value, &'static str), Rejection> {
+        let (body, sig_name, ev) = self
+            .verify_event_request(req)
+            .map_err(Rejection::unverified)?;
+        let encrypt = body
+            .get("encrypt")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let plain = ev.crypt.decrypt(encrypt, &ev.owner_key)?;
+        let event: Value = serde_json::from_slice(&plain)
+            .map_err(|e| Rejection::Malformed(format!("event is not JSON: {e}")))?;
+        Ok((body, event, sig_name))
+    }
+
+    /// The authentication half of [`DingtalkAdapter::open_event`]: query
+    /// parameters, the outer body, the signature, the window.
+    fn verify_event_request(
+        &self,
+        req: &WebhookRequest<'_>,
+    ) -> Result<(Value, &'static str, &EventCrypto), Rejection> {
         let (sig_name, signature) = match req.query_param("msg_signature") {
             Some(s) => ("msg_signature", s),
             None => (
@@ -384,15 +584,13 @@ impl DingtalkAdapter {
             .get("encrypt")
             .and_then(Value::as_str)
             .ok_or(Rejection::Missing("encrypt"))?;
-        let plain = self.decrypt_event(&signature, &timestamp, &nonce, encrypt)?;
+        let ev = self.verify_event(&signature, &timestamp, &nonce, encrypt)?;
         check_replay_window(
             timestamp_secs(&timestamp)?,
             req.now_secs(),
             self.replay_window,
         )?;
-        let event: Value = serde_json::from_slice(&plain)
-            .map_err(|e| Rejection::Malformed(format!("event is not JSON: {e}")))?;
-        Ok((body, event, sig_name))
+        Ok((body, sig_name, ev))
     }
 
     fn receive_event(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
@@ -446,11 +644,7 @@ impl PlatformAdapter for DingtalkAdapter {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or(Rejection::Missing("sessionWebhook"))?;
-        if !session_webhook_allowed(url, &self.api_base) {
-            return Err(Rejection::Malformed(
-                "sessionWebhook is not on the platform API host".into(),
-            ));
-        }
+        check_session_webhook(url, &self.api_base)?;
         let mut call = ApiCall::post_json(
             url.to_string(),
             &json!({ "msgtype": "text", "text": { "content": text } }),
@@ -471,6 +665,18 @@ impl PlatformAdapter for DingtalkAdapter {
 
     fn opaque_keys(&self) -> &'static [&'static str] {
         OPAQUE_KEYS
+    }
+
+    /// A robot `msgId` must be recognised as long as its signed timestamp
+    /// verifies (an hour either side), so a replayed request is a
+    /// duplicate, not a new message: a day, and never less than the whole
+    /// window plus a margin.
+    fn dedupe_ttl(&self) -> Duration {
+        MIN_DEDUPE_TTL.max(
+            self.replay_window
+                .saturating_mul(2)
+                .saturating_add(Duration::from_secs(600)),
+        )
     }
 
     /// A robot callback re-signed with a fresh timestamp, or an event
@@ -502,8 +708,8 @@ impl DingtalkAdapter {
         match (req.header("timestamp"), req.header("sign")) {
             (Some(ts), Some(sign)) => Ok(Kind::Robot(ts, sign)),
             _ if self.events.is_some() && req.query_param("nonce").is_some() => Ok(Kind::Event),
-            (None, _) => Err(Rejection::Missing("timestamp")),
-            (Some(_), None) => Err(Rejection::Missing("sign")),
+            (None, _) => Err(Rejection::Missing("timestamp").unverified()),
+            (Some(_), None) => Err(Rejection::Missing("sign").unverified()),
         }
     }
 
@@ -686,11 +892,15 @@ mod tests {
             Some("true")
         );
 
-        // Private chat, and senderId when there is no staff id.
+        // Private chat, and senderId when there is no staff id (another
+        // body: signed at another time, as DingTalk does).
         let mut b = robot_body("text", "");
         b["conversationType"] = json!("1");
         let body = b.to_string();
+        let ts2 = (ts.parse::<i64>().unwrap() + 1).to_string();
+        let h2 = headers(&ts2, &robot_sign("test_app_secret", &ts2));
         let r = WebhookRequest {
+            headers: &h2,
             body: body.as_bytes(),
             ..r
         };
@@ -722,6 +932,12 @@ mod tests {
             })
         };
         let good = headers(ts, sign);
+        // Each distinct body needs its own signed timestamp.
+        let fresh = |n: i64| {
+            let t = (t0 + n).to_string();
+            let sign = robot_sign("test_app_secret", &t);
+            headers(&t, &sign)
+        };
         // Stale: more than an hour either way.
         assert_eq!(
             run(&good, body.as_bytes(), ms(t0 + 3_601_000))
@@ -744,11 +960,22 @@ mod tests {
             run(&headers("1577262236758", sign), body.as_bytes(), now).unwrap_err(),
             Rejection::BadSignature("sign")
         );
+        // The sign is checked first: a timestamp that is no number is
+        // refused as a bad sign, and with its own sign as malformed.
         assert_eq!(
             run(&headers("abc", sign), body.as_bytes(), now)
                 .unwrap_err()
                 .kind(),
-            "malformed"
+            "bad_signature"
+        );
+        assert_eq!(
+            run(
+                &headers("abc", &robot_sign("test_app_secret", "abc")),
+                body.as_bytes(),
+                now
+            )
+            .unwrap_err(),
+            Rejection::Malformed("timestamp is not a number".into()).unverified()
         );
         let min = i64::MIN.to_string();
         let min_h = headers(&min, &robot_sign("test_app_secret", &min));
@@ -758,16 +985,20 @@ mod tests {
         );
         assert_eq!(
             run(&HeaderMap::new(), body.as_bytes(), now).unwrap_err(),
-            Rejection::Missing("timestamp")
+            Rejection::Missing("timestamp").unverified()
         );
         let junk: Vec<u8> = (0..200).map(|_| rand::random()).collect();
         assert_eq!(run(&good, &junk, now).unwrap_err().kind(), "malformed");
         assert_eq!(run(&good, b"[1,2]", now).unwrap_err().kind(), "malformed");
         assert_eq!(
-            run(&good, b"{\"msgtype\":\"text\",\"senderId\":\"u\"}", now).unwrap_err(),
+            run(&fresh(1), b"{\"msgtype\":\"text\",\"senderId\":\"u\"}", now).unwrap_err(),
             Rejection::Missing("msgId")
         );
-        let skip = |b: Value| run(&good, b.to_string().as_bytes(), now).unwrap();
+        let n = std::cell::Cell::new(1);
+        let skip = |b: Value| {
+            n.set(n.get() + 1);
+            run(&fresh(n.get()), b.to_string().as_bytes(), now).unwrap()
+        };
         let reason = |i: Inbound| match i {
             Inbound::Skip { reason, .. } => reason,
             other => panic!("{other:?}"),
@@ -899,7 +1130,7 @@ mod tests {
         assert!(!response.body.is_empty());
         assert_eq!(
             a.receive(&WebhookRequest { body: b"{}", ..r }).unwrap_err(),
-            Rejection::Missing("encrypt")
+            Rejection::Missing("encrypt").unverified()
         );
         assert_eq!(
             a.receive(&WebhookRequest {
@@ -913,51 +1144,175 @@ mod tests {
         // A robot-only route has no event path.
         assert_eq!(
             robot().receive(&r).unwrap_err(),
-            Rejection::Missing("timestamp")
+            Rejection::Missing("timestamp").unverified()
         );
     }
 
     #[test]
-    fn session_webhook_origin_check() {
+    fn session_webhook_host_path_and_session_checked() {
         let base = DEFAULT_API_BASE;
         for ok in [
             "https://oapi.dingtalk.com/robot/sendBySession?session=abc",
-            "https://OAPI.DingTalk.com/robot/sendBySession",
-            "https://oapi.dingtalk.com:443/robot/sendBySession",
-            "HTTPS://oapi.dingtalk.com/x",
+            "https://oapi.dingtalk.com/robot/sendBySession?session=c5b3bd4b2d1f1e7dbf6ba1f3a1a6b2a1",
+            "https://OAPI.DingTalk.com/robot/sendBySession?session=s-1_2",
+            "https://oapi.dingtalk.com:443/robot/sendBySession?session=abc",
+            "HTTPS://oapi.dingtalk.com/robot/sendBySession?session=YWJj%3D",
         ] {
+            assert_eq!(check_session_webhook(ok, base), Ok(()), "{ok}");
             assert!(session_webhook_allowed(ok, base), "{ok}");
         }
-        for bad in [
-            "https://oapi.dingtalk.com@evil.com/robot",
-            "https://user:pw@oapi.dingtalk.com/robot",
-            "https://evil.com/https://oapi.dingtalk.com/",
-            "https://oapi.dingtalk.com.evil.com/robot",
-            "https://oapi.dingtalk.com\\@evil.com/robot",
-            "https://evil.com\\oapi.dingtalk.com/",
-            "http://oapi.dingtalk.com/robot",
-            "https://oapi.dingtalk.com:8443/robot",
-            "//oapi.dingtalk.com/robot",
-            "/robot/sendBySession",
-            "ftp://oapi.dingtalk.com/robot",
-            "https://oapi.dingtalk.com /robot",
-            "https://oapi.dingtalk.com\t/robot",
-            "https://oapi%2edingtalk.com/robot",
-            "https://oapi.dingtalk.com./robot",
-            "https://ｏapi.dingtalk.com/robot",
-            "",
-            "https://",
+        use SessionWebhookError::{Host, Path, Session};
+        for (bad, why) in [
+            // Another host, or one a lenient client might read differently.
+            (
+                "https://oapi.dingtalk.com@evil.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://user:pw@oapi.dingtalk.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://evil.com/https://oapi.dingtalk.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://oapi.dingtalk.com.evil.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://oapi.dingtalk.com\\@evil.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            ("https://evil.com\\oapi.dingtalk.com/", Host),
+            (
+                "http://oapi.dingtalk.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://oapi.dingtalk.com:8443/robot/sendBySession?session=a",
+                Host,
+            ),
+            ("//oapi.dingtalk.com/robot/sendBySession?session=a", Host),
+            ("/robot/sendBySession?session=a", Host),
+            (
+                "ftp://oapi.dingtalk.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://oapi.dingtalk.com /robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://oapi.dingtalk.com\t/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://oapi%2edingtalk.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://oapi.dingtalk.com./robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://ｏapi.dingtalk.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            (
+                "https://api.dingtalk.com/robot/sendBySession?session=a",
+                Host,
+            ),
+            ("", Host),
+            ("https://", Host),
+            // The right host, another endpoint.
+            ("https://oapi.dingtalk.com/x", Path),
+            ("https://oapi.dingtalk.com/robot/send?access_token=a", Path),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession/../../user/get?session=a",
+                Path,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendbysession?session=a",
+                Path,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession/?session=a",
+                Path,
+            ),
+            (
+                "https://oapi.dingtalk.com//robot/sendBySession?session=a",
+                Path,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/%73endBySession?session=a",
+                Path,
+            ),
+            // The right endpoint, a query that is not one session token.
+            ("https://oapi.dingtalk.com/robot/sendBySession", Session),
+            ("https://oapi.dingtalk.com/robot/sendBySession?", Session),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?session=",
+                Session,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?token=a",
+                Session,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?session=a&access_token=b",
+                Session,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?x=1&session=a",
+                Session,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?session=a#frag",
+                Session,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?session=a/b",
+                Session,
+            ),
         ] {
+            assert_eq!(check_session_webhook(bad, base), Err(why), "{bad}");
             assert!(!session_webhook_allowed(bad, base), "{bad}");
         }
+        let session = format!(
+            "https://oapi.dingtalk.com/robot/sendBySession?session={}",
+            "a".repeat(513)
+        );
+        assert_eq!(check_session_webhook(&session, base), Err(Session));
+        // The route's api_base (a local fake in tests) is the only host,
+        // with its path prefix if it has one.
+        let local = "http://127.0.0.1:9";
         assert!(session_webhook_allowed(
-            "http://127.0.0.1:9/robot",
-            "http://127.0.0.1:9"
+            "http://127.0.0.1:9/robot/sendBySession?session=s",
+            local
         ));
-        assert!(!session_webhook_allowed(
-            "http://127.0.0.1:10/robot",
-            "http://127.0.0.1:9"
+        assert_eq!(
+            check_session_webhook("http://127.0.0.1:10/robot/sendBySession?session=s", local),
+            Err(Host)
+        );
+        assert_eq!(
+            check_session_webhook(
+                "https://oapi.dingtalk.com/robot/sendBySession?session=s",
+                local
+            ),
+            Err(Host)
+        );
+        assert!(session_webhook_allowed(
+            "http://127.0.0.1:9/dt/robot/sendBySession?session=s",
+            "http://127.0.0.1:9/dt/"
         ));
+        assert_eq!(
+            check_session_webhook(
+                "http://127.0.0.1:9/robot/sendBySession?session=s",
+                "http://127.0.0.1:9/dt"
+            ),
+            Err(Path)
+        );
     }
 
     #[test]
@@ -985,7 +1340,29 @@ mod tests {
         );
         assert_eq!(calls[0].success, Some(("/errcode", json!(0))));
         msg.reply_to = json!({ "session_webhook": "https://oapi.dingtalk.com@evil.com/robot" });
-        assert_eq!(a.reply_calls(&msg, "hi").unwrap_err().kind(), "malformed");
+        assert_eq!(
+            a.reply_calls(&msg, "hi").unwrap_err(),
+            Rejection::from(SessionWebhookError::Host)
+        );
+        assert_eq!(
+            a.reply_calls(&msg, "hi").unwrap_err().kind(),
+            "reply_url_refused"
+        );
+        // The right host, another endpoint: the gateway's reply must not
+        // become a call to any API the body names.
+        for (url, why) in [
+            (
+                "https://oapi.dingtalk.com/robot/send?access_token=x",
+                SessionWebhookError::Path,
+            ),
+            (
+                "https://oapi.dingtalk.com/robot/sendBySession?session=a&x=1",
+                SessionWebhookError::Session,
+            ),
+        ] {
+            msg.reply_to = json!({ "session_webhook": url });
+            assert_eq!(a.reply_calls(&msg, "hi").unwrap_err(), why.into(), "{url}");
+        }
         assert_eq!(
             a.reply_calls(&PlatformMessage::default(), "hi")
                 .unwrap_err(),
@@ -998,8 +1375,14 @@ mod tests {
         )
         .unwrap();
         msg.reply_to =
-            json!({ "session_webhook": "https://oapi.dingtalk.com/robot/sendBySession" });
-        assert!(local.reply_calls(&msg, "hi").is_err());
+            json!({ "session_webhook": "https://oapi.dingtalk.com/robot/sendBySession?session=a" });
+        assert_eq!(
+            local.reply_calls(&msg, "hi").unwrap_err(),
+            SessionWebhookError::Host.into()
+        );
+        msg.reply_to =
+            json!({ "session_webhook": "http://127.0.0.1:9/robot/sendBySession?session=a" });
+        assert_eq!(local.reply_calls(&msg, "hi").unwrap().len(), 1);
         assert!(a.inline_reply(&msg, "x", SystemTime::now()).is_none());
         assert_eq!(a.ack(&msg), WebhookResponse::empty());
     }
@@ -1117,5 +1500,302 @@ mod tests {
         );
         // A robot-only route cannot reseal events.
         assert!(robot().reseal_payload(&r, &p).is_none());
+    }
+
+    fn robot_req<'a>(h: &'a HeaderMap, body: &'a [u8], now: SystemTime) -> WebhookRequest<'a> {
+        WebhookRequest {
+            method: &Method::POST,
+            query: None,
+            headers: h,
+            body,
+            now,
+            bearer: None,
+        }
+    }
+
+    fn signed_at(t: i64) -> HeaderMap {
+        let ts = t.to_string();
+        headers(&ts, &robot_sign("test_app_secret", &ts))
+    }
+
+    /// The robot sign covers only the timestamp. A signed request sent
+    /// again unchanged passes on (the dedupe stage answers it as a
+    /// duplicate of its msgId); the same sign with any other body (another
+    /// msgId, text or sender: a new message forged from a captured header
+    /// pair) is refused, for as long as the timestamp verifies.
+    #[test]
+    fn a_signed_timestamp_carries_one_body() {
+        let a = robot();
+        let t0 = 1_700_000_000_000i64;
+        let h = signed_at(t0);
+        let body = robot_body("text", "staff1").to_string();
+        let message_id = |r: Result<Inbound, Rejection>| match r {
+            Ok(Inbound::Message(m)) => m.message_id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            message_id(a.receive(&robot_req(&h, body.as_bytes(), ms(t0)))),
+            "msgABC=="
+        );
+        // The identical request, an hour later: the same message again, so
+        // dedupe (which remembers msgABC== for a day) calls it a duplicate.
+        let later = ms(t0 + 3_599_000);
+        assert_eq!(
+            message_id(a.receive(&robot_req(&h, body.as_bytes(), later))),
+            "msgABC=="
+        );
+        let mut forged = Vec::new();
+        let mut other_id = robot_body("text", "staff1");
+        other_id["msgId"] = json!("msgNEW==");
+        forged.push(other_id);
+        let mut other_text = robot_body("text", "staff1");
+        other_text["text"]["content"] = json!("transfer everything");
+        forged.push(other_text);
+        let mut other_sender = robot_body("text", "boss");
+        other_sender["msgId"] = json!("msgBOSS==");
+        forged.push(other_sender);
+        let mut skip = robot_body("picture", "staff1");
+        skip["msgId"] = json!("msgPIC==");
+        forged.push(skip);
+        for b in &forged {
+            for now in [ms(t0), ms(t0 - 3_599_000), later] {
+                let r = a
+                    .receive(&robot_req(&h, b.to_string().as_bytes(), now))
+                    .unwrap_err();
+                assert_eq!(r, Rejection::Replayed("sign"), "{b}");
+                assert_eq!(r.kind(), "replayed_signature");
+                assert!(r.is_unauthenticated());
+                // Nor can it be read or re-signed for a passthrough bot.
+                let bytes = b.to_string();
+                let req = robot_req(&h, bytes.as_bytes(), now);
+                assert!(a.payload(&req).is_err());
+                assert!(a.reseal_payload(&req, &Payload::Json(b.clone())).is_none());
+            }
+        }
+        // Whitespace around the header values is the same pair.
+        let padded = headers(
+            &format!(" {t0} "),
+            &format!(" {} ", robot_sign("test_app_secret", &t0.to_string())),
+        );
+        assert_eq!(
+            a.receive(&robot_req(
+                &padded,
+                forged[0].to_string().as_bytes(),
+                ms(t0)
+            ))
+            .unwrap_err(),
+            Rejection::Replayed("sign")
+        );
+        // Past the window the pair is stale anyway.
+        assert_eq!(
+            a.receive(&robot_req(&h, body.as_bytes(), ms(t0 + 3_601_000)))
+                .unwrap_err()
+                .kind(),
+            "stale_timestamp"
+        );
+        // A new signed timestamp carries a new message; clones of the
+        // adapter (one route) share what was used.
+        let b2 = forged[0].to_string();
+        assert_eq!(
+            message_id(a.receive(&robot_req(&signed_at(t0 + 1), b2.as_bytes(), ms(t0)))),
+            "msgNEW=="
+        );
+        let clone = a.clone();
+        assert_eq!(
+            clone
+                .receive(&robot_req(&h, b2.as_bytes(), ms(t0)))
+                .unwrap_err(),
+            Rejection::Replayed("sign")
+        );
+        // Another route (its own adapter) keeps its own record.
+        assert!(robot()
+            .receive(&robot_req(&h, b2.as_bytes(), ms(t0)))
+            .is_ok());
+    }
+
+    /// A body that cannot be a callback does not claim the pair (so a
+    /// garbled copy cannot cost the genuine message its signature), and a
+    /// forged sign claims nothing.
+    #[test]
+    fn only_a_verified_callback_claims_its_timestamp() {
+        let a = robot();
+        let t0 = 1_700_000_000_000i64;
+        let h = signed_at(t0);
+        for junk in [&b"{not json"[..], b"[1,2]", b"\"text\""] {
+            assert_eq!(
+                a.receive(&robot_req(&h, junk, ms(t0))).unwrap_err().kind(),
+                "malformed"
+            );
+        }
+        let forged = headers(&t0.to_string(), "AAAA");
+        let evil = robot_body("text", "mallory").to_string();
+        assert!(a
+            .receive(&robot_req(&forged, evil.as_bytes(), ms(t0)))
+            .is_err());
+        let body = robot_body("text", "staff1").to_string();
+        assert!(a.receive(&robot_req(&h, body.as_bytes(), ms(t0))).is_ok());
+    }
+
+    /// Concurrent requests under one pair with different bodies: exactly
+    /// one is accepted.
+    #[test]
+    fn one_body_wins_a_race() {
+        let a = robot();
+        let t0 = 1_700_000_000_000i64;
+        let h = signed_at(t0);
+        let accepted: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let (a, h) = (&a, &h);
+                    scope.spawn(move || {
+                        let mut b = robot_body("text", "staff1");
+                        b["msgId"] = json!(format!("msg{i}"));
+                        let body = b.to_string();
+                        usize::from(a.receive(&robot_req(h, body.as_bytes(), ms(t0))).is_ok())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|j| j.join().unwrap()).sum()
+        });
+        assert_eq!(accepted, 1);
+    }
+
+    /// Used timestamps leave once they can no longer verify; the record
+    /// holds at most the genuine callbacks of the window.
+    #[test]
+    fn used_signs_are_purged_after_the_window() {
+        let window = DEFAULT_REPLAY_WINDOW;
+        let mut used = UsedSigns::default();
+        let t0 = 1_700_000_000i64;
+        for i in 0..2000 {
+            assert!(used.accept(&format!("{}", t0 * 1000 + i), t0, b"b", t0, window));
+        }
+        assert!(!used.accept(&format!("{}", t0 * 1000), t0, b"other", t0, window));
+        assert!(used.accept(&format!("{}", t0 * 1000), t0, b"b", t0, window));
+        // Three hours later the old ones are gone on the next purge.
+        let later = t0 + 3 * 3600;
+        for i in 0..2100 {
+            used.accept(&format!("{}", later * 1000 + i), later, b"b", later, window);
+        }
+        assert!(
+            used.by_timestamp.len() <= 2100,
+            "{}",
+            used.by_timestamp.len()
+        );
+        assert!(!used.by_timestamp.contains_key(&format!("{}", t0 * 1000)));
+    }
+
+    /// dedupe remembers a msgId for longer than a signed timestamp can be
+    /// replayed (an hour either side), so a replay is always a duplicate.
+    #[test]
+    fn dedupe_ttl_covers_the_replay_window() {
+        let a = robot();
+        assert!(a.dedupe_ttl() >= DEFAULT_REPLAY_WINDOW * 2);
+        assert_eq!(a.dedupe_ttl(), MIN_DEDUPE_TTL);
+        let wide = robot().with_replay_window(Duration::from_secs(20 * 3600));
+        assert!(wide.dedupe_ttl() >= Duration::from_secs(40 * 3600));
+    }
+
+    /// An event whose signature fails, or is stale, is never decrypted;
+    /// every failure to authenticate, robot or event, answers alike.
+    #[test]
+    fn event_failures_never_decrypt_and_answer_alike() {
+        let v = vectors();
+        let a = events(&v);
+        let ev = a.events.as_ref().unwrap();
+        let t0 = 1_700_000_000_000i64;
+        let ts = t0.to_string();
+        let hdr = HeaderMap::new();
+        let bad_padding = STANDARD.encode([0x5a; 32]);
+        assert_eq!(
+            ev.crypt.decrypt(&bad_padding, &ev.owner_key),
+            Err(wxcrypt::WxCryptError::Padding)
+        );
+        let ciphertexts = [
+            ev.crypt
+                .encrypt(b"{\"EventType\":\"check_url\"}", &ev.owner_key, &[1; 16]),
+            "!!notbase64!!".to_string(),
+            "AAAA".to_string(),
+            bad_padding.clone(),
+            ev.crypt.encrypt(b"{}", "suiteOTHER", &[1; 16]),
+        ];
+        let mut failures = Vec::new();
+        for enc in &ciphertexts {
+            let before = wxcrypt::decrypts();
+            let body = json!({ "encrypt": enc }).to_string();
+            let forged = wxcrypt::msg_signature("guessed", &ts, "n", enc);
+            let good = wxcrypt::msg_signature(&ev.token, &ts, "n", enc);
+            for (sig, now, want) in [
+                (&forged, ms(t0), "bad_signature"),
+                (&good, ms(t0 + 3_601_000), "stale_timestamp"),
+            ] {
+                let q = format!("signature={sig}&timestamp={ts}&nonce=n");
+                let req = WebhookRequest {
+                    method: &Method::POST,
+                    query: Some(&q),
+                    headers: &hdr,
+                    body: body.as_bytes(),
+                    now,
+                    bearer: None,
+                };
+                let r = a.receive(&req).unwrap_err();
+                assert_eq!(r.kind(), want, "{enc}");
+                assert!(a.payload(&req).is_err());
+                failures.push(r);
+            }
+            assert_eq!(
+                wxcrypt::decrypts(),
+                before,
+                "{enc}: decrypted before verifying"
+            );
+            // Signed and fresh: decrypted, and a failure answers alike too.
+            let q = format!("signature={good}&timestamp={ts}&nonce=n");
+            let r = a.receive(&WebhookRequest {
+                method: &Method::POST,
+                query: Some(&q),
+                headers: &hdr,
+                body: body.as_bytes(),
+                now: ms(t0),
+                bearer: None,
+            });
+            if let Err(r) = r {
+                assert_eq!(r.kind(), "decrypt_failed", "{enc}");
+                failures.push(r);
+            }
+        }
+        // Robot side: no headers, half the headers, bad sign, stale, replayed.
+        let robot_route = robot();
+        let body = robot_body("text", "staff1").to_string();
+        let mut only_ts = HeaderMap::new();
+        only_ts.insert("timestamp", HeaderValue::from_static("1"));
+        let h = signed_at(t0);
+        assert!(robot_route
+            .receive(&robot_req(&h, body.as_bytes(), ms(t0)))
+            .is_ok());
+        let mut replay = robot_body("text", "staff1");
+        replay["msgId"] = json!("other");
+        let replay = replay.to_string();
+        for (h, b, now) in [
+            (&HeaderMap::new(), &body, ms(t0)),
+            (&only_ts, &body, ms(t0)),
+            (&headers(&ts, "AAAA"), &body, ms(t0)),
+            (&h, &body, ms(t0 + 3_601_000)),
+            (&h, &replay, ms(t0)),
+        ] {
+            failures.push(
+                robot_route
+                    .receive(&robot_req(h, b.as_bytes(), now))
+                    .unwrap_err(),
+            );
+        }
+        assert_eq!(failures.len(), 2 * 5 + 4 + 5);
+        for r in &failures {
+            assert_eq!(r.status(), http::StatusCode::UNAUTHORIZED, "{r:?}");
+            assert_eq!(
+                (r.public_kind(), r.public_message().as_str()),
+                ("unauthenticated", "the request could not be authenticated"),
+                "{r:?}"
+            );
+        }
     }
 }

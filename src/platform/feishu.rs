@@ -6,6 +6,17 @@
 //! applies all that are configured, answers the `url_verification`
 //! challenge, maps `im.message.receive_v1` (and the v1 `message` event) and
 //! replies through the message API with a cached `tenant_access_token`.
+//!
+//! Authentication comes before decryption. With an `encrypt_key`, the
+//! signature over the raw body and its timestamp window are checked before
+//! a byte of the body is parsed or decrypted; only Feishu's unsigned
+//! `url_verification` challenge is decrypted unauthenticated (the token
+//! inside it is what authenticates it), and there every failure, a
+//! ciphertext that is not base64, bad padding, a plaintext that is not
+//! JSON or not a challenge, a wrong token, is the same
+//! [`Rejection::is_unauthenticated`] answer. So the gateway is no padding
+//! oracle: no answer tells whether a forged ciphertext decrypted. The
+//! precise reason stays in [`Rejection::kind`] for the audit line.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -83,6 +94,8 @@ fn aes_key(encrypt_key: &str) -> [u8; 32] {
 
 /// Decrypts an `encrypt` field: key = SHA-256(encrypt_key), IV = first 16 bytes.
 pub fn decrypt(encrypt_key: &str, encrypt: &str) -> Result<Vec<u8>, Rejection> {
+    #[cfg(test)]
+    tests::DECRYPTS.with(|n| n.set(n.get() + 1));
     let raw = STANDARD
         .decode(encrypt.trim())
         .map_err(|_| Rejection::Decrypt("ciphertext is not base64"))?;
@@ -212,56 +225,118 @@ impl FeishuAdapter {
         self
     }
 
-    /// Verifies signature, decrypts and checks the token.
+    /// Authenticates, then decrypts. With an `encrypt_key`: a signed
+    /// request is verified (signature, then window) before anything else,
+    /// an unsigned one can only be the encrypted `url_verification`
+    /// challenge. Without one: the verification token in the body.
     fn open(&self, req: &WebhookRequest<'_>) -> Result<Opened, Rejection> {
+        match (self.encrypt_key.as_deref(), req.header(H_SIGNATURE)) {
+            (Some(key), Some(sig)) => {
+                self.verify_signed(req, key, sig)
+                    .map_err(Rejection::unverified)?;
+                self.open_signed(req, key)
+            }
+            (Some(key), None) => self
+                .open_unsigned_challenge(req, key)
+                .map_err(Rejection::unverified),
+            (None, _) => self.open_with_token(req),
+        }
+    }
+
+    /// `X-Lark-Signature` over timestamp, nonce, key and the raw body, then
+    /// the timestamp's window. Nothing of the body is read before.
+    fn verify_signed(
+        &self,
+        req: &WebhookRequest<'_>,
+        key: &str,
+        sig: &str,
+    ) -> Result<(), Rejection> {
+        let ts = req
+            .header(H_TIMESTAMP)
+            .ok_or(Rejection::Missing("X-Lark-Request-Timestamp"))?;
+        let nonce = req
+            .header(H_NONCE)
+            .ok_or(Rejection::Missing("X-Lark-Request-Nonce"))?;
+        if !verify_signature(ts, nonce, key, req.body, sig) {
+            return Err(Rejection::BadSignature("X-Lark-Signature"));
+        }
+        let ts: i64 = ts
+            .trim()
+            .parse()
+            .map_err(|_| Rejection::Malformed("timestamp is not a number".into()))?;
+        check_replay_window(ts, req.now_secs(), self.replay_window)
+    }
+
+    /// A signed body, after [`FeishuAdapter::verify_signed`]: parsed,
+    /// decrypted when it is an envelope, and its token checked.
+    fn open_signed(&self, req: &WebhookRequest<'_>, key: &str) -> Result<Opened, Rejection> {
         let body: Value = serde_json::from_slice(req.body)
             .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
-        let signed = match (self.encrypt_key.as_deref(), req.header(H_SIGNATURE)) {
-            (Some(key), Some(sig)) => {
-                let ts = req
-                    .header(H_TIMESTAMP)
-                    .ok_or(Rejection::Missing("X-Lark-Request-Timestamp"))?;
-                let nonce = req
-                    .header(H_NONCE)
-                    .ok_or(Rejection::Missing("X-Lark-Request-Nonce"))?;
-                if !verify_signature(ts, nonce, key, req.body, sig) {
-                    return Err(Rejection::BadSignature("X-Lark-Signature"));
-                }
-                let ts: i64 = ts
-                    .trim()
-                    .parse()
-                    .map_err(|_| Rejection::Malformed("timestamp is not a number".into()))?;
-                check_replay_window(ts, req.now_secs(), self.replay_window)?;
-                true
-            }
-            _ => false,
-        };
         let (event, encrypted) = match body.get("encrypt") {
             Some(enc) => {
                 let enc = enc
                     .as_str()
                     .ok_or(Rejection::Malformed("encrypt is not a string".into()))?;
-                let key = self
-                    .encrypt_key
-                    .as_deref()
-                    .ok_or(Rejection::Decrypt("no encrypt_key configured"))?;
-                let plain = decrypt(key, enc)?;
-                let event: Value = serde_json::from_slice(&plain).map_err(|e| {
-                    Rejection::Malformed(format!("decrypted event is not JSON: {e}"))
-                })?;
-                (event, true)
+                (decrypt_event(key, enc)?, true)
             }
             None => (body, false),
         };
         if !event.is_object() {
             return Err(Rejection::Malformed("event is not a JSON object".into()));
         }
-        // Feishu does not sign the url_verification request; there the
-        // encrypted envelope and the token are what authenticate it.
-        let challenge = event.get("type").and_then(Value::as_str) == Some("url_verification");
-        if self.encrypt_key.is_some() && !signed && !(encrypted && challenge) {
+        self.check_token(&event).map_err(Rejection::unverified)?;
+        Ok(Opened { event, encrypted })
+    }
+
+    /// An unsigned request on a route with an `encrypt_key`: Feishu sends
+    /// only its `url_verification` challenge so, encrypted, with the token
+    /// inside. Every error here is a failure to authenticate (the caller
+    /// makes them all answer alike).
+    fn open_unsigned_challenge(
+        &self,
+        req: &WebhookRequest<'_>,
+        key: &str,
+    ) -> Result<Opened, Rejection> {
+        let body: Value = serde_json::from_slice(req.body)
+            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")))?;
+        let enc = body
+            .get("encrypt")
+            .and_then(Value::as_str)
+            .ok_or(Rejection::Missing("X-Lark-Signature"))?;
+        let event = decrypt_event(key, enc)?;
+        if event.get("type").and_then(Value::as_str) != Some("url_verification") {
             return Err(Rejection::Missing("X-Lark-Signature"));
         }
+        self.check_token(&event)?;
+        Ok(Opened {
+            event,
+            encrypted: true,
+        })
+    }
+
+    /// A route without an `encrypt_key`: the verification token in the
+    /// plain body authenticates it; an encrypted body cannot be opened.
+    fn open_with_token(&self, req: &WebhookRequest<'_>) -> Result<Opened, Rejection> {
+        let event: Value = serde_json::from_slice(req.body)
+            .map_err(|e| Rejection::Malformed(format!("body is not JSON: {e}")).unverified())?;
+        if let Some(enc) = event.get("encrypt") {
+            return Err(match enc.is_string() {
+                true => Rejection::Decrypt("no encrypt_key configured"),
+                false => Rejection::Malformed("encrypt is not a string".into()).unverified(),
+            });
+        }
+        if !event.is_object() {
+            return Err(Rejection::Malformed("event is not a JSON object".into()).unverified());
+        }
+        self.check_token(&event).map_err(Rejection::unverified)?;
+        Ok(Opened {
+            event,
+            encrypted: false,
+        })
+    }
+
+    /// The verification token (v2 `header.token`, v1 `token`), in constant time.
+    fn check_token(&self, event: &Value) -> Result<(), Rejection> {
         let token = event
             .pointer("/header/token")
             .or_else(|| event.get("token"))
@@ -270,7 +345,7 @@ impl FeishuAdapter {
         if !bool::from(token.as_bytes().ct_eq(self.verification_token.as_bytes())) {
             return Err(Rejection::BadSignature("verification token"));
         }
-        Ok(Opened { event, encrypted })
+        Ok(())
     }
 
     /// Maps a verified, decrypted event (v1 or v2) to an [`Inbound`].
@@ -293,6 +368,13 @@ impl FeishuAdapter {
             Ok(skip("unsupported_event"))
         }
     }
+}
+
+/// Decrypts an `encrypt` field into its JSON event.
+fn decrypt_event(key: &str, enc: &str) -> Result<Value, Rejection> {
+    let plain = decrypt(key, enc)?;
+    serde_json::from_slice(&plain)
+        .map_err(|e| Rejection::Malformed(format!("decrypted event is not JSON: {e}")))
 }
 
 fn skip(reason: &'static str) -> Inbound {
@@ -771,7 +853,7 @@ mod tests {
         assert_eq!(
             enc.receive(&post(&h, body.as_bytes(), SystemTime::now()))
                 .unwrap_err(),
-            Rejection::Missing("X-Lark-Signature")
+            Rejection::Missing("X-Lark-Signature").unverified()
         );
         // Encrypted body but no key configured.
         assert_eq!(
@@ -817,7 +899,7 @@ mod tests {
         assert_eq!(
             a.receive(&post(&unsigned, body.as_bytes(), at(now)))
                 .unwrap_err(),
-            Rejection::Missing("X-Lark-Signature")
+            Rejection::Missing("X-Lark-Signature").unverified()
         );
         let forged = signed_headers(&now.to_string(), "nonce1", "wrong key", body.as_bytes());
         assert_eq!(
@@ -1158,5 +1240,217 @@ mod tests {
         assert_eq!(m.text, "card ****");
         assert_eq!(m.command, None);
         assert!(a.payload(&post(&h, b"{}", SystemTime::now())).is_err());
+    }
+
+    /// A ciphertext that is base64 and whole blocks, but whose padding is
+    /// invalid: one block of zeros (a last byte of 0 is never PKCS#7).
+    fn bad_padding(key: &str) -> String {
+        use cbc::cipher::block_padding::NoPadding;
+        let iv = [7u8; 16];
+        let enc = cbc::Encryptor::<Aes256>::new(&aes_key(key).into(), &iv.into());
+        let mut raw = iv.to_vec();
+        raw.extend_from_slice(&enc.encrypt_padded_vec_mut::<NoPadding>(&[0u8; 16]));
+        STANDARD.encode(raw)
+    }
+
+    thread_local! {
+        /// Calls of [`decrypt`] on this thread, so tests can prove that a
+        /// request which fails authentication is never decrypted.
+        pub(super) static DECRYPTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn decrypts() -> usize {
+        DECRYPTS.with(std::cell::Cell::get)
+    }
+
+    /// Bodies an attacker could send, from a valid envelope to garbage.
+    fn hostile_bodies() -> Vec<(&'static str, String)> {
+        let event = v2_message("hi", "p2p", "", "user").to_string();
+        let challenge =
+            json!({ "challenge": "c", "token": TOKEN, "type": "url_verification" }).to_string();
+        let wrap = |enc: String| json!({ "encrypt": enc }).to_string();
+        vec![
+            (
+                "valid envelope",
+                wrap(encrypt(KEY, event.as_bytes(), &[1; 16])),
+            ),
+            (
+                "valid challenge",
+                wrap(encrypt(KEY, challenge.as_bytes(), &[2; 16])),
+            ),
+            ("not base64", wrap("%%% not base64 %%%".into())),
+            ("bad length", wrap(STANDARD.encode([9u8; 40]))),
+            ("bad padding", wrap(bad_padding(KEY))),
+            (
+                "not JSON inside",
+                wrap(encrypt(KEY, b"{not json", &[3; 16])),
+            ),
+            ("plain event", event),
+            ("not JSON", "{garbage".into()),
+        ]
+    }
+
+    /// A request whose signature fails is never decrypted, nor parsed: a
+    /// forged envelope, a ciphertext that is not base64 or has bad padding
+    /// and garbage get exactly the rejection of a valid body with a bad
+    /// signature. So do they with a correct signature that is stale.
+    #[test]
+    fn a_failed_signature_is_never_decrypted() {
+        let a = adapter(Some(KEY));
+        let t0 = 1_700_000_000;
+        assert_eq!(
+            decrypt(KEY, &bad_padding(KEY)),
+            Err(Rejection::Decrypt("bad padding"))
+        );
+        for (what, body) in hostile_bodies() {
+            let before = decrypts();
+            let forged = signed_headers(&t0.to_string(), "n", "guessed key", body.as_bytes());
+            assert_eq!(
+                a.receive(&post(&forged, body.as_bytes(), at(t0)))
+                    .unwrap_err(),
+                Rejection::BadSignature("X-Lark-Signature"),
+                "{what}"
+            );
+            let mut tampered = signed_headers(&t0.to_string(), "n", KEY, body.as_bytes());
+            tampered.insert(H_NONCE, HeaderValue::from_static("other"));
+            assert_eq!(
+                a.receive(&post(&tampered, body.as_bytes(), at(t0)))
+                    .unwrap_err(),
+                Rejection::BadSignature("X-Lark-Signature"),
+                "{what}"
+            );
+            let stale = signed_headers(&t0.to_string(), "n", KEY, body.as_bytes());
+            assert_eq!(
+                a.receive(&post(&stale, body.as_bytes(), at(t0 + 301)))
+                    .unwrap_err()
+                    .kind(),
+                "stale_timestamp",
+                "{what}"
+            );
+            let mut no_ts = stale.clone();
+            no_ts.remove(H_TIMESTAMP);
+            assert_eq!(
+                a.receive(&post(&no_ts, body.as_bytes(), at(t0)))
+                    .unwrap_err(),
+                Rejection::Missing("X-Lark-Request-Timestamp").unverified(),
+                "{what}"
+            );
+            assert!(a.payload(&post(&forged, body.as_bytes(), at(t0))).is_err());
+            assert_eq!(decrypts(), before, "{what}: decrypted before verifying");
+        }
+    }
+
+    /// Every way a request fails to authenticate answers the same status,
+    /// code and message (no padding oracle, no probing one check at a
+    /// time); only `kind`, for the audit line and metric, tells them apart.
+    #[test]
+    fn every_unauthenticated_failure_answers_alike() {
+        let keyed = adapter(Some(KEY));
+        let plain = adapter(None);
+        let t0 = 1_700_000_000;
+        let unsigned = HeaderMap::new();
+        let mut failures: Vec<(String, Rejection)> = Vec::new();
+        for (what, body) in hostile_bodies() {
+            let forged = signed_headers(&t0.to_string(), "n", "guessed", body.as_bytes());
+            let stale = signed_headers(&t0.to_string(), "n", KEY, body.as_bytes());
+            for (how, h, now) in [
+                ("forged", &forged, t0),
+                ("stale", &stale, t0 + 3600),
+                ("unsigned", &unsigned, t0),
+            ] {
+                match keyed.receive(&post(h, body.as_bytes(), at(now))) {
+                    Err(r) => failures.push((format!("{how} {what}"), r)),
+                    Ok(_) => assert_eq!((how, what), ("unsigned", "valid challenge")),
+                }
+            }
+        }
+        // Unsigned challenges that do not decrypt to a good one.
+        let wrong_token = json!({ "challenge": "c", "token": "nope", "type": "url_verification" });
+        let no_token = json!({ "challenge": "c", "type": "url_verification" });
+        for inner in [wrong_token, no_token] {
+            let body = json!({ "encrypt": encrypt(KEY, inner.to_string().as_bytes(), &[4; 16]) })
+                .to_string();
+            let r = keyed.receive(&post(&unsigned, body.as_bytes(), at(t0)));
+            failures.push((format!("unsigned {inner}"), r.unwrap_err()));
+        }
+        // Signed correctly, but the envelope does not decrypt.
+        let body = json!({ "encrypt": bad_padding(KEY) }).to_string();
+        let h = signed_headers(&t0.to_string(), "n", KEY, body.as_bytes());
+        let r = keyed.receive(&post(&h, body.as_bytes(), at(t0)));
+        failures.push(("signed bad padding".into(), r.unwrap_err()));
+        // Token routes: wrong or missing token, an envelope, garbage.
+        let mut wrong = v2_message("hi", "p2p", "", "user");
+        wrong["header"]["token"] = json!("nope");
+        let mut missing = v2_message("hi", "p2p", "", "user");
+        missing["header"].as_object_mut().unwrap().remove("token");
+        let envelope = json!({ "encrypt": bad_padding(KEY) });
+        for body in [
+            wrong.to_string(),
+            missing.to_string(),
+            envelope.to_string(),
+            "{garbage".into(),
+            "[1]".into(),
+        ] {
+            let r = plain.receive(&post(&unsigned, body.as_bytes(), at(t0)));
+            failures.push((format!("token route {body}"), r.unwrap_err()));
+        }
+        let mut kinds = std::collections::BTreeSet::new();
+        for (what, r) in &failures {
+            assert!(r.is_unauthenticated(), "{what}: {r:?}");
+            assert_eq!(r.status(), http::StatusCode::UNAUTHORIZED, "{what}");
+            assert_eq!(r.public_kind(), "unauthenticated", "{what}");
+            assert_eq!(
+                r.public_message(),
+                "the request could not be authenticated",
+                "{what}"
+            );
+            kinds.insert(r.kind());
+        }
+        // The audit line still tells them apart.
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            [
+                "bad_signature",
+                "decrypt_failed",
+                "malformed",
+                "missing_field",
+                "stale_timestamp"
+            ]
+        );
+        // The padding oracle: an unsigned envelope with bad padding and
+        // one that decrypts (to something other than a challenge) are
+        // refused identically to the client.
+        let oracle = |enc: String| {
+            let body = json!({ "encrypt": enc }).to_string();
+            let r = keyed
+                .receive(&post(&unsigned, body.as_bytes(), at(t0)))
+                .unwrap_err();
+            (r.status(), r.public_kind(), r.public_message())
+        };
+        let event = v2_message("hi", "p2p", "", "user").to_string();
+        assert_eq!(
+            oracle(bad_padding(KEY)),
+            oracle(encrypt(KEY, event.as_bytes(), &[1; 16]))
+        );
+        assert_eq!(
+            oracle(bad_padding(KEY)),
+            oracle(encrypt(KEY, b"{not json", &[1; 16]))
+        );
+    }
+
+    /// Authenticated but malformed input keeps its precise 400.
+    #[test]
+    fn malformed_after_authentication_stays_400() {
+        let a = adapter(Some(KEY));
+        let t0 = 1_700_000_000;
+        for body in ["{not json", "[1,2]", "{\"encrypt\":5}"] {
+            let h = signed_headers(&t0.to_string(), "n", KEY, body.as_bytes());
+            let r = a.receive(&post(&h, body.as_bytes(), at(t0))).unwrap_err();
+            assert_eq!(
+                (r.status(), r.public_kind()),
+                (http::StatusCode::BAD_REQUEST, "malformed"),
+                "{body}"
+            );
+        }
     }
 }

@@ -6,6 +6,12 @@
 //! owns the XML handling (which refuses DOCTYPE and entities, because the XML
 //! comes from the network), the message mapping, the passive encrypted reply
 //! and the `message/send` fallback.
+//!
+//! Nothing is decrypted before `msg_signature` and the timestamp window
+//! verified, and every failure until then (a missing parameter, an outer
+//! envelope that cannot be read, a bad signature, a stale timestamp) and of
+//! the decryption itself (bad base64, padding, receive id) answers alike
+//! ([`Rejection::is_unauthenticated`]); the audit line keeps the reason.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -145,10 +151,35 @@ impl WecomAdapter {
         nonce: &str,
         encrypt: &str,
     ) -> Result<Vec<u8>, Rejection> {
+        self.verify(signature, timestamp, nonce, encrypt)?;
+        Ok(self.crypt.decrypt(encrypt, &self.corp_id)?)
+    }
+
+    /// Checks `msg_signature` over `encrypt`; nothing is decrypted.
+    fn verify(
+        &self,
+        signature: &str,
+        timestamp: &str,
+        nonce: &str,
+        encrypt: &str,
+    ) -> Result<(), Rejection> {
         if !wxcrypt::verify_signature(&self.token, timestamp, nonce, encrypt, signature) {
             return Err(Rejection::BadSignature("msg_signature"));
         }
-        Ok(self.crypt.decrypt(encrypt, &self.corp_id)?)
+        Ok(())
+    }
+
+    /// The authentication of a request whose signed ciphertext is
+    /// `encrypt`: signature, then window. Any failure answers alike.
+    fn authenticate(
+        &self,
+        req: &WebhookRequest<'_>,
+        signed: &Signed,
+        encrypt: &str,
+    ) -> Result<(), Rejection> {
+        self.verify(&signed.signature, &signed.timestamp, &signed.nonce, encrypt)
+            .and_then(|()| self.check_time(req, &signed.timestamp))
+            .map_err(Rejection::unverified)
     }
 
     /// The passive encrypted reply envelope for `reply_xml`; `random` is the
@@ -197,19 +228,28 @@ impl WecomAdapter {
         check_replay_window(ts, req.now_secs(), self.replay_window)
     }
 
+    /// The signature parameters and the outer envelope of a POST: all read
+    /// before authentication, so any failure answers alike.
+    fn signed_post(&self, req: &WebhookRequest<'_>) -> Result<(Signed, XmlFields), Rejection> {
+        let signed = self.signed(req)?;
+        let body = std::str::from_utf8(req.body)
+            .map_err(|_| Rejection::Malformed("body is not UTF-8".into()))?;
+        let outer = parse_xml(body)?;
+        if outer.get("Encrypt").is_none() {
+            return Err(Rejection::Missing("Encrypt"));
+        }
+        Ok((signed, outer))
+    }
+
     /// Verifies, decrypts and parses a POSTed message: (outer, inner plaintext, inner fields).
     fn open_post(
         &self,
         req: &WebhookRequest<'_>,
     ) -> Result<(XmlFields, String, XmlFields), Rejection> {
-        let signed = self.signed(req)?;
-        let body = std::str::from_utf8(req.body)
-            .map_err(|_| Rejection::Malformed("body is not UTF-8".into()))?;
-        let outer = parse_xml(body)?;
-        let encrypt = outer.get("Encrypt").ok_or(Rejection::Missing("Encrypt"))?;
-        let plain =
-            self.verify_and_decrypt(&signed.signature, &signed.timestamp, &signed.nonce, encrypt)?;
-        self.check_time(req, &signed.timestamp)?;
+        let (signed, outer) = self.signed_post(req).map_err(Rejection::unverified)?;
+        let encrypt = outer.get("Encrypt").unwrap_or_default();
+        self.authenticate(req, &signed, encrypt)?;
+        let plain = self.crypt.decrypt(encrypt, &self.corp_id)?;
         let plain = String::from_utf8(plain)
             .map_err(|_| Rejection::Malformed("plaintext is not UTF-8".into()))?;
         let inner = parse_xml(&plain)?;
@@ -217,15 +257,12 @@ impl WecomAdapter {
     }
 
     fn verify_url(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
-        let signed = self.signed(req)?;
-        let echostr = b64_query_param(req, "echostr")?;
-        let plain = self.verify_and_decrypt(
-            &signed.signature,
-            &signed.timestamp,
-            &signed.nonce,
-            &echostr,
-        )?;
-        self.check_time(req, &signed.timestamp)?;
+        let (signed, echostr) = self
+            .signed(req)
+            .and_then(|s| Ok((s, b64_query_param(req, "echostr")?)))
+            .map_err(Rejection::unverified)?;
+        self.authenticate(req, &signed, &echostr)?;
+        let plain = self.crypt.decrypt(&echostr, &self.corp_id)?;
         let plain = String::from_utf8(plain)
             .map_err(|_| Rejection::Malformed("echostr is not UTF-8".into()))?;
         Ok(Inbound::Answer {
@@ -1091,6 +1128,191 @@ mod tests {
         assert_eq!(
             a.open_answer(None, forged.as_bytes()).unwrap_err(),
             Rejection::BadSignature("msg_signature")
+        );
+    }
+
+    /// Ciphertexts an attacker could put in `<Encrypt>` or `echostr`: one
+    /// that decrypts, and each way decryption fails.
+    fn hostile_ciphertexts(a: &WecomAdapter) -> Vec<(&'static str, String)> {
+        // The legacy sample's key: not this route's.
+        let other =
+            WxCrypt::from_encoding_aes_key("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C").unwrap();
+        let inner = "<xml><FromUserName>u</FromUserName><MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId></xml>";
+        let bad_padding =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0x5a; 32]);
+        assert_eq!(
+            a.crypt.decrypt(&bad_padding, &a.corp_id),
+            Err(wxcrypt::WxCryptError::Padding)
+        );
+        vec![
+            (
+                "valid",
+                a.crypt.encrypt(inner.as_bytes(), &a.corp_id, &[3; 16]),
+            ),
+            ("not base64", "!!notbase64!!".into()),
+            ("bad length", "AAAA".into()),
+            ("bad padding", bad_padding),
+            (
+                "wrong receive id",
+                a.crypt.encrypt(inner.as_bytes(), "wwSOMEONEELSE", &[3; 16]),
+            ),
+            (
+                "other key",
+                other.encrypt(inner.as_bytes(), &a.corp_id, &[3; 16]),
+            ),
+        ]
+    }
+
+    /// A POST or URL check whose `msg_signature` fails, or is stale, is
+    /// never decrypted: every ciphertext gets the rejection a valid one gets.
+    #[test]
+    fn a_failed_signature_is_never_decrypted() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let h = HeaderMap::new();
+        let t0 = 1_700_000_000i64;
+        let ts = t0.to_string();
+        let now = UNIX_EPOCH + Duration::from_secs(t0 as u64);
+        for (what, enc) in hostile_ciphertexts(&a) {
+            let before = wxcrypt::decrypts();
+            let body = format!("<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>");
+            let forged = wxcrypt::msg_signature("guessed", &ts, "n", &enc);
+            let stale = wxcrypt::msg_signature(&a.token, &ts, "n", &enc);
+            for (method, sig, at, want) in [
+                (&Method::POST, &forged, now, "bad_signature"),
+                (
+                    &Method::POST,
+                    &stale,
+                    now + Duration::from_secs(301),
+                    "stale_timestamp",
+                ),
+                (&Method::GET, &forged, now, "bad_signature"),
+                (
+                    &Method::GET,
+                    &stale,
+                    now + Duration::from_secs(301),
+                    "stale_timestamp",
+                ),
+            ] {
+                let mut q = format!("msg_signature={sig}&timestamp={ts}&nonce=n");
+                let body = if method == Method::GET {
+                    q.push_str(&format!("&echostr={}", enc_q(&enc)));
+                    ""
+                } else {
+                    body.as_str()
+                };
+                let r = a
+                    .receive(&req(method, &q, &h, body.as_bytes(), at))
+                    .unwrap_err();
+                assert_eq!(r.kind(), want, "{what} {method}");
+                if want == "bad_signature" {
+                    assert_eq!(r, Rejection::BadSignature("msg_signature"), "{what}");
+                }
+                if method == Method::POST {
+                    assert!(a
+                        .payload(&req(method, &q, &h, body.as_bytes(), at))
+                        .is_err());
+                }
+            }
+            assert_eq!(
+                wxcrypt::decrypts(),
+                before,
+                "{what}: decrypted before verifying"
+            );
+        }
+    }
+
+    /// Every failure to authenticate, and every failure to decrypt a signed
+    /// body, answers alike; the precise reason stays in `kind`. A signed
+    /// plaintext that is not XML is the client's to know (400).
+    #[test]
+    fn every_unauthenticated_failure_answers_alike() {
+        let v = vectors();
+        let a = adapter(&v, "official_sample");
+        let h = HeaderMap::new();
+        let now = SystemTime::now();
+        let ts = unix_secs(now).to_string();
+        let signed_over = |enc: &str| {
+            let sig = wxcrypt::msg_signature(&a.token, &ts, "n", enc);
+            format!("msg_signature={sig}&timestamp={ts}&nonce=n")
+        };
+        let mut failures = Vec::new();
+        for (what, enc) in hostile_ciphertexts(&a).into_iter().skip(1) {
+            let body = format!("<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>");
+            let r = a.receive(&req(
+                &Method::POST,
+                &signed_over(&enc),
+                &h,
+                body.as_bytes(),
+                now,
+            ));
+            failures.push((what.to_string(), r.unwrap_err()));
+        }
+        let (good_q, good_b) = signed_post(&a, "<xml><MsgType>text</MsgType></xml>", &ts);
+        let old = signed_post(&a, "<xml><MsgType>text</MsgType></xml>", "1700000000");
+        for (what, q, body) in [
+            (
+                "no signature",
+                format!("timestamp={ts}&nonce=n"),
+                good_b.clone(),
+            ),
+            ("no nonce", good_q.replace("&nonce=42", ""), good_b.clone()),
+            (
+                "forged",
+                good_q.replace("nonce=42", "nonce=43"),
+                good_b.clone(),
+            ),
+            ("stale", old.0, old.1),
+            ("not UTF-8", good_q.clone(), "\u{fffd}".into()),
+            ("broken XML", signed_over("x"), "<xml><Encrypt>x".into()),
+            (
+                "DOCTYPE",
+                signed_over("x"),
+                "<!DOCTYPE xml><xml><Encrypt>x</Encrypt></xml>".into(),
+            ),
+            (
+                "no Encrypt",
+                signed_over(""),
+                "<xml><ToUserName>x</ToUserName></xml>".into(),
+            ),
+        ] {
+            let mut bytes = body.into_bytes();
+            if what == "not UTF-8" {
+                bytes = b"\xff\xfe<xml/>".to_vec();
+            }
+            let r = a.receive(&req(&Method::POST, &q, &h, &bytes, now));
+            failures.push((what.to_string(), r.unwrap_err()));
+        }
+        let r = a.receive(&req(&Method::GET, &good_q, &h, b"", now));
+        failures.push(("no echostr".into(), r.unwrap_err()));
+        let mut kinds = std::collections::BTreeSet::new();
+        for (what, r) in &failures {
+            assert!(r.is_unauthenticated(), "{what}: {r:?}");
+            assert_eq!(r.status(), http::StatusCode::UNAUTHORIZED, "{what}");
+            assert_eq!(
+                (r.public_kind(), r.public_message().as_str()),
+                ("unauthenticated", "the request could not be authenticated"),
+                "{what}"
+            );
+            kinds.insert(r.kind());
+        }
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            [
+                "bad_signature",
+                "decrypt_failed",
+                "malformed",
+                "missing_field",
+                "stale_timestamp"
+            ]
+        );
+        let (q, b) = signed_post(&a, "this is not xml <", &ts);
+        let r = a
+            .receive(&req(&Method::POST, &q, &h, b.as_bytes(), now))
+            .unwrap_err();
+        assert_eq!(
+            (r.status(), r.public_kind()),
+            (http::StatusCode::BAD_REQUEST, "malformed")
         );
     }
 }

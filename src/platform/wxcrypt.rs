@@ -115,8 +115,13 @@ impl WxCrypt {
     }
 
     /// Decrypts a base64 `encrypt` field and checks that its trailing receive
-    /// id equals `receive_id`; returns the message bytes.
+    /// id equals `receive_id`; returns the message bytes. Callers verify the
+    /// `msg_signature` over `encrypt` first: every outcome here (bad base64,
+    /// length, padding, receive id) must be answered like a bad signature,
+    /// or the answers are a padding oracle.
     pub fn decrypt(&self, encrypt: &str, receive_id: &str) -> Result<Vec<u8>, WxCryptError> {
+        #[cfg(test)]
+        DECRYPTS.with(|n| n.set(n.get() + 1));
         let raw = STANDARD
             .decode(encrypt.trim())
             .map_err(|_| WxCryptError::Base64)?;
@@ -187,6 +192,19 @@ pub fn random_nonce() -> String {
     rand::thread_rng()
         .gen_range(100_000_000u32..1_000_000_000)
         .to_string()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`WxCrypt::decrypt`] on this thread, so tests can prove that
+    /// a request which fails its signature is never decrypted.
+    pub(crate) static DECRYPTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times [`WxCrypt::decrypt`] ran on this thread (tests).
+#[cfg(test)]
+pub(crate) fn decrypts() -> usize {
+    DECRYPTS.with(std::cell::Cell::get)
 }
 
 #[cfg(test)]

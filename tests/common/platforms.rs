@@ -393,6 +393,46 @@ pub mod feishu {
         let v: Value = serde_json::from_str(body).ok()?;
         decrypt(v.get("encrypt")?.as_str()?)
     }
+
+    /// `X-Lark-*` signature headers (and the JSON content type) over
+    /// `body`, signed with `key` at `ts` (Unix seconds).
+    pub fn sign(body: &[u8], key: &str, ts: u64) -> Vec<(&'static str, String)> {
+        let ts = ts.to_string();
+        let nonce = hex::encode(rand::random::<[u8; 8]>());
+        let mut h = Sha256::new();
+        for part in [ts.as_bytes(), nonce.as_bytes(), key.as_bytes(), body] {
+            h.update(part);
+        }
+        vec![
+            ("content-type", "application/json".into()),
+            ("x-lark-request-timestamp", ts),
+            ("x-lark-request-nonce", nonce),
+            ("x-lark-signature", hex::encode(h.finalize())),
+        ]
+    }
+
+    /// `{"encrypt": <ciphertext>}` with the ciphertext as given (which may
+    /// be garbage), unsigned.
+    pub fn envelope(ciphertext: &str) -> Vec<u8> {
+        json!({ "encrypt": ciphertext }).to_string().into_bytes()
+    }
+
+    /// A ciphertext under [`ENCRYPT_KEY`] that is base64 and whole blocks
+    /// but whose PKCS#7 padding is invalid (one block of zeros).
+    pub fn bad_padding() -> String {
+        let iv = [7u8; 16];
+        let enc = cbc::Encryptor::<aes::Aes256>::new(&key().into(), &iv.into());
+        let mut raw = iv.to_vec();
+        raw.extend_from_slice(&enc.encrypt_padded_vec_mut::<NoPadding>(&[0u8; 16]));
+        STANDARD.encode(raw)
+    }
+
+    /// The `url_verification` challenge as Feishu sends it to an app with
+    /// an encrypt key: encrypted, unsigned, the token inside.
+    pub fn challenge(challenge: &str, token: &str) -> Signed {
+        let event = json!({ "challenge": challenge, "token": token, "type": "url_verification" });
+        Signed::json(vec![], envelope(&encrypt(event.to_string().as_bytes())))
+    }
 }
 
 // ------------------------------------------------- WeCom / DingTalk crypto ----
@@ -456,6 +496,15 @@ pub mod wxcrypt {
     pub fn nonce() -> String {
         (rand::random::<u32>() % 900_000_000 + 100_000_000).to_string()
     }
+
+    /// A ciphertext under `encoding_aes_key` that is base64 and whole
+    /// blocks but decrypts to invalid padding (a block of zeros).
+    pub fn bad_padding(encoding_aes_key: &str) -> String {
+        let key = key(encoding_aes_key);
+        let iv: [u8; 16] = key[..16].try_into().unwrap();
+        let enc = cbc::Encryptor::<aes::Aes256>::new(&key.into(), &iv.into());
+        STANDARD.encode(enc.encrypt_padded_vec_mut::<NoPadding>(&[0u8; BLOCK]))
+    }
 }
 
 // ---------------------------------------------------------------- WeCom ----
@@ -504,6 +553,24 @@ pub mod wecom {
             headers: vec![("content-type", "text/xml".into())],
             body: body.into_bytes(),
         }
+    }
+
+    /// A POST whose `<Encrypt>` is `encrypt` as given (any string), signed
+    /// with `token` at `ts` (Unix seconds).
+    pub fn seal_raw(encrypt: &str, ts: u64, token: &str) -> Signed {
+        let ts = ts.to_string();
+        let nonce = wxcrypt::nonce();
+        let sig = wxcrypt::signature(token, &ts, &nonce, encrypt);
+        Signed {
+            query: format!("msg_signature={sig}&timestamp={ts}&nonce={nonce}"),
+            headers: vec![("content-type", "text/xml".into())],
+            body: format!("<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt><AgentID><![CDATA[{AGENT_ID}]]></AgentID></xml>").into_bytes(),
+        }
+    }
+
+    /// `inner` encrypted for `receive_id` (the corp id, or another one).
+    pub fn encrypt_for(inner: &str, receive_id: &str) -> String {
+        wxcrypt::encrypt(AES_KEY, inner.as_bytes(), receive_id)
     }
 
     /// The decrypted inner XML of an outer XML with an `<Encrypt>` element
@@ -565,6 +632,31 @@ pub mod dingtalk {
         )
     }
 
+    /// A robot callback with `body` as given (any bytes), signed for `ts_ms`
+    /// (Unix milliseconds) with `secret`.
+    pub fn seal_robot_at(body: &[u8], ts_ms: u64, secret: &str) -> Signed {
+        let ts = ts_ms.to_string();
+        let sign = STANDARD.encode(hmac_sha256(
+            secret.as_bytes(),
+            format!("{ts}\n{secret}").as_bytes(),
+        ));
+        Signed::json(vec![("timestamp", ts), ("sign", sign)], body.to_vec())
+    }
+
+    /// An event subscription delivery whose `encrypt` is as given (any
+    /// string), signed with `token` at `ts_ms`.
+    pub fn seal_event_raw(encrypt: &str, ts_ms: u64, token: &str) -> Signed {
+        let ts = ts_ms.to_string();
+        let nonce = wxcrypt::nonce();
+        let sig = wxcrypt::signature(token, &ts, &nonce, encrypt);
+        let mut s = Signed::json(
+            vec![],
+            json!({ "encrypt": encrypt }).to_string().into_bytes(),
+        );
+        s.query = format!("signature={sig}&timestamp={ts}&nonce={nonce}");
+        s
+    }
+
     /// An event subscription delivery: `event` encrypted, signed in the query.
     pub fn seal_event(event: &Value) -> Signed {
         let encrypt = wxcrypt::encrypt(AES_KEY, event.to_string().as_bytes(), OWNER_KEY);
@@ -594,7 +686,7 @@ pub mod generic {
 
     pub const ISSUER: &str = "auth.example.com";
     pub const AUDIENCE: &str = "moltbot.api";
-    pub const SECRET: &str = "mp-jwt-test-secret";
+    pub const SECRET: &str = "mp-jwt-test-secret-0123456789abcdef-Zq";
 
     /// The `jwt_validation` block of `security_policy.yaml` for [`token`].
     pub fn jwt_policy() -> String {
