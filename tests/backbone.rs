@@ -141,11 +141,11 @@ fn bad_jwts_get_401() {
     };
     let expired = mint(
         json!({"sub":"a","iss":"auth.example.com","aud":"moltbot.api","exp":now-3600}),
-        b"test-secret",
+        common::JWT_SECRET.as_bytes(),
     );
     let wrong_iss = mint(
         json!({"sub":"a","iss":"evil.example.com","aud":"moltbot.api","exp":now+3600}),
-        b"test-secret",
+        common::JWT_SECRET.as_bytes(),
     );
     let forged = mint(
         json!({"sub":"a","iss":"auth.example.com","aud":"moltbot.api","exp":now+3600}),

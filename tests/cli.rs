@@ -374,13 +374,25 @@ fn check_covers_policies() {
         "{err}"
     );
 
-    // The shipped examples load as written.
+    // The shipped examples load as written, once the operator sets their
+    // own JWT secret: outside the demo config their published default is refused.
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("policies: policies/", &format!("policies: {shipped}"));
     std::fs::write(&config, text).unwrap();
     let o = check();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("jwt_validation.secret is a published default"),
+        "{err}"
+    );
+    let o = Command::new(BIN)
+        .args(["check", "-c", config.to_str().unwrap()])
+        .env("MOLTGATE_JWT_SECRET", common::JWT_SECRET)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 

@@ -1252,6 +1252,12 @@ fn start_with_two_sets() -> Gateway {
         ..Default::default()
     };
     let (dir, public, admin, path) = setup.write();
+    // 50 reloads in a second or so: lift the admin listener's reload interval.
+    let config = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("admin: {{ address: 127.0.0.1:{admin} }}"),
+        &format!("admin: {{ address: 127.0.0.1:{admin}, reload_interval: 0s }}"),
+    );
+    std::fs::write(&path, config).unwrap();
     let root = dir.path();
     std::fs::rename(root.join("policies"), root.join("set_a")).unwrap();
     std::fs::create_dir(root.join("set_b")).unwrap();

@@ -8,6 +8,7 @@
 //! file at once (a YAML syntax or schema error stops the reading, so it is
 //! reported alone).
 
+pub mod admin;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use admin::{AdminListener, AdminToken, ADMIN_TOKEN_MIN_LEN};
 pub use yaml::{EnvString, FileError, HumanDuration};
 
 /// The embedded demo config: what `moltgate run` uses with no `-c` and no
@@ -63,6 +65,10 @@ pub struct Config {
     /// Where this config came from, for messages. Not read from YAML.
     #[serde(skip)]
     pub source: PathBuf,
+    /// Whether the text is the shipped demo config, byte for byte (see
+    /// [`Config::is_demo`]). Not read from YAML.
+    #[serde(skip)]
+    demo: bool,
 }
 
 fn default_policies() -> EnvString {
@@ -100,14 +106,6 @@ pub struct TlsFiles {
     /// Create development certificates here if the files are missing.
     #[serde(default)]
     pub dev_autogenerate: bool,
-}
-
-/// The admin listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminListener {
-    /// `host:port`.
-    pub address: EnvString,
 }
 
 /// Bounds of the conversation context cache.
@@ -509,8 +507,26 @@ impl Config {
         let mut config: Config = yaml::parse_str(path, text)?;
         config.base_dir = base_dir;
         config.source = path.to_path_buf();
+        config.demo = text == DEMO_CONFIG;
         config.validate(text)?;
         Ok(config)
+    }
+
+    /// Whether this is the shipped demo: the embedded config, or a file with
+    /// exactly its text (the repository's `moltgate.yaml`, which `scripts/run.sh`
+    /// starts), serving on a loopback address. Only the demo may start with a
+    /// weak JWT secret (the shipped policies' published default); any edit to
+    /// the file, or a public address, makes it a real deployment.
+    pub fn is_demo(&self) -> bool {
+        self.demo
+            && self
+                .public_addr()
+                .is_ok_and(|a| a.ip().to_canonical().is_loopback())
+    }
+
+    /// The admin token, when one is set (an empty one is none).
+    pub fn admin_token(&self) -> Option<&AdminToken> {
+        self.listen.admin.token()
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -569,6 +585,7 @@ impl Config {
                 ));
             }
         }
+        errors.extend(admin::check(&self.listen.admin, &self.source, text));
         for (name, up) in &self.upstreams {
             errors.extend(check_upstream(name, up).into_iter().map(|(node, msg)| {
                 let pos = match node {
@@ -692,6 +709,60 @@ mod tests {
         let c = Config::demo(Path::new(".")).unwrap();
         assert!(c.upstreams.contains_key("assistant"));
         assert!(c.routes.iter().any(|r| r.path.0 == "/v1/messages"));
+    }
+
+    /// Only the shipped text is the demo; any edit makes it a deployment.
+    #[test]
+    fn demo_is_the_shipped_text() {
+        assert!(Config::demo(Path::new(".")).unwrap().is_demo());
+        assert!(parse(DEMO_CONFIG).unwrap().is_demo());
+        let edited = DEMO_CONFIG.replace("turns: 20", "turns: 21");
+        assert!(!parse(&edited).unwrap().is_demo());
+        assert!(!parse(MIN).unwrap().is_demo());
+    }
+
+    #[test]
+    fn admin_without_token_must_be_loopback() {
+        let cfg = |admin: &str| {
+            parse(&format!(
+                "listen:\n  public: {{ address: 127.0.0.1:8443, tls: {{ cert: c, key: k }} }}\n  admin: {admin}\n"
+            ))
+        };
+        let e = cfg("{ address: 0.0.0.0:9090 }").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(3), Some(21)), "{e}");
+        assert!(
+            e.message.contains(
+                "'0.0.0.0:9090' is not a loopback address and listen.admin.token is not set"
+            ),
+            "{e}"
+        );
+        assert!(e.message.contains("Bind it to 127.0.0.1:9090"), "{e}");
+        // An empty token (an unset `${VAR:-}`) is no token.
+        assert!(cfg("{ address: \"[::]:9090\", token: \"\" }").is_err());
+        for ok in [
+            "{ address: 127.0.0.1:9090 }",
+            "{ address: \"[::1]:9090\" }",
+            "{ address: 127.0.0.2:9090 }",
+            "{ address: 0.0.0.0:9090, token: 0123456789abcdef0123 }",
+        ] {
+            let c = cfg(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(c.admin_token().is_some(), ok.contains("token"));
+        }
+        let e = cfg("{ address: 127.0.0.1:9090, token: short }").unwrap_err();
+        assert!(
+            e.message
+                .contains("listen.admin.token is 5 bytes; use at least 16"),
+            "{e}"
+        );
+        assert!(
+            !e.to_string().contains("short"),
+            "the token is never echoed: {e}"
+        );
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = cfg("{ address: 127.0.0.1:9090, token: \"0123456789 abcdef\" }").unwrap_err();
+        assert!(e.message.contains("printable ASCII"), "{e}");
+        let c = cfg("{ address: 127.0.0.1:9090, token: 0123456789abcdef-secret }").unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef-secret"));
     }
 
     #[test]

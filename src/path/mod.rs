@@ -80,6 +80,11 @@ impl Gateway {
     /// (gRPC channels connect lazily), but no reachable upstream.
     pub fn build(config: &Config, metrics: Metrics) -> Result<Self, FileError> {
         let policies = Arc::new(PolicyStore::load(&config.policies_dir(), metrics.clone())?);
+        // A weak HS secret is refused here, so by `run` and `check` alike.
+        policies
+            .current()
+            .jwt
+            .require_strong_secret(config.is_demo())?;
         let table = routes::RouteTable::build(config, &metrics)?;
         policies.lint_against(table.routes.keys().cloned().collect());
         let bots =
@@ -168,11 +173,13 @@ impl Gateway {
     async fn run(&self, ex: &mut Exchange, req: &IncomingRequest) -> Result<Done, Stop> {
         let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
         let policies = ex.policies.clone();
-        let msg = authenticate::authenticate(&route, req, &policies)?;
+        let msg = authenticate::authenticate(&route, req, &policies)
+            .map_err(|stop| rate::unverified(&policies, req.client_ip, stop))
+            .inspect_err(|stop| ex.record_stop(stop))?;
         ex.heard(&msg);
         ex.claim = claim::claim(&route.dedupe, &msg)?;
         let who = identity::identify(&policies, route.platform.as_str(), &msg);
-        rate::limit(&policies, &who, &msg, req.client_ip, &route.path)
+        rate::limit(&policies, &who, &msg, req.client_ip, &route)
             .inspect_err(|stop| ex.record_stop(stop))?;
         if let Some((cluster, held)) = self.release_held(&route, &who, &msg)? {
             return self.deliver_held(ex, &route, cluster, msg, held).await;

@@ -7,25 +7,81 @@
 //! no lock and allocates nothing. Membership is all a decision needs, so overlapping and
 //! adjacent prefixes are merged, which also keeps the tables small.
 //!
-//! The client address is the socket peer. `X-Forwarded-For` is believed only when the
+//! The client address is the socket peer. A forwarding header is believed only when the
 //! peer is a trusted proxy, and then only as far as the chain of trusted hops reaches:
 //! each proxy appends the address it saw, so the right-most untrusted entry is the
 //! client, and anything to its left was written by whoever the client was and proves
-//! nothing. IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket
-//! reports for an IPv4 client) are turned into plain IPv4 everywhere so that IPv4 rules
-//! apply to them.
+//! nothing. Every line of the header counts, in order, as one list (RFC 7230 §3.2.2):
+//! a proxy that appends a line of its own instead of extending the last one must not
+//! leave the client's first line in charge.
+//!
+//! Which header is read is the operator's choice (`client_ip_headers`, in precedence
+//! order; default `[x-forwarded-for]`): `x-forwarded-for`, or `forwarded` (RFC 7239,
+//! the `for=` parameter of each element, quoted IPv6 and ports included). The first
+//! configured header present in the request is walked, the others are ignored. There
+//! is no built-in "Forwarded if present, else X-Forwarded-For": behind a proxy that
+//! writes only `X-Forwarded-For` (most do), the client's own `Forwarded` header
+//! arrives untouched, and preferring it would let the client pick its address.
+//! Configure `[forwarded, x-forwarded-for]` only when every trusted proxy writes (or
+//! strips) `Forwarded`.
+//!
+//! IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket reports
+//! for an IPv4 client) are turned into plain IPv4 everywhere so that IPv4 rules apply
+//! to them.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use http::HeaderMap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// Longest `X-Forwarded-For` chain walked; a longer header is cut, not rejected, so a
-/// hostile header costs bounded work.
+/// Longest forwarding chain walked (every line together); a longer header is cut, not
+/// rejected, so a hostile header costs bounded work.
 const MAX_XFF_HOPS: usize = 64;
+
+/// A header that trusted proxies write the client chain into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the de facto standard).
+    XForwardedFor,
+    /// `Forwarded: for=client, for="[2001:db8::1]:4711"` (RFC 7239).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        }
+    }
+
+    /// The hops of every line of this header in `headers`, right-most first.
+    fn hops<'h>(self, headers: &'h HeaderMap) -> Box<dyn Iterator<Item = Option<IpAddr>> + 'h> {
+        // A line that is not visible ASCII is garbage, like an unparseable entry.
+        let lines = headers
+            .get_all(self.name())
+            .iter()
+            .rev()
+            .map(|v| v.to_str().unwrap_or(""));
+        match self {
+            ForwardedHeader::XForwardedFor => {
+                Box::new(lines.flat_map(|line| line.rsplit(',').map(parse_hop)))
+            }
+            ForwardedHeader::Forwarded => {
+                Box::new(lines.flat_map(|line| forwarded_for(line).into_iter().rev()))
+            }
+        }
+    }
+}
+
+/// The default: `X-Forwarded-For` only.
+pub const DEFAULT_CLIENT_IP_HEADERS: [ForwardedHeader; 1] = [ForwardedHeader::XForwardedFor];
 
 /// One network from a policy file: `10.0.0.0/8`, `::1/128`, or a bare address (a host route).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -297,11 +353,19 @@ impl IpDecision {
 }
 
 /// Compiled whitelist, blacklist and trusted proxies; cheap to query from many threads.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IpPolicy {
     whitelist: NetSet,
     blacklist: NetSet,
     trusted: NetSet,
+    /// The forwarding headers read from trusted proxies, in precedence order.
+    headers: Vec<ForwardedHeader>,
+}
+
+impl Default for IpPolicy {
+    fn default() -> Self {
+        IpPolicy::new(&[], &[], &[])
+    }
 }
 
 impl IpPolicy {
@@ -311,7 +375,14 @@ impl IpPolicy {
             whitelist: NetSet::build(whitelist),
             blacklist: NetSet::build(blacklist),
             trusted: NetSet::build(trusted_proxies),
+            headers: DEFAULT_CLIENT_IP_HEADERS.to_vec(),
         }
+    }
+
+    /// The same policy reading `headers` (in precedence order) from trusted proxies.
+    pub fn with_client_ip_headers(mut self, headers: &[ForwardedHeader]) -> IpPolicy {
+        self.headers = headers.to_vec();
+        self
     }
 
     /// Decides for a client address; the blacklist wins over the whitelist.
@@ -335,24 +406,43 @@ impl IpPolicy {
         self.trusted.contains(ip.to_canonical())
     }
 
-    /// The client address for a request from socket `peer` carrying `x_forwarded_for`.
-    ///
-    /// The header is read only when `peer` is a trusted proxy. It is walked from the right,
-    /// skipping trusted hops; the first untrusted hop is the client. An unparseable entry
-    /// stops the walk at the last hop known good (a trusted proxy), because nothing left
-    /// of garbage can be attributed to anyone. If every hop is trusted, the left-most one
-    /// is the client.
+    /// The client address for a request from socket `peer` carrying one
+    /// `X-Forwarded-For` value (a convenience over [`IpPolicy::client_ip_in`]).
     pub fn client_ip(&self, peer: IpAddr, x_forwarded_for: Option<&str>) -> IpAddr {
         let peer = peer.to_canonical();
-        let Some(xff) = x_forwarded_for else {
-            return peer;
-        };
+        match x_forwarded_for {
+            Some(xff) if self.trusted.contains(peer) => {
+                self.walk(peer, xff.rsplit(',').map(parse_hop))
+            }
+            _ => peer,
+        }
+    }
+
+    /// The client address for a request from socket `peer` with `headers`.
+    ///
+    /// Forwarding headers are read only when `peer` is a trusted proxy: the first of
+    /// `client_ip_headers` present in the request, every line of it in order as one
+    /// list. It is walked from the right, skipping trusted hops; the first untrusted hop
+    /// is the client. An unparseable entry (or `unknown`, or an obfuscated node) stops
+    /// the walk at the last hop known good (a trusted proxy), because nothing left of it
+    /// can be attributed to anyone. If every hop is trusted, the left-most one is the
+    /// client.
+    pub fn client_ip_in(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
         if !self.trusted.contains(peer) {
             return peer;
         }
+        match self.headers.iter().find(|h| headers.contains_key(h.name())) {
+            Some(h) => self.walk(peer, h.hops(headers)),
+            None => peer,
+        }
+    }
+
+    /// Walks `hops` (right-most first) from the trusted `peer`.
+    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
         let mut current = peer;
-        for raw in xff.rsplit(',').take(MAX_XFF_HOPS) {
-            let Some(hop) = parse_hop(raw) else {
+        for hop in hops.take(MAX_XFF_HOPS) {
+            let Some(hop) = hop else {
                 return current;
             };
             current = hop;
@@ -391,6 +481,104 @@ fn parse_hop(raw: &str) -> Option<IpAddr> {
     Ipv6Addr::from_str(inner)
         .ok()
         .map(|a| IpAddr::V6(a).to_canonical())
+}
+
+/// The `for=` node of every element of one `Forwarded` line, left to right (at most the
+/// last [`MAX_XFF_HOPS`]): `None` for an element without one, or whose node is not an
+/// address (`unknown`, an obfuscated `_name`, garbage, `for` given twice).
+fn forwarded_for(line: &str) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for element in split_unquoted(line, b',') {
+        if hops.len() >= 2 * MAX_XFF_HOPS {
+            hops.drain(..MAX_XFF_HOPS);
+        }
+        let mut node = None;
+        let mut seen = 0;
+        for pair in split_unquoted(element, b';') {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("for") {
+                seen += 1;
+                node = forwarded_node(value.trim());
+            }
+        }
+        hops.push(if seen == 1 { node } else { None });
+    }
+    let keep = hops.len().saturating_sub(MAX_XFF_HOPS);
+    hops.drain(..keep);
+    hops
+}
+
+/// Splits `s` at `sep` outside double-quoted strings (with `\` escapes inside them).
+fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut cuts = s.bytes().enumerate().filter_map(move |(i, b)| {
+        match (quoted, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, false, b'"') => quoted = !quoted,
+            (false, _, b) if b == sep => return Some(i),
+            _ => {}
+        }
+        None
+    });
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let end = cuts.next().unwrap_or_else(|| {
+            done = true;
+            s.len()
+        });
+        let part = s.get(start..end).unwrap_or("");
+        start = end + 1;
+        Some(part)
+    })
+}
+
+/// A `Forwarded` node (RFC 7239 §6): a token or quoted string holding an IPv4 address
+/// or a bracketed IPv6 address, either with an optional port (numeric or obfuscated).
+fn forwarded_node(value: &str) -> Option<IpAddr> {
+    if value.len() > 80 {
+        return None;
+    }
+    let node: String = match value.strip_prefix('"') {
+        Some(rest) => unescape(rest.strip_suffix('"')?),
+        None => value.to_string(),
+    };
+    if let Some(rest) = node.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.starts_with(':')) {
+            return None;
+        }
+        return Ipv6Addr::from_str(addr)
+            .ok()
+            .map(|a| IpAddr::V6(a).to_canonical());
+    }
+    // IPv4, with or without `:port`. A bare IPv6 address is not valid here (RFC 7239
+    // wants brackets), but one written by a trusted proxy is understood.
+    let host = match node.split_once(':') {
+        Some((v4, port)) if !port.contains(':') => v4,
+        _ => node.as_str(),
+    };
+    IpAddr::from_str(host).ok().map(|ip| ip.to_canonical())
+}
+
+/// The content of a quoted string: `\x` is `x`.
+fn unescape(quoted: &str) -> String {
+    let mut out = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -738,6 +926,187 @@ mod tests {
             }
             let _ = p.client_ip(peer, Some(&h));
         }
+    }
+
+    /// Headers with the given (name, value) lines, in order.
+    fn lines(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Every `X-Forwarded-For` line counts, in order, as one list: a proxy
+    /// that appends its own line cannot leave the client's line in charge.
+    #[test]
+    fn xff_every_line_is_one_list() {
+        let p = proxied();
+        let peer = ip("10.0.0.1");
+        let xff = |v: &[&[u8]]| {
+            let pairs: Vec<(&str, &[u8])> = v.iter().map(|l| ("x-forwarded-for", *l)).collect();
+            p.client_ip_in(peer, &lines(&pairs))
+        };
+        // The client forged the first line; the proxy appended the real address as a second.
+        assert_eq!(xff(&[b"6.6.6.6", b"198.51.100.7"]), ip("198.51.100.7"));
+        // Trusted hops across lines.
+        assert_eq!(
+            xff(&[b"6.6.6.6, 198.51.100.7", b"10.0.0.2", b"10.0.0.3"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            xff(&[b"198.51.100.7", b"10.0.0.2,10.0.0.3"]),
+            ip("198.51.100.7")
+        );
+        // Every hop trusted, across lines: the left-most.
+        assert_eq!(xff(&[b"10.9.9.9", b"10.0.0.2"]), ip("10.9.9.9"));
+        // A line that is not text, or is empty, is garbage: the walk stops at the
+        // last trusted hop and never reaches the forged line left of it.
+        assert_eq!(xff(&[b"6.6.6.6", b"\xff\xfe", b"10.0.0.2"]), ip("10.0.0.2"));
+        assert_eq!(xff(&[b"6.6.6.6", b"", b"10.0.0.2"]), ip("10.0.0.2"));
+        // One line behaves as before.
+        assert_eq!(xff(&[b"6.6.6.6, 198.51.100.7"]), ip("198.51.100.7"));
+        // From an untrusted peer nothing is read.
+        let h = lines(&[
+            ("x-forwarded-for", b"10.0.0.5"),
+            ("x-forwarded-for", b"1.1.1.1"),
+        ]);
+        assert_eq!(p.client_ip_in(ip("203.0.113.5"), &h), ip("203.0.113.5"));
+        // Many lines cost bounded work and end on a trusted hop.
+        let many: Vec<(&str, &[u8])> = std::iter::once(("x-forwarded-for", &b"6.6.6.6"[..]))
+            .chain(std::iter::repeat_n(
+                ("x-forwarded-for", &b"10.0.0.9"[..]),
+                1000,
+            ))
+            .collect();
+        assert_eq!(p.client_ip_in(peer, &lines(&many)), ip("10.0.0.9"));
+    }
+
+    #[test]
+    fn forwarded_nodes_parse_per_rfc_7239() {
+        let hops = |s: &str| forwarded_for(s);
+        let v4 = |s: &str| Some(ip(s));
+        assert_eq!(
+            hops("for=192.0.2.60;proto=http;by=203.0.113.43"),
+            vec![v4("192.0.2.60")]
+        );
+        assert_eq!(
+            hops("For=\"[2001:db8:cafe::17]:4711\""),
+            vec![v4("2001:db8:cafe::17")]
+        );
+        assert_eq!(
+            hops("for=\"[2001:db8:cafe::17]\""),
+            vec![v4("2001:db8:cafe::17")]
+        );
+        assert_eq!(hops("for=\"192.0.2.43:47011\""), vec![v4("192.0.2.43")]);
+        assert_eq!(hops("for=192.0.2.43:_port"), vec![v4("192.0.2.43")]);
+        assert_eq!(
+            hops("for=192.0.2.43, for=198.51.100.17"),
+            vec![v4("192.0.2.43"), v4("198.51.100.17")]
+        );
+        assert_eq!(hops("for=\"::ffff:10.1.2.3\""), vec![v4("10.1.2.3")]);
+        // Commas and semicolons inside quoted strings do not split.
+        assert_eq!(
+            hops("for=\"_a,b;c\";by=x, for=198.51.100.17"),
+            vec![None, v4("198.51.100.17")]
+        );
+        assert_eq!(
+            hops("for=\"1.2.3\\\"4\", for=10.0.0.1"),
+            vec![None, v4("10.0.0.1")]
+        );
+        // Nodes that are not addresses, elements without `for`, `for` twice.
+        for junk in [
+            "for=unknown",
+            "for=_hidden",
+            "proto=https;by=10.0.0.1",
+            "for=10.0.0.1;for=6.6.6.6",
+            "for=\"[2001:db8::1\"",
+            "for=\"[2001:db8::1]x\"",
+            "for=\"unterminated",
+            "for=",
+            "",
+            "😀",
+        ] {
+            assert_eq!(hops(junk), vec![None], "{junk:?}");
+        }
+        // A hostile line keeps only the last hops.
+        let long = vec!["for=10.0.0.9"; 10_000].join(",");
+        assert_eq!(hops(&long).len(), MAX_XFF_HOPS);
+    }
+
+    #[test]
+    fn forwarded_walks_like_xff_when_configured() {
+        let p = proxied().with_client_ip_headers(&[ForwardedHeader::Forwarded]);
+        let peer = ip("10.0.0.1");
+        let fwd = |v: &[&str]| {
+            let pairs: Vec<(&str, &[u8])> = v.iter().map(|l| ("forwarded", l.as_bytes())).collect();
+            p.client_ip_in(peer, &lines(&pairs))
+        };
+        assert_eq!(
+            fwd(&["for=6.6.6.6", "for=198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            fwd(&["for=6.6.6.6, for=\"[2001:db8:1::5]:443\";proto=https, for=10.0.0.2"]),
+            ip("2001:db8:1::5")
+        );
+        // `unknown` right of the client stops at the trusted hop before it.
+        assert_eq!(
+            fwd(&["for=198.51.100.7, for=unknown, for=10.0.0.2"]),
+            ip("10.0.0.2")
+        );
+        // No Forwarded header: the peer (X-Forwarded-For is not read under this setting).
+        let h = lines(&[("x-forwarded-for", b"198.51.100.7")]);
+        assert_eq!(p.client_ip_in(peer, &h), peer);
+        // Never from an untrusted peer.
+        let h = lines(&[("forwarded", b"for=10.0.0.5")]);
+        assert_eq!(p.client_ip_in(ip("203.0.113.5"), &h), ip("203.0.113.5"));
+    }
+
+    /// The default reads only `X-Forwarded-For`, so a client behind a proxy
+    /// that writes only that header cannot pick its address with `Forwarded`.
+    /// `[forwarded, x-forwarded-for]` prefers `Forwarded` when present.
+    #[test]
+    fn header_precedence_is_configured() {
+        let peer = ip("10.0.0.1");
+        let both = lines(&[
+            ("forwarded", b"for=192.0.2.1"),
+            ("x-forwarded-for", b"198.51.100.7"),
+        ]);
+        let xff_only = lines(&[("x-forwarded-for", b"198.51.100.7")]);
+        let default = proxied();
+        assert_eq!(default.client_ip_in(peer, &both), ip("198.51.100.7"));
+        let lines_only_fwd = lines(&[("forwarded", b"for=192.0.2.1")]);
+        assert_eq!(default.client_ip_in(peer, &lines_only_fwd), peer);
+        let pref = proxied()
+            .with_client_ip_headers(&[ForwardedHeader::Forwarded, ForwardedHeader::XForwardedFor]);
+        assert_eq!(pref.client_ip_in(peer, &both), ip("192.0.2.1"));
+        assert_eq!(pref.client_ip_in(peer, &xff_only), ip("198.51.100.7"));
+        let none = proxied().with_client_ip_headers(&[]);
+        assert_eq!(none.client_ip_in(peer, &both), peer);
+    }
+
+    #[test]
+    fn client_ip_headers_deserialize() {
+        #[derive(Debug, Deserialize)]
+        struct H {
+            client_ip_headers: Vec<ForwardedHeader>,
+        }
+        let h: H = parse_str(
+            Path::new("s.yaml"),
+            "client_ip_headers: [forwarded, x-forwarded-for]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            h.client_ip_headers,
+            vec![ForwardedHeader::Forwarded, ForwardedHeader::XForwardedFor]
+        );
+        let e =
+            parse_str::<H>(Path::new("s.yaml"), "client_ip_headers: [x-real-ip]\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]

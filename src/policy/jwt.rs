@@ -6,6 +6,16 @@
 //! policies directory and read at load time, so verification never touches
 //! the disk. Claims `sub`, `roles`, `tenant` and `device_type` become subject
 //! attributes; every other scalar claim is kept for ABAC's `claims.<name>`.
+//!
+//! An HS secret that anyone could know protects nothing: an empty one, a
+//! published default (the demo's, the tests', jwt.io's), or one shorter than
+//! the hash (32 bytes for HS256, 48 for HS384, 64 for HS512; RFC 7518 §3.2).
+//! Compiling such a policy succeeds (so `explain` and `dlp scan` still read
+//! the shipped files), but the verifier remembers why it is weak
+//! ([`JwtVerifier::weak_secret`]) and the gateway refuses to start with it
+//! outside the shipped demo config ([`JwtVerifier::require_strong_secret`]),
+//! as does `moltgate check`; a reload never turns a strong secret weak
+//! ([`JwtVerifier::no_weaker_than`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,8 +25,35 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 
-use crate::config::yaml::{locate, EnvString};
+use crate::config::yaml::{locate, locate_key, EnvString};
 use crate::config::FileError;
+
+/// Secrets published in moltgate's repository (the shipped demo policy, its
+/// tests and docs) or in every JWT tutorial: known to anyone, whatever their length.
+pub const KNOWN_SECRETS: &[&str] = &[
+    "demo-only-secret-change-me",
+    "test-secret",
+    "mp-jwt-test-secret",
+    "bench-secret-0123456789abcdef",
+    "your-256-bit-secret",
+    "your-384-bit-secret",
+    "your-512-bit-secret",
+    "secret",
+    "secretkey",
+    "secret-key",
+    "jwt-secret",
+    "changeme",
+    "password",
+];
+
+/// Words that mark a placeholder someone meant to replace.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+];
 
 /// `jwt_validation` as written in `security_policy.yaml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -143,6 +180,8 @@ pub struct JwtVerifier {
     secret: Option<Vec<u8>>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Why the HS secret protects nothing, located in the policy file.
+    weak: Option<FileError>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -181,6 +220,15 @@ impl JwtVerifier {
         } else {
             public_keys(cfg, dir, algorithms.first().copied(), &at)?
         };
+        let weak = hmac
+            .then(|| secret_weakness(cfg.secret.as_deref(), &algorithms))
+            .flatten()
+            .map(|msg| {
+                let pos = locate_key(text, "secret")
+                    .or_else(|| locate(text, "algorithms"))
+                    .or_else(|| locate(text, "jwt_validation"));
+                FileError::at(file, pos, msg)
+            });
         Ok(Self {
             validation: validation(cfg, algorithms),
             keys,
@@ -191,7 +239,41 @@ impl JwtVerifier {
                 .map(|s| s.as_bytes().to_vec()),
             issuer: cfg.issuer.as_ref().map(|s| s.0.clone()),
             audience: cfg.audiences.first().map(|s| s.0.clone()),
+            weak,
         })
+    }
+
+    /// Why the HS secret protects nothing (empty, published, or shorter than
+    /// the algorithm needs), located in the policy file; `None` for a strong
+    /// secret and for public-key algorithms.
+    pub fn weak_secret(&self) -> Option<&FileError> {
+        self.weak.as_ref()
+    }
+
+    /// Refuses a weak HS secret, unless `demo` (the shipped demo config, see
+    /// `Config::is_demo`), where it is only logged as a warning.
+    pub fn require_strong_secret(&self, demo: bool) -> Result<(), FileError> {
+        match &self.weak {
+            None => Ok(()),
+            Some(weak) if demo => {
+                tracing::warn!(
+                    problem = %weak,
+                    "the demo config accepts this JWT secret; any other config refuses it: set MOLTGATE_JWT_SECRET before serving anyone but yourself"
+                );
+                Ok(())
+            }
+            Some(weak) => Err(weak.clone()),
+        }
+    }
+
+    /// For a reload: refuses a weak secret when the set in force has none, so
+    /// an edit cannot weaken a gateway that started strong (the demo, which
+    /// started weak, may stay weak).
+    pub fn no_weaker_than(&self, previous: &JwtVerifier) -> Result<(), FileError> {
+        match (&self.weak, &previous.weak) {
+            (Some(weak), None) => Err(weak.clone()),
+            _ => Ok(()),
+        }
     }
 
     /// A verifier with no key: refuses every token.
@@ -202,6 +284,7 @@ impl JwtVerifier {
             secret: None,
             issuer: None,
             audience: None,
+            weak: None,
         }
     }
 
@@ -288,6 +371,47 @@ type At<'a> = dyn Fn(&str, String) -> FileError + 'a;
 
 fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// Bytes of key an HMAC algorithm needs: its hash's output (RFC 7518 §3.2).
+fn hmac_key_len(a: Algorithm) -> usize {
+    match a {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
+}
+
+/// What is wrong with an HS `secret` for `algorithms`, as an operator reads
+/// it (never the secret itself), or `None` when it is fit for use.
+pub fn secret_weakness(secret: Option<&str>, algorithms: &[Algorithm]) -> Option<String> {
+    let (alg, need) = algorithms
+        .iter()
+        .filter(|a| is_hmac(**a))
+        .map(|a| (*a, hmac_key_len(*a)))
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or((Algorithm::HS256, 32));
+    let fix = format!(
+        "{alg:?} needs at least {need} random bytes (generate one with: openssl rand -base64 {})",
+        need * 3 / 2
+    );
+    let secret = secret.unwrap_or("");
+    let lower = secret.trim().to_ascii_lowercase();
+    if secret.is_empty() {
+        return Some(format!("jwt_validation.secret is empty; {fix}"));
+    }
+    if KNOWN_SECRETS.contains(&lower.as_str()) || PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+        return Some(format!(
+            "jwt_validation.secret is a published default that anyone can sign tokens with; set MOLTGATE_JWT_SECRET (or the secret) to your own: {fix}"
+        ));
+    }
+    if secret.len() < need {
+        return Some(format!(
+            "jwt_validation.secret is {} bytes; {fix}",
+            secret.len()
+        ));
+    }
+    None
 }
 
 /// The accepted algorithms: as configured, else HS256 with a secret, RS256 without.
@@ -467,6 +591,78 @@ mod tests {
 
     fn now() -> i64 {
         chrono::Utc::now().timestamp()
+    }
+
+    fn compiled(text: &str) -> JwtVerifier {
+        let cfg: JwtValidationConfig =
+            crate::config::yaml::parse_str(Path::new("policies/security_policy.yaml"), text)
+                .unwrap();
+        JwtVerifier::new(
+            &cfg,
+            Path::new("."),
+            Path::new("policies/security_policy.yaml"),
+            text,
+        )
+        .unwrap()
+    }
+
+    /// Empty, published and short HS secrets are remembered as weak, with a
+    /// located, actionable message that never repeats the secret.
+    #[test]
+    fn weak_secrets_are_located_and_explained() {
+        let weak = |text: &str| {
+            compiled(text)
+                .weak_secret()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            weak("issuer: x\nalgorithms: [HS256]\nsecret: s3cret-word\n"),
+            "policies/security_policy.yaml:3:1: jwt_validation.secret is 11 bytes; HS256 needs at least 32 random bytes (generate one with: openssl rand -base64 48)"
+        );
+        assert!(
+            weak("secret: \"\"\n").contains(":1:1: jwt_validation.secret is empty; HS256 needs")
+        );
+        // HS algorithms and no secret at all is empty too.
+        assert!(weak("issuer: x\nalgorithms: [HS256]\n").contains("is empty"));
+        for published in [
+            "demo-only-secret-change-me",
+            "test-secret",
+            "your-256-bit-secret",
+            "Secret",
+            "please-change-me-0123456789abcdef0123456789",
+        ] {
+            let msg = weak(&format!("secret: \"{published}\"\n"));
+            assert!(msg.contains("published default"), "{published}: {msg}");
+            assert!(msg.contains("MOLTGATE_JWT_SECRET"), "{msg}");
+            assert!(!msg.contains(published), "never echoes the secret: {msg}");
+        }
+        // Longer hashes need longer keys.
+        let msg = weak(&format!(
+            "algorithms: [HS512]\nsecret: {}\n",
+            "k".repeat(40)
+        ));
+        assert!(msg.contains("is 40 bytes; HS512 needs at least 64 random bytes (generate one with: openssl rand -base64 96)"), "{msg}");
+        // Strong secrets, public keys and no JWT at all are not weak.
+        assert!(compiled(&format!("secret: {}\n", "q7".repeat(16)))
+            .weak_secret()
+            .is_none());
+        assert!(compiled("issuer: x\n").weak_secret().is_none());
+        assert!(JwtVerifier::unconfigured().weak_secret().is_none());
+    }
+
+    #[test]
+    fn strong_secret_is_required_outside_the_demo_and_kept_on_reload() {
+        let weak = compiled("secret: short\n");
+        let strong = compiled(&format!("secret: {}\n", "q7".repeat(16)));
+        assert!(weak.require_strong_secret(false).is_err());
+        assert!(weak.require_strong_secret(true).is_ok());
+        assert!(strong.require_strong_secret(false).is_ok());
+        // A reload may not weaken a strong set; a weak (demo) set may stay weak.
+        assert!(weak.no_weaker_than(&strong).is_err());
+        assert!(weak.no_weaker_than(&weak).is_ok());
+        assert!(strong.no_weaker_than(&weak).is_ok());
+        assert!(weak.no_weaker_than(&JwtVerifier::unconfigured()).is_err());
     }
 
     #[test]

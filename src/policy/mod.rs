@@ -153,11 +153,15 @@ fn load_security(
         Some(cfg) => jwt::JwtVerifier::new(cfg, dir, &security_path, &security_text)?,
         None => jwt::JwtVerifier::unconfigured(),
     };
+    if let Some(previous) = previous {
+        jwt.no_weaker_than(&previous.jwt)?;
+    }
     let ip = ip::IpPolicy::new(
         &security.ip_whitelist,
         &security.ip_blacklist,
         &security.trusted_proxies,
-    );
+    )
+    .with_client_ip_headers(&security.client_ip_headers);
     let rate = match previous {
         Some(p) => p.rate.reconfigure(&security.rate_limiting),
         None => rate::RateLimiter::new(&security.rate_limiting),

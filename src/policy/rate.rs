@@ -1,6 +1,14 @@
 //! Rate limits: `rate_limiting` in `security_policy.yaml`, for the scopes `global`,
 //! `per_ip`, `per_user`, `per_tenant` and `per_route`.
 //!
+//! # Which scopes apply
+//!
+//! `global`, `per_route`, `per_tenant` and `per_user` apply to every verified message.
+//! `per_ip` applies to the generic API and to traffic that fails verification, but not
+//! to verified platform webhooks: their address is the platform's egress, shared by all
+//! of its users, so a `per_ip` budget there would let one user silence the platform for
+//! everyone (see `path::rate`, which decides, and [`RateLimiter::check_unverified`]).
+//!
 //! # Algorithm: a conservative sub-bucketed sliding window
 //!
 //! The promise is that no window of length `W`, wherever it starts, admits more than
@@ -80,7 +88,8 @@ pub struct RateLimitingConfig {
     /// One budget shared by every request.
     #[serde(default)]
     pub global: Option<RateLimit>,
-    /// A budget per client IP (IPv6 per /64).
+    /// A budget per client IP (IPv6 per /64), for the generic API and for
+    /// requests that fail verification; not for verified platform webhooks.
     #[serde(default)]
     pub per_ip: Option<RateLimit>,
     /// A budget per authenticated user (JWT subject or `platform:user_id`).
@@ -159,8 +168,10 @@ impl<'de> Deserialize<'de> for MaxRequests {
 /// What a request is counted under.
 #[derive(Debug, Clone, Copy)]
 pub struct RateKeys<'a> {
-    /// The client address (after trusted-proxy resolution).
-    pub ip: IpAddr,
+    /// The client address (after trusted-proxy resolution), when `per_ip` applies: not
+    /// for verified platform webhooks, whose address is the platform's egress (see
+    /// `path::rate`).
+    pub ip: Option<IpAddr>,
     /// The authenticated user, if known.
     pub user: Option<&'a str>,
     /// The tenant, if known.
@@ -527,14 +538,16 @@ impl RateLimiter {
         }
     }
 
-    fn window_for<'s>(scope: &'s Scope, ip: IpAddr) -> WinRef<'s> {
-        match &*scope.store {
-            Store::One(m) => WinRef::Borrowed(m),
-            Store::Ip(c) => {
+    fn window_for<'s>(scope: &'s Scope, ip: Option<IpAddr>) -> WinRef<'s> {
+        match (&*scope.store, ip) {
+            (Store::One(m), _) => WinRef::Borrowed(m),
+            (Store::Ip(c), Some(ip)) => {
                 WinRef::Owned(c.get_with(ip_key(ip), || Arc::new(Mutex::new(Window::new()))))
             }
             // Unreachable by construction; an unshared window admits as if the key were new.
-            Store::Name(_) => WinRef::Owned(Arc::new(Mutex::new(Window::new()))),
+            (Store::Ip(_) | Store::Name(_), _) => {
+                WinRef::Owned(Arc::new(Mutex::new(Window::new())))
+            }
         }
     }
 
@@ -545,10 +558,10 @@ impl RateLimiter {
         // Fixed order (global, route, tenant, user, ip) so concurrent checks never deadlock.
         let mut refs: [Option<(&Scope, WinRef<'_>)>; 5] = [const { None }; 5];
         if let Some(s) = &self.global {
-            refs[0] = Some((s, Self::window_for(s, keys.ip)));
+            refs[0] = Some((s, Self::window_for(s, None)));
         }
         if let Some(s) = self.per_route.get(keys.route) {
-            refs[1] = Some((s, Self::window_for(s, keys.ip)));
+            refs[1] = Some((s, Self::window_for(s, None)));
         }
         if let (Some(s), Some(tenant)) = (&self.per_tenant, keys.tenant) {
             refs[2] = Some((s, self.named(s, tenant)));
@@ -556,8 +569,8 @@ impl RateLimiter {
         if let (Some(s), Some(user)) = (&self.per_user, keys.user) {
             refs[3] = Some((s, self.named(s, user)));
         }
-        if let Some(s) = &self.per_ip {
-            refs[4] = Some((s, Self::window_for(s, keys.ip)));
+        if let (Some(s), Some(ip)) = (&self.per_ip, keys.ip) {
+            refs[4] = Some((s, Self::window_for(s, Some(ip))));
         }
 
         let mut guards: [Option<(&Scope, MutexGuard<'_, Window>)>; 5] = [const { None }; 5];
@@ -583,6 +596,28 @@ impl RateLimiter {
         for (_, g) in guards.iter_mut().flatten() {
             g.record();
         }
+        Ok(())
+    }
+
+    /// Counts one request from `ip` that failed verification (a bad signature or token)
+    /// in the `per_ip` scope only, or refuses it when that budget is spent. Failures never
+    /// count toward `global`, `per_route`, `per_tenant` or `per_user`, so forged traffic
+    /// cannot use up the budget of verified senders.
+    pub fn check_unverified(&self, ip: IpAddr, now: Instant) -> Result<(), Limited> {
+        let Some(scope) = &self.per_ip else {
+            return Ok(());
+        };
+        let t = self.nanos(now);
+        let win = Self::window_for(scope, Some(ip));
+        let mut g = lock(win.get());
+        g.advance(t / scope.width_ns);
+        if g.total >= scope.limit {
+            return Err(Limited {
+                scope: scope.name,
+                retry_after: g.retry_after(scope.limit, scope.width_ns, t),
+            });
+        }
+        g.record();
         Ok(())
     }
 
@@ -668,7 +703,7 @@ mod tests {
 
     fn keys(ip: &str) -> RateKeys<'static> {
         RateKeys {
-            ip: ip.parse().unwrap(),
+            ip: Some(ip.parse().unwrap()),
             user: None,
             tenant: None,
             route: "/hooks/slack/demo",
@@ -809,7 +844,7 @@ mod tests {
         for i in 0..200u32 {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i));
             let k = RateKeys {
-                ip,
+                ip: Some(ip),
                 ..keys("0.0.0.0")
             };
             if l.check(&k, t0).is_ok() {
@@ -836,7 +871,7 @@ mod tests {
                   user: Option<&'static str>,
                   tenant: Option<&'static str>,
                   route: &'static str| RateKeys {
-            ip: ip.parse().unwrap(),
+            ip: Some(ip.parse().unwrap()),
             user,
             tenant,
             route,
@@ -926,6 +961,81 @@ mod tests {
         assert!(l.check(&keys("10.0.0.1"), t0).is_ok());
         assert!(l.check(&keys("::ffff:10.0.0.1"), t0).is_ok());
         assert!(l.check(&keys("10.0.0.1"), t0).is_err());
+    }
+
+    /// Without an address (a verified platform webhook) `per_ip` does not
+    /// apply; the other scopes still do.
+    #[test]
+    fn per_ip_applies_only_with_an_address() {
+        let cfg = RateLimitingConfig {
+            per_ip: Some(lim(60_000, 2)),
+            per_user: Some(lim(60_000, 3)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        for user in ["u1", "u2", "u3", "u4", "u5"] {
+            let k = RateKeys {
+                ip: None,
+                user: Some(user),
+                ..keys("0.0.0.0")
+            };
+            assert!(l.check(&k, t0).is_ok(), "{user}");
+        }
+        let k = RateKeys {
+            ip: None,
+            user: Some("u1"),
+            ..keys("0.0.0.0")
+        };
+        assert!(l.check(&k, t0).is_ok());
+        assert!(l.check(&k, t0).is_ok());
+        assert_eq!(l.check(&k, t0).unwrap_err().scope, "per_user");
+        // The address was never counted.
+        assert!(l.check(&keys("0.0.0.0"), t0).is_ok());
+    }
+
+    /// Failed verifications spend `per_ip` only, and a spent budget refuses
+    /// both further failures and verified API requests from that address.
+    #[test]
+    fn unverified_requests_spend_per_ip_only() {
+        let cfg = RateLimitingConfig {
+            global: Some(lim(60_000, 100)),
+            per_ip: Some(lim(60_000, 3)),
+            ..Default::default()
+        };
+        let (l, t0) = limiter(&cfg);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(l.check_unverified(ip, t0), Ok(()));
+        }
+        let e = l.check_unverified(ip, t0).unwrap_err();
+        assert_eq!(e.scope, "per_ip");
+        assert!(e.retry_after > Duration::from_secs(59));
+        assert_eq!(l.check(&keys("192.0.2.9"), t0).unwrap_err().scope, "per_ip");
+        // Another address, and the global budget, are untouched.
+        assert_eq!(
+            l.check_unverified("192.0.2.10".parse().unwrap(), t0),
+            Ok(())
+        );
+        for _ in 0..100 {
+            assert!(l
+                .check(
+                    &RateKeys {
+                        ip: None,
+                        ..keys("0.0.0.0")
+                    },
+                    t0
+                )
+                .is_ok());
+        }
+        assert_eq!(
+            l.check(&keys("192.0.2.11"), t0).unwrap_err().scope,
+            "global"
+        );
+        // No per_ip scope: failures are not limited here.
+        let (open, t0) = limiter(&RateLimitingConfig::default());
+        for _ in 0..100 {
+            assert_eq!(open.check_unverified(ip, t0), Ok(()));
+        }
     }
 
     #[test]
@@ -1133,7 +1243,7 @@ mod tests {
                         let n = (i * 7 + th) % 40;
                         let ip = IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, n as u8));
                         let k = RateKeys {
-                            ip,
+                            ip: Some(ip),
                             ..keys("0.0.0.0")
                         };
                         // Time moves a little, within one sub-bucket of every scope.
@@ -1262,7 +1372,7 @@ mod tests {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             let user = format!("u{i}");
             let k = RateKeys {
-                ip,
+                ip: Some(ip),
                 user: Some(&user),
                 ..keys("0.0.0.0")
             };

@@ -114,15 +114,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
     public.add_tls_with_settings(&public_addr.to_string(), None, tls);
     let mut admin = Service::new(
         "moltgate admin".to_string(),
-        admin::AdminApp {
-            gateway: gateway.clone(),
-        },
+        admin::AdminApp::new(
+            gateway.clone(),
+            config.admin_token(),
+            config.listen.admin.reload_interval.0,
+        ),
     );
     admin.add_tcp(&admin_addr.to_string());
     server.add_service(public);
     server.add_service(admin);
 
-    tracing::info!(public = %public_addr, admin = %admin_addr, policies = %gateway.policies.dir().display(), "moltgate listening (TLS 1.3 only on public)");
+    tracing::info!(public = %public_addr, admin = %admin_addr, admin_token = config.admin_token().is_some(), policies = %gateway.policies.dir().display(), "moltgate listening (TLS 1.3 only on public)");
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });

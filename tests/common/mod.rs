@@ -25,8 +25,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The demo JWT policy used by tests.
-pub const SECURITY_POLICY: &str = "jwt_validation:\n  issuer: auth.example.com\n  audiences: [moltbot.api]\n  leeway: 5\n  algorithms: [HS256]\n  secret: test-secret\n";
+/// The HS256 secret of [`SECURITY_POLICY`]: at least 32 bytes and not a
+/// published default, or the gateway refuses to start with it.
+pub const JWT_SECRET: &str = "moltgate-tests-hs256-key-7Kq2xW9pLm4vZt8R";
+
+/// The JWT policy used by tests (its secret is [`JWT_SECRET`]).
+pub const SECURITY_POLICY: &str = "jwt_validation:\n  issuer: auth.example.com\n  audiences: [moltbot.api]\n  leeway: 5\n  algorithms: [HS256]\n  secret: moltgate-tests-hs256-key-7Kq2xW9pLm4vZt8R\n";
 
 /// Allows every message on every route (tests of other stages).
 pub const ALLOW_ALL_ABAC: &str = "policies:\n  - id: allow_all\n    effect: Allow\n    resources: [\"/**\"]\n    actions: [\"*\", \"command:*\"]\n";
@@ -318,20 +322,57 @@ pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     admin_request(port, "GET", path)
 }
 
-/// A blocking request on the admin listener: (status, body).
+/// A blocking request on the admin listener, as an operator's tool sends it
+/// (`Content-Type: application/json`, which `POST /reload` needs without an
+/// admin token): (status, body). A reload refused by the reload interval
+/// (429) is retried after its `Retry-After`.
 pub fn admin_request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    for _ in 0..5 {
+        let (status, head, body) =
+            admin_raw(port, method, path, &[("content-type", "application/json")])?;
+        if status != 429 || path != "/reload" {
+            return Some((status, body));
+        }
+        let wait = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("retry-after:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        std::thread::sleep(Duration::from_millis(wait * 1000 + 50));
+    }
+    None
+}
+
+/// One blocking HTTP/1.1 request on the admin listener with `Host:
+/// localhost` and extra `headers` (a `host` among them replaces it):
+/// (status, response head, body).
+pub fn admin_raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: localhost\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+    Some((status, head.to_string(), body.to_string()))
 }
 
 /// A running `moltgate assistant` node, killed on drop.
