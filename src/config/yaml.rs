@@ -10,6 +10,13 @@
 //! first: [`FileError`] carries the further diagnostics of the same check, and
 //! [`parse_all`] keeps reading after an error in one item of an [`Items`] list
 //! (or any list built on [`RecoverableList`]).
+//!
+//! Policy files may come from a ConfigMap or a pull request, so a file is
+//! first checked against hostile shapes (`yaml::guard`) before `serde_yaml_ng`
+//! (libyaml) reads it: at most [`MAX_BYTES`], lists and maps nested at most
+//! [`MAX_DEPTH`] deep, at most [`MAX_ALIAS_VALUES`] values added by aliases
+//! (a "billion laughs" repeats one anchor many times), and no mapping key
+//! twice.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -20,6 +27,11 @@ use std::time::Duration;
 
 use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
+
+mod guard;
+
+use guard::{check_size, guard, Duplicate, Guarded};
+pub use guard::{MAX_ALIAS_VALUES, MAX_BYTES, MAX_DEPTH};
 
 /// An error in a file an operator wrote, located where it can be fixed.
 ///
@@ -117,18 +129,49 @@ impl FileError {
     }
 }
 
-/// Reads and parses a YAML file into `T`.
+/// Reads and parses a YAML file into `T`. A file over [`MAX_BYTES`] is
+/// refused before it is read.
 pub fn load_file<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| FileError::whole(path, format!("cannot read: {e}")))?;
+    let cannot = |e: std::io::Error| FileError::whole(path, format!("cannot read: {e}"));
+    let len = std::fs::metadata(path).map_err(cannot)?.len();
+    check_size(path, usize::try_from(len).unwrap_or(usize::MAX))?;
+    let text = std::fs::read_to_string(path).map_err(cannot)?;
     parse_str(path, &text)
 }
 
-/// Parses YAML `text` (read from `path`) into `T`.
+/// Parses YAML `text` (read from `path`) into `T`, once the guard passed it.
+/// A key written twice is refused: by the schema's own error where it has one
+/// (moved to the second occurrence), else once the file has parsed.
 pub fn parse_str<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileError> {
-    serde_yaml::from_str(text).map_err(|e| {
+    match guard(path, text)? {
+        Guarded::Clean(duplicates) => {
+            let value = deserialize(path, text, &duplicates)?;
+            Duplicate::refuse(path, duplicates)?;
+            Ok(value)
+        }
+        // libyaml reports the syntax error exactly as it always has; if it
+        // reads what the guard could not, the file is still refused.
+        Guarded::Unparsed(e) => deserialize::<T>(path, text, &[]).and(Err(e)),
+    }
+}
+
+/// `serde_yaml_ng`'s reading of `text`, its error located and explained. An
+/// error about a key written twice, which serde_yaml_ng places at the
+/// enclosing map, is moved to the key's second occurrence, and serde's
+/// `duplicate field` says where the first one is.
+fn deserialize<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    duplicates: &[Duplicate],
+) -> Result<T, FileError> {
+    serde_yaml_ng::from_str(text).map_err(|e| {
         let pos = e.location().map(|l| (l.line(), l.column()));
-        FileError::at(path, pos, explain(&e.to_string()))
+        let message = explain(&e.to_string());
+        match Duplicate::about(&message, pos, duplicates) {
+            Some(d) if message.starts_with("duplicate field `") => d.error(path),
+            Some(d) => FileError::at(path, Some(d.at), message),
+            None => FileError::at(path, pos, message),
+        }
     })
 }
 
@@ -139,14 +182,40 @@ const MAX_ERRORS: usize = 50;
 /// item of a recoverable list ([`Items`], [`RecoverableList`]): that item is
 /// reported, skipped, and the file parsed again, until it parses or an error
 /// lies outside every item. Returns the value without the failed items (for
-/// further checks of the rest) and every error, in the order found.
+/// further checks of the rest) and every error, in the order found. Keys
+/// written twice that deserializing let through are reported once nothing
+/// else is wrong.
 pub fn parse_all<T: DeserializeOwned>(path: &Path, text: &str) -> (Option<T>, Vec<FileError>) {
+    let (unparsed, duplicates) = match guard(path, text) {
+        Ok(Guarded::Clean(duplicates)) => (None, duplicates),
+        Ok(Guarded::Unparsed(e)) => (Some(e), Vec::new()),
+        Err(e) => return (None, e.split()),
+    };
+    let (value, errors) = parse_items(path, text, &duplicates);
+    match (unparsed, value) {
+        // libyaml read what the guard could not parse: still refused.
+        (Some(e), Some(_)) => (None, errors.into_iter().chain([e]).collect()),
+        // Keys that deserializing let through, once nothing else is wrong.
+        (None, Some(_)) if errors.is_empty() && !duplicates.is_empty() => {
+            (None, duplicates.iter().map(|d| d.error(path)).collect())
+        }
+        (_, value) => (value, errors),
+    }
+}
+
+/// [`parse_all`] after the guard: passes of [`deserialize`] until one parses
+/// or an error lies outside every item.
+fn parse_items<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    duplicates: &[Duplicate],
+) -> (Option<T>, Vec<FileError>) {
     let mut skip: HashSet<(usize, usize)> = HashSet::new();
     let mut errors: Vec<FileError> = Vec::new();
     loop {
         let (result, failed_in) = {
             let _pass = Pass::start(skip.clone());
-            let result = parse_str::<T>(path, text);
+            let result = deserialize::<T>(path, text, duplicates);
             (
                 result,
                 RECOVERY.with(|r| r.borrow().as_ref()?.stack.last().copied()),
@@ -349,7 +418,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Rewrites serde_yaml's message: drops its own position suffix (we print
+/// Rewrites serde_yaml_ng's message: drops its own position suffix (we print
 /// `file:line:col` in front) and adds a did-you-mean for unknown keys.
 fn explain(raw: &str) -> String {
     let msg = match raw.rfind(" at line ") {
@@ -358,7 +427,7 @@ fn explain(raw: &str) -> String {
     };
     let msg = strip_yaml_path(msg.trim_end_matches(','));
     for (marker, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
-        // serde_yaml prefixes nested errors with their path (`routes[0].secrets: `).
+        // serde_yaml_ng prefixes nested errors with their path (`routes[0].secrets: `).
         if let Some(rest) = msg.find(marker).map(|i| &msg[i + marker.len()..]) {
             if let Some((name, expected)) = rest.split_once('`') {
                 let candidates = parse_expected(expected);
@@ -376,7 +445,7 @@ fn explain(raw: &str) -> String {
     msg.to_string()
 }
 
-/// Drops the path serde_yaml puts in front of a nested error
+/// Drops the path serde_yaml_ng puts in front of a nested error
 /// (`policies[2].conditions.time: invalid ...`): `file:line:col` already
 /// says where it is.
 fn strip_yaml_path(msg: &str) -> &str {
@@ -493,7 +562,7 @@ pub struct EnvString(pub String);
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Expanding inside the visitor (not after `deserialize` returns) is
-        // what lets serde_yaml attach the scalar's own line and column.
+        // what lets serde_yaml_ng attach the scalar's own line and column.
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = EnvString;
@@ -723,6 +792,174 @@ mod tests {
     fn syntax_error_is_located() {
         let e = err("name: [unclosed\n");
         assert!(e.line.is_some(), "{e}");
+    }
+
+    /// A map of lists, like `roles:` in permissions.yaml: an alias bomb
+    /// that every type accepts.
+    type Roles = std::collections::BTreeMap<String, Vec<String>>;
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_before_parsing() {
+        let text = format!("a: [{}]\n", "x, ".repeat(MAX_BYTES / 3));
+        let e = parse_str::<Roles>(Path::new("p.yaml"), &text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "p.yaml: the file is {} bytes; the limit is 1048576 bytes (1 MiB)",
+                text.len()
+            )
+        );
+        let (v, errors) = parse_all::<Roles>(Path::new("p.yaml"), &text);
+        assert!(v.is_none() && errors.len() == 1 && errors[0] == e);
+        // Exactly the limit is fine.
+        let fits = format!("a: [{}]\n", "x".repeat(MAX_BYTES - 6));
+        assert_eq!(fits.len(), MAX_BYTES);
+        assert!(parse_str::<Roles>(Path::new("p.yaml"), &fits).is_ok());
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, vec![b'#'; MAX_BYTES + 1]).unwrap();
+        let e = load_file::<Roles>(&path).unwrap_err();
+        assert!(
+            e.message
+                .ends_with("is 1048577 bytes; the limit is 1048576 bytes (1 MiB)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_where_it_crosses() {
+        let deep = |n: usize| format!("a: {}{}\n", "[".repeat(n), "]".repeat(n));
+        let e = parse_str::<IgnoredAny>(Path::new("d.yaml"), &deep(65)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "d.yaml:1:67: lists and maps are nested more than 64 deep; the limit is 64"
+        );
+        // The map at the top is the first level.
+        assert!(parse_str::<IgnoredAny>(Path::new("d.yaml"), &deep(63)).is_ok());
+        // Past the scanner's own look-ahead bound (255): same message,
+        // at once, however deep (libyaml would take minutes for this).
+        let start = std::time::Instant::now();
+        let e = parse_str::<IgnoredAny>(Path::new("d.yaml"), &deep(400_000)).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("lists and maps are nested more than 64"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(1));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // Block nesting counts the same.
+        let mut block = String::new();
+        for i in 0..70 {
+            block.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
+        }
+        let e = parse_str::<IgnoredAny>(Path::new("d.yaml"), &block).unwrap_err();
+        assert_eq!((e.line, e.column), (Some(65), Some(129)), "{e}");
+    }
+
+    #[test]
+    fn aliases_that_expand_past_the_limit_are_refused_at_the_alias() {
+        // One list of 20 000 repeated by 2 000 aliases: 100 KiB that expand
+        // to 40 million strings (serde_yaml took 45 s and 5 GiB for it).
+        let mut text = format!("r0: &a [{}]\n", vec!["x"; 20_000].join(", "));
+        for i in 1..2_000 {
+            text.push_str(&format!("r{i}: *a\n"));
+        }
+        let e = parse_str::<Roles>(Path::new("permissions.yaml"), &text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "permissions.yaml:6:5: alias '*a' makes aliases expand to more than 100000 values; the limit is 100000"
+        );
+        // The classic "billion laughs": each level repeats the one before.
+        let mut laughs = String::from("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+            laughs.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+        }
+        let e = parse_str::<IgnoredAny>(Path::new("b.yaml"), &laughs).unwrap_err();
+        assert!(e.to_string().starts_with("b.yaml:6:"), "{e}");
+        assert!(
+            e.message.starts_with("alias '*l4' makes aliases expand"),
+            "{e}"
+        );
+        // Anchors shared a few times are fine, as keys too.
+        let shared = "a: &n [x, y]\nb: *n\nc: *n\n";
+        let roles = parse_str::<Roles>(Path::new("p.yaml"), shared).unwrap();
+        assert_eq!(roles["c"], ["x", "y"]);
+    }
+
+    #[test]
+    fn a_key_written_twice_is_refused_at_its_second_occurrence() {
+        // A map keeps the last value without a word: refused after parsing.
+        let e = parse_str::<Roles>(Path::new("p.yaml"), "a: [x]\nb: [y]\na: [z]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "p.yaml:3:1: duplicate key 'a' (first at line 1, column 1)"
+        );
+        // Quoting does not make another key; every duplicate is reported.
+        let e = parse_str::<IgnoredAny>(Path::new("p.yaml"), "a: []\n\"a\": []\nb: {c: 1, c: 2}\n");
+        let shown = e.map(|_| ()).unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            "p.yaml:2:1: duplicate key 'a' (first at line 1, column 1)\np.yaml:3:11: duplicate key 'c' (first at line 3, column 5)"
+        );
+        // The same key in different maps is fine.
+        assert!(parse_str::<IgnoredAny>(Path::new("p.yaml"), "a: {k: 1}\nb: {k: 2}\n").is_ok());
+        // A struct's duplicate field is moved from the struct to the field.
+        let e = err("name: a\nwindow: 5s\nname: b\n");
+        assert_eq!(
+            e.to_string(),
+            "policies/abac.yaml:3:1: duplicate key 'name' (first at line 1, column 1)"
+        );
+        // An error that deserializing finds first is shown as it was before.
+        let e = err("ipRnage: x\nname: a\nname: b\n");
+        assert_eq!(
+            e.to_string(),
+            "policies/abac.yaml:1:1: unknown key 'ipRnage' (did you mean 'ipRange'?); expected one of: name, ipRange, window"
+        );
+    }
+
+    #[test]
+    fn parse_all_reports_every_duplicate_once_the_file_parses() {
+        #[derive(Debug, Deserialize)]
+        struct File {
+            #[allow(dead_code)]
+            items: Items<Roles>,
+        }
+        let text = "items:\n  - {a: [x], a: [y]}\n  - {b: [x], b: [y]}\n";
+        let (file, errors) = parse_all::<File>(Path::new("f.yaml"), text);
+        assert!(file.is_none());
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "f.yaml:2:14: duplicate key 'a' (first at line 2, column 6)",
+                "f.yaml:3:14: duplicate key 'b' (first at line 3, column 6)"
+            ]
+        );
+    }
+
+    /// libyaml still explains a syntax error its own way, and reads a tab
+    /// after `key:`, which the guard's parser alone would refuse.
+    #[test]
+    fn syntax_errors_and_tabs_read_as_before() {
+        let e = parse_str::<Roles>(Path::new("s.yaml"), "a: [x, y\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.yaml:2:1: did not find expected ',' or ']' at line 2 column 1, while parsing a flow sequence"
+        );
+        let roles = parse_str::<Roles>(Path::new("s.yaml"), "a:\t[x]\nb: [\"y\n\tz\"]\n").unwrap();
+        assert_eq!(roles["a"], ["x"]);
+        assert_eq!(roles["b"], ["y z"]);
+        // What libyaml reads but the guard cannot check is refused, located.
+        let e = parse_str::<Roles>(Path::new("s.yaml"), "a: [x]#note\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.yaml:1:7: comments must be separated from other tokens by whitespace"
+        );
     }
 
     #[test]
