@@ -1,8 +1,11 @@
 //! DLP cost on the request path: the shipped `policies/dlp.yaml` plus 1,000
 //! extra keywords, on a typical chat message and on a 64 KiB one, and the
-//! compile (reload) cost of 100,000 keywords.
+//! compile (reload) cost of 50,000 keywords (the most a policy file under
+//! the loader's 1 MiB bound holds at this word length).
 //!
 //! Targets (issue 4): <= 1 us for a 200-byte message, >= 500 MB/s on 64 KiB.
+//! `chat_evasions` is a message written to evade (full-width digits and
+//! letters, zero-width characters inside numbers): the folded-copy path.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -96,6 +99,13 @@ fn scan(c: &mut Criterion) {
     g.bench_function("chat_with_findings", |b| {
         b.iter(|| policy.scan(black_box(with_phone), Direction::Ingress))
     });
+    // The same kind of message written to evade: full-width digits and
+    // letters, zero-width characters inside numbers (the folded-copy path).
+    let evasive = "帮我查一下 １３８\u{200b}１２３４\u{200b}５６７８ 这个号码的订单，卡号4111\u{2060}1111 1111 1111。Also ping ｃａｒｏｌ．ｗｕ＠ｅｘａｍｐｌｅ．ｃｏｍ today";
+    g.throughput(Throughput::Bytes(evasive.len() as u64));
+    g.bench_function("chat_evasions", |b| {
+        b.iter(|| policy.scan(black_box(evasive), Direction::Ingress))
+    });
     let big = big_message();
     g.throughput(Throughput::Bytes(big.len() as u64));
     g.bench_function("transcript_64k", |b| {
@@ -111,10 +121,14 @@ fn scan(c: &mut Criterion) {
 }
 
 fn compile(c: &mut Criterion) {
-    let text = policy_with_keywords(100_000);
+    let text = policy_with_keywords(50_000);
+    // A refused file would time the error path: check it compiles first.
+    if let Err(e) = DlpPolicy::from_yaml(Path::new("policies/dlp.yaml"), &text) {
+        panic!("{e}");
+    }
     let mut g = c.benchmark_group("dlp_compile");
     g.sample_size(10);
-    g.bench_function("keywords_100k", |b| {
+    g.bench_function("keywords_50k", |b| {
         b.iter(|| DlpPolicy::from_yaml(Path::new("policies/dlp.yaml"), black_box(&text)).is_ok())
     });
     g.finish();

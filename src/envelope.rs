@@ -6,12 +6,20 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::platform::PlatformMessage;
+use crate::policy::dlp;
 use crate::proto::v1::{Content, Conversation, Envelope, Sender};
 
 /// The leading command of `text`: `"/backup now"` → `"backup"`,
 /// `"/start@my_bot"` → `"start"`. Empty when the text is not a command.
+///
+/// The text is read as DLP reads it ([`dlp::fold`]: invisible format
+/// characters dropped, NFKC) and trimmed, so `"\u{200b}/reboot"`,
+/// `"／reboot"` (full-width solidus), `"/ｒｅｂｏｏｔ"` and `"\u{3000}/reboot"`
+/// are the command `reboot`, as a person reading them would see it, and
+/// cannot slip past RBAC as plain text.
 pub fn command_of(text: &str) -> String {
-    let Some(rest) = text.trim_start().strip_prefix('/') else {
+    let folded = dlp::fold(text);
+    let Some(rest) = folded.trim_start().strip_prefix('/') else {
         return String::new();
     };
     let word = rest.split(|c: char| c.is_whitespace()).next().unwrap_or("");
@@ -101,6 +109,38 @@ mod tests {
         assert_eq!(command_of("hello /x"), "");
         assert_eq!(command_of("/"), "");
         assert_eq!(command_of("/../etc"), "");
+    }
+
+    /// Issue 10, item 5: what reads as `/reboot` is the command `reboot`.
+    #[test]
+    fn command_evasions_are_normalised() {
+        for text in [
+            "\u{200b}/reboot",
+            "／reboot",
+            " /reboot",
+            "\u{3000}/reboot now",
+            "\u{a0}/reboot",
+            "\u{feff}/reboot",
+            "\u{2060}\u{200d}/reboot",
+            "/ｒｅｂｏｏｔ",
+            "／ＲＥＢＯＯＴ",
+            "/re\u{200b}boot",
+            "/reboot\u{200b} now",
+            "\u{202e}/reboot",
+            "\u{115f}/reboot@my_bot",
+        ] {
+            assert_eq!(command_of(text), "reboot", "{text:?}");
+        }
+        // Still not commands: a slash later in the text, or a look-alike that
+        // NFKC does not turn into `/` (division slash, fraction slash).
+        for text in [
+            "say \u{200b}/reboot",
+            "\u{2215}reboot",
+            "\u{2044}reboot",
+            "/重启",
+        ] {
+            assert_eq!(command_of(text), "", "{text:?}");
+        }
     }
 
     #[test]

@@ -805,7 +805,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "p.yaml: the file is {} bytes; the limit is 1048576 bytes (1 MiB)",
+                "p.yaml: the file is {} bytes; the limit is {MAX_BYTES} bytes (16 MiB)",
                 text.len()
             )
         );
@@ -824,8 +824,10 @@ mod tests {
         std::fs::write(&path, vec![b'#'; MAX_BYTES + 1]).unwrap();
         let e = load_file::<Roles>(&path).unwrap_err();
         assert!(
-            e.message
-                .ends_with("is 1048577 bytes; the limit is 1048576 bytes (1 MiB)"),
+            e.message.ends_with(&format!(
+                "is {} bytes; the limit is {MAX_BYTES} bytes (16 MiB)",
+                MAX_BYTES + 1
+            )),
             "{e}"
         );
     }

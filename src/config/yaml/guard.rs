@@ -1,7 +1,7 @@
 //! The loader's bounds, checked before libyaml reads a file.
 //!
 //! `serde_yaml_ng` reads with libyaml, whose scanner is quadratic in flow
-//! nesting (40 000 `[` take seconds, the 1 MiB limit allows 500 000) and which
+//! nesting (40 000 `[` take seconds, a file of the size limit could hold millions) and which
 //! repeats an anchor for every alias (2 000 aliases of one 20 000-item list,
 //! 100 KiB, made 40 million strings). So [`guard`] first streams the file's
 //! events from `saphyr-parser`, which is linear and stops at the first bound
@@ -16,8 +16,9 @@ use saphyr_parser::{Event, Marker, Parser, ScanError, Span};
 
 use super::{FileError, MAX_ERRORS};
 
-/// The largest file the loader reads: 1 MiB. Policy files are a few KiB.
-pub const MAX_BYTES: usize = 1 << 20;
+/// The largest file the loader reads: 16 MiB. Most policy files are a few
+/// KiB; a `dlp.yaml` with 100 000 keywords is about 2 MiB.
+pub const MAX_BYTES: usize = 16 << 20;
 
 /// The deepest nesting of lists and maps accepted, the map at the top of a
 /// file included. The deepest schema needs fewer than 10 levels;
@@ -104,7 +105,10 @@ pub(super) fn check_size(path: &Path, len: usize) -> Result<(), FileError> {
     if len > MAX_BYTES {
         return Err(FileError::whole(
             path,
-            format!("the file is {len} bytes; the limit is {MAX_BYTES} bytes (1 MiB)"),
+            format!(
+                "the file is {len} bytes; the limit is {MAX_BYTES} bytes ({} MiB)",
+                MAX_BYTES >> 20
+            ),
         ));
     }
     Ok(())

@@ -13,7 +13,8 @@ use regex::Regex;
 use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::triggers::{ascii_dialect, derive_trigger};
+use super::fold::{self, fold, Keep};
+use super::triggers::{ascii_dialect, derive_trigger, is_bounded, treats_alike};
 use super::{
     AcTarget, Action, DlpPolicy, MaskSpec, Pattern, Rule, Validator, BOTH, EGRESS, INGRESS,
 };
@@ -146,6 +147,7 @@ pub(super) fn compile(path: &Path, text: &str) -> Result<DlpPolicy, FileError> {
         path,
         text,
         policy: DlpPolicy::default(),
+        sources: Vec::new(),
         names: Vec::new(),
         literals: Vec::new(),
         case_fold: false,
@@ -166,6 +168,8 @@ struct Builder<'a> {
     path: &'a Path,
     text: &'a str,
     policy: DlpPolicy,
+    /// The compiled regexes' sources, for [`Keep`].
+    sources: Vec<String>,
     /// Every rule name seen, compiled or not, for the duplicate check.
     names: Vec<String>,
     literals: Vec<Vec<u8>>,
@@ -216,6 +220,7 @@ impl Builder<'_> {
                 return self.error(name, format!("pattern '{name}': {}", regex_error(&shown)));
             }
         };
+        self.sources.push(source.clone());
         let pattern_index = self.policy.patterns.len();
         let (trigger, lits) = derive_trigger(&source);
         for lit in lits {
@@ -230,6 +235,8 @@ impl Builder<'_> {
             regex,
             validator: spec.validate,
             trigger,
+            whole_numbers: !spec.unicode,
+            bounded: is_bounded(&source),
         });
     }
 
@@ -240,11 +247,13 @@ impl Builder<'_> {
         if spec.words.is_empty() {
             return self.error(name, format!("keywords '{name}': 'words' is empty"));
         }
-        if spec.words.iter().any(String::is_empty) {
+        // Text is scanned folded, so keywords are folded the same way.
+        let words: Vec<String> = spec.words.iter().map(|w| fold(w).into_owned()).collect();
+        if words.iter().any(String::is_empty) {
             return self.error(name, format!("keywords '{name}': empty word"));
         }
         let rule = self.policy.rules.len();
-        for word in &spec.words {
+        for word in &words {
             let exact = (any_ci && !spec.case_insensitive).then(|| Box::from(word.as_bytes()));
             self.literals.push(word.as_bytes().to_vec());
             self.policy.targets.push(AcTarget::Keyword { rule, exact });
@@ -273,6 +282,8 @@ impl Builder<'_> {
         FileError::sort_by_position(&mut self.errors);
         FileError::check(self.errors)?;
         let mut policy = self.policy;
+        policy.keep = keep(&self.sources, &self.literals);
+        fold::warm();
         if !self.literals.is_empty() {
             let total: usize = self.literals.iter().map(Vec::len).sum();
             let kind = (total <= DFA_MAX_PATTERN_BYTES).then_some(AhoCorasickKind::DFA);
@@ -289,6 +300,31 @@ impl Builder<'_> {
         }
         Ok(policy)
     }
+}
+
+/// The full-width punctuation no rule can tell from its ASCII form (see
+/// [`Keep`]): absent from every keyword and trigger literal, and treated
+/// alike by every regex.
+fn keep(sources: &[String], literals: &[Vec<u8>]) -> Keep {
+    let mut ascii = [false; 128];
+    for &b in literals.iter().flatten() {
+        if let Some(slot) = ascii.get_mut(usize::from(b)) {
+            *slot = true;
+        }
+    }
+    let hirs: Vec<_> = sources
+        .iter()
+        .map(|s| regex_syntax::Parser::new().parse(s).ok())
+        .collect();
+    let mut keep = Keep::NONE;
+    for (u, a) in Keep::candidates() {
+        let alike =
+            |h: &Option<regex_syntax::hir::Hir>| h.as_ref().is_some_and(|h| treats_alike(h, u, a));
+        if !ascii[a as usize] && hirs.iter().all(alike) {
+            keep = keep.with(u);
+        }
+    }
+    keep
 }
 
 /// A regex error on one line (the crate's own message draws the pattern and

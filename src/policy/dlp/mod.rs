@@ -15,17 +15,32 @@
 //! Triggers are derived from each regex's syntax tree, so they are sound: a
 //! pattern is skipped only when it provably cannot match.
 //!
+//! What is scanned is the text as a reader sees it ([`fold`]): invisible
+//! format characters dropped and NFKC applied, so `１３８\u{200b}1234…` is a
+//! phone number. Text that folding leaves alone is scanned as it is; else a
+//! folded copy is, and findings and masks are mapped back to the original
+//! characters (`dlp scan` offsets are into the original line).
+//!
 //! Regex dialect: in DLP patterns `\d` means ASCII `[0-9]` and `\b`/`\B` are
 //! ASCII word boundaries, so a number written right after Chinese text
 //! (`手机13812345678`) is still found (with Unicode boundaries it would not be,
-//! since CJK characters are word characters). Set `unicode: true` on a pattern
-//! to compile it exactly as written instead.
+//! since CJK characters are word characters). Numbers are whole (see `search`):
+//! a match never starts or ends inside a run of digits, so numeric patterns
+//! need no `\b` and find numbers glued to letters (`tel13812345678`); a match
+//! refused by its validator is retried shorter and at later starts. Set
+//! `unicode: true` on a pattern to compile it exactly as written instead.
+//!
+//! Overlaps: a validated pattern claims its number (a later validated pattern
+//! does not report an overlapping one), and a finding inside a `block`
+//! finding of another rule is part of that value, not a finding of its own.
 //!
 //! Findings carry the rule name, byte offsets and action, never the matched
 //! value, so they can go into `Envelope.verdict`, logs and metrics.
 
 mod file;
+mod fold;
 mod mask;
+mod search;
 mod triggers;
 mod validators;
 
@@ -38,8 +53,11 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::config::yaml::FileError;
+use fold::{Folded, Keep};
+use search::Search;
 use triggers::{digit_positions, windows, Trigger};
 
+pub use fold::{fold, is_ignorable};
 pub use mask::MaskSpec;
 pub use validators::Validator;
 
@@ -144,6 +162,18 @@ struct Pattern {
     regex: Regex,
     validator: Option<Validator>,
     trigger: Trigger,
+    /// Numbers are whole (the ASCII dialect): see [`search`].
+    whole_numbers: bool,
+    /// Every match has a bounded length.
+    bounded: bool,
+}
+
+/// A finding while scanning: a rule index and offsets into the folded text.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    rule: usize,
+    start: usize,
+    end: usize,
 }
 
 #[derive(Debug)]
@@ -164,6 +194,8 @@ pub struct DlpPolicy {
     patterns: Vec<Pattern>,
     automaton: Option<AhoCorasick>,
     targets: Vec<AcTarget>,
+    /// Full-width punctuation this policy cannot tell from ASCII: not folded.
+    keep: Keep,
 }
 
 impl DlpPolicy {
@@ -196,101 +228,187 @@ impl DlpPolicy {
     }
 
     fn scan_dirs(&self, text: &str, dirs: u8) -> DlpOutcome {
-        let mut findings = Vec::new();
-        let mut fired: Vec<bool> = Vec::new();
-        let applies = |rule: usize| self.rules[rule].dirs & dirs != 0;
+        if self.rules.is_empty() {
+            return DlpOutcome::default();
+        }
+        let folded = Folded::new(text, self.keep);
+        let mut hits = Vec::new();
+        let fired = self.automaton_pass(&folded.text, dirs, &mut hits);
+        self.pattern_pass(&folded.text, dirs, &fired, &mut hits);
+        self.finish(text, &folded, hits)
+    }
 
-        if let Some(ac) = &self.automaton {
-            let bytes = text.as_bytes();
-            for m in ac.find_overlapping_iter(text) {
-                match &self.targets[m.pattern().as_usize()] {
-                    AcTarget::Keyword { rule, exact } => {
-                        if !applies(*rule)
-                            || exact
-                                .as_deref()
-                                .is_some_and(|w| bytes.get(m.start()..m.end()) != Some(w))
-                        {
-                            continue;
-                        }
-                        self.push(&mut findings, *rule, m.start(), m.end());
+    fn applies(&self, rule: usize, dirs: u8) -> bool {
+        self.rules[rule].dirs & dirs != 0
+    }
+
+    /// Keyword hits, and which literal-triggered patterns must run.
+    fn automaton_pass(&self, text: &str, dirs: u8, hits: &mut Vec<Hit>) -> Vec<bool> {
+        let mut fired = Vec::new();
+        let Some(ac) = &self.automaton else {
+            return fired;
+        };
+        let bytes = text.as_bytes();
+        for m in ac.find_overlapping_iter(text) {
+            match &self.targets[m.pattern().as_usize()] {
+                AcTarget::Keyword { rule, exact } => {
+                    if self.applies(*rule, dirs)
+                        && exact
+                            .as_deref()
+                            .is_none_or(|w| bytes.get(m.start()..m.end()) == Some(w))
+                    {
+                        hits.push(Hit {
+                            rule: *rule,
+                            start: m.start(),
+                            end: m.end(),
+                        });
                     }
-                    AcTarget::Trigger { pattern } => {
-                        if fired.is_empty() {
-                            fired = vec![false; self.patterns.len()];
-                        }
-                        fired[*pattern] = true;
+                }
+                AcTarget::Trigger { pattern } => {
+                    if fired.is_empty() {
+                        fired = vec![false; self.patterns.len()];
                     }
+                    fired[*pattern] = true;
                 }
             }
         }
+        fired
+    }
 
+    /// Runs every pattern that applies and whose trigger fired, on the
+    /// windows its trigger allows. Validated patterns claim what they find:
+    /// a later validated pattern does not report a number that overlaps an
+    /// earlier one's (an ID number that happens to pass Luhn is not also a card).
+    fn pattern_pass(&self, text: &str, dirs: u8, fired: &[bool], hits: &mut Vec<Hit>) {
         let mut digits: Option<Vec<usize>> = None;
+        let mut claimed: Vec<(usize, usize)> = Vec::new();
+        let whole = text.len();
         for (i, p) in self.patterns.iter().enumerate() {
-            if !applies(p.rule) {
+            if !self.applies(p.rule, dirs) {
                 continue;
             }
+            let mut run = |s: usize, e: usize| self.run(p, text, (s, e), &mut claimed, hits);
             match p.trigger {
-                Trigger::Literals if fired.get(i).copied().unwrap_or(false) => {
-                    self.run(&mut findings, p, text, 0)
-                }
+                Trigger::Literals if fired.get(i).copied().unwrap_or(false) => run(0, whole),
                 Trigger::Literals => {}
-                Trigger::Always => self.run(&mut findings, p, text, 0),
+                Trigger::Always => run(0, whole),
                 Trigger::Digits { min, max_len } => {
                     let positions = digits.get_or_insert_with(|| digit_positions(text.as_bytes()));
                     if positions.len() < min {
                         continue;
                     }
                     match max_len {
-                        None => self.run(&mut findings, p, text, 0),
+                        None => run(0, whole),
                         Some(len) => {
                             for (s, e) in windows(text, positions, min, len) {
-                                self.run(&mut findings, p, &text[s..e], s);
+                                run(s, e);
                             }
                         }
                     }
                 }
             }
         }
-        self.finish(text, findings)
     }
 
-    fn run(&self, findings: &mut Vec<Finding>, p: &Pattern, hay: &str, base: usize) {
-        for m in p.regex.find_iter(hay) {
-            if p.validator.is_none_or(|v| v.check(m.as_str())) {
-                self.push(findings, p.rule, base + m.start(), base + m.end());
-            }
+    fn run(
+        &self,
+        p: &Pattern,
+        text: &str,
+        (from, to): (usize, usize),
+        claimed: &mut Vec<(usize, usize)>,
+        hits: &mut Vec<Hit>,
+    ) {
+        let before = hits.len();
+        let search = Search {
+            regex: &p.regex,
+            whole_numbers: p.whole_numbers,
+            bounded: p.bounded,
+        };
+        let prior: &[(usize, usize)] = claimed;
+        search.run(
+            text,
+            from,
+            to,
+            |s, e| match p.validator {
+                None => true,
+                Some(v) => v.check(&text[s..e]) && !prior.iter().any(|&(a, b)| s < b && a < e),
+            },
+            |start, end| {
+                hits.push(Hit {
+                    rule: p.rule,
+                    start,
+                    end,
+                })
+            },
+        );
+        if p.validator.is_some() {
+            claimed.extend(hits[before..].iter().map(|h| (h.start, h.end)));
         }
     }
 
-    fn push(&self, findings: &mut Vec<Finding>, rule: usize, start: usize, end: usize) {
-        let r = &self.rules[rule];
-        findings.push(Finding {
-            rule: r.name.clone(),
-            start,
-            end,
-            action: r.action,
+    /// Drops hits strictly inside a `block` hit of another rule: a blocked
+    /// value is refused whole, and the digits of a Slack token or the
+    /// characters of a private key are not a phone number or an e-mail of
+    /// their own.
+    fn drop_inside_blocks(&self, hits: &mut Vec<Hit>) {
+        let block = |h: &Hit| self.rules[h.rule].action == Action::Block;
+        if !hits.iter().any(block) {
+            return;
+        }
+        hits.sort_unstable_by_key(|h| (h.start, std::cmp::Reverse(h.end), h.rule));
+        // The block hit reaching furthest so far: its end and start.
+        let mut reach: Option<(usize, usize, usize)> = None;
+        hits.retain(|h| {
+            let inside = reach.is_some_and(|(end, start, rule)| {
+                rule != h.rule && (end > h.end || (end == h.end && start < h.start))
+            });
+            if block(h) && reach.is_none_or(|(end, _, _)| h.end > end) {
+                reach = Some((h.end, h.start, h.rule));
+            }
+            !inside
         });
     }
 
-    fn finish(&self, text: &str, mut findings: Vec<Finding>) -> DlpOutcome {
-        if findings.is_empty() {
+    /// Orders the hits, maps them back to the original text and masks it.
+    fn finish(&self, original: &str, folded: &Folded<'_>, mut hits: Vec<Hit>) -> DlpOutcome {
+        if hits.is_empty() {
             return DlpOutcome::default();
         }
-        let order = |name: &Arc<str>| self.rules.iter().position(|r| Arc::ptr_eq(&r.name, name));
-        findings.sort_by_cached_key(|f| (f.start, f.end, order(&f.rule)));
+        self.drop_inside_blocks(&mut hits);
+        hits.sort_unstable_by_key(|h| (h.start, h.end, h.rule));
+        let mut ranges = Vec::new();
+        for h in &hits {
+            let rule = &self.rules[h.rule];
+            if rule.action != Action::Mask {
+                continue;
+            }
+            // Kept characters are counted in the folded text (`１３８` keeps
+            // three digits), then the hidden part is mapped to the original.
+            if let Some(r) = rule.mask.range(&folded.text, h.start, h.end) {
+                let (start, end) = folded.span(r.start, r.end);
+                if start < end {
+                    ranges.push(mask::MaskRange { start, end, ..r });
+                }
+            }
+        }
+        let findings: Vec<Finding> = hits
+            .iter()
+            .map(|h| {
+                let rule = &self.rules[h.rule];
+                let (start, end) = folded.span(h.start, h.end);
+                Finding {
+                    rule: rule.name.clone(),
+                    start,
+                    end,
+                    action: rule.action,
+                }
+            })
+            .collect();
         let blocked_by = findings
             .iter()
             .find(|f| f.action == Action::Block)
             .map(|f| f.rule.clone());
-        let ranges: Vec<mask::MaskRange> = findings
-            .iter()
-            .filter(|f| f.action == Action::Mask)
-            .filter_map(|f| {
-                let rule = self.rules.iter().find(|r| Arc::ptr_eq(&r.name, &f.rule))?;
-                rule.mask.range(text, f.start, f.end)
-            })
-            .collect();
-        let masked = (!ranges.is_empty()).then(|| mask::apply(text, ranges));
+        let masked = (!ranges.is_empty()).then(|| mask::apply(original, ranges));
         DlpOutcome {
             findings,
             masked,
@@ -464,6 +582,167 @@ mod tests {
         }
     }
 
+    /// Issue 10, item 4: every evasion is found in the shipped policy, and
+    /// offsets and masks land on the original characters.
+    #[test]
+    fn evasions_are_found_and_masked_in_place() {
+        let p = shipped();
+        let cases = [
+            // Full-width digits and letters (NFKC).
+            (
+                "手机１３８１２３４５６７８",
+                "cn_mobile",
+                "１３８１２３４５６７８",
+            ),
+            (
+                "卡号４１１１　１１１１　１１１１　１１１１",
+                "credit_card",
+                "４１１１　１１１１　１１１１　１１１１",
+            ),
+            (
+                "ＡＫＩＡＩＯＳＦＯＤＮＮ７ＥＸＡＭＰＬＥ",
+                "aws_access_key",
+                "ＡＫＩＡＩＯＳＦＯＤＮＮ７ＥＸＡＭＰＬＥ",
+            ),
+            (
+                "mail ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+                "email",
+                "ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+            ),
+            (
+                "这是ＣＯＮＦＩＤＥＮＴＩＡＬ",
+                "internal",
+                "ＣＯＮＦＩＤＥＮＴＩＡＬ",
+            ),
+            // Zero-width and other format characters between digits.
+            (
+                "tel 138\u{200b}1234\u{200c}5678",
+                "cn_mobile",
+                "138\u{200b}1234\u{200c}5678",
+            ),
+            (
+                "4111\u{2060}1111\u{feff}1111\u{ad}1111 ok",
+                "credit_card",
+                "4111\u{2060}1111\u{feff}1111\u{ad}1111",
+            ),
+            (
+                "id 110105\u{200d}19491231002X",
+                "id_card",
+                "110105\u{200d}19491231002X",
+            ),
+            ("机\u{200b}密文件", "internal", "机\u{200b}密"),
+            // Digits glued to letters.
+            ("tel13812345678", "cn_mobile", "13812345678"),
+            ("call me at13812345678 ok", "cn_mobile", "13812345678"),
+            ("card4111111111111111exp", "credit_card", "4111111111111111"),
+            ("ID11010519491231002Xok", "id_card", "11010519491231002X"),
+            // Separators inside card numbers.
+            (
+                "pay 4111.1111.1111.1111 now",
+                "credit_card",
+                "4111.1111.1111.1111",
+            ),
+            (
+                "pay 4111-1111 1111.1111 now",
+                "credit_card",
+                "4111-1111 1111.1111",
+            ),
+            ("amex 3782 822463 10005", "credit_card", "3782 822463 10005"),
+            // A greedy 17-digit grab that fails Luhn, retried shorter and later.
+            (
+                "card 4111 1111 1111 1111 7 thanks",
+                "credit_card",
+                "4111 1111 1111 1111",
+            ),
+            (
+                "ref 3456 4111 1111 1111 1111",
+                "credit_card",
+                "4111 1111 1111 1111",
+            ),
+        ];
+        for (text, rule, value) in cases {
+            let o = p.scan(text, Direction::Ingress);
+            let got: Vec<_> = o
+                .findings
+                .iter()
+                .map(|f| (&*f.rule, &text[f.start..f.end]))
+                .collect();
+            assert_eq!(got, [(rule, value)], "{text:?}");
+        }
+        let text = "手机１３８\u{200b}１２３４５６７８，卡4111.1111.1111.1111";
+        let o = p.scan(text, Direction::Ingress);
+        assert_eq!(
+            o.masked.as_deref(),
+            Some("手机１３８\u{200b}****５６７８，卡***************1111")
+        );
+        assert_eq!(
+            scan_line_json(&p, 1, "tel１３８１２３４５６７８"),
+            r#"{"line":1,"findings":[{"type":"cn_mobile","start":3,"end":36,"action":"mask"}],"masked":"tel１３８****５６７８"}"#
+        );
+    }
+
+    /// A validated pattern never fires on a window of a longer digit run.
+    #[test]
+    fn longer_digit_runs_hold_no_numbers() {
+        let p = shipped();
+        for text in [
+            "order 004111111111111111 shipped",
+            "order 411111111111111100000 shipped",
+            "订单号 201101051949123100 2X",
+            "run 1381234567890",
+            "ts 17322012345678",
+            "x2110105194912310021",
+        ] {
+            let o = p.scan(text, Direction::Ingress);
+            assert!(o.findings.is_empty(), "{text}: {:?}", o.findings);
+        }
+        // An ID number that also passes Luhn is reported once, as an ID.
+        let o = p.scan("身份证 440524188001010014", Direction::Ingress);
+        assert_eq!(types(&o), ["id_card"]);
+    }
+
+    /// Full-width punctuation no rule can tell from ASCII is not folded
+    /// (no copy of the text); what a rule could see is.
+    #[test]
+    fn keep_is_derived_from_the_policy() {
+        let p = shipped();
+        for c in ['，', '：', '！', '？', '（', '）', '；'] {
+            assert!(p.keep.has(c), "{c}");
+        }
+        // In a regex class or literal (email, cards, keys), or a separator.
+        for c in ['＠', '．', '－', '＋', '％', '＿', '＜', '＝', '１', 'Ａ'] {
+            assert!(!p.keep.has(c), "{c}");
+        }
+        let p = load("keywords:\n  k: { words: ['a,b'], action: alert }\n");
+        assert!(!p.keep.has('，'));
+        assert_eq!(types(&p.scan("a，b", Direction::Ingress)), ["k"]);
+        let p = load("patterns:\n  colon: { regex: 'x[:;]y', action: alert }\n");
+        assert!(!p.keep.has('：') && !p.keep.has('；') && p.keep.has('，'));
+        assert_eq!(types(&p.scan("x：y", Direction::Ingress)), ["colon"]);
+    }
+
+    /// Keywords are folded like the text, and a value inside a blocked one
+    /// is not reported on its own.
+    #[test]
+    fn keywords_fold_and_blocked_values_swallow_their_parts() {
+        let p = load("keywords:\n  k: { words: ['ＳＥＣＲＥＴ\u{200b}Ｘ'], action: alert }\n");
+        assert_eq!(types(&p.scan("a SECRETX b", Direction::Ingress)), ["k"]);
+        let p = shipped();
+        let text = "token xoxb-13812345678-4111111111111111-abcdefghijklmnopqrstuvwx done";
+        let o = p.scan(text, Direction::Ingress);
+        assert_eq!(types(&o), ["slack_token"]);
+        assert_eq!(o.masked, None);
+        // Outside a blocked value, both are reported.
+        let o = p.scan("13812345678@qq.com", Direction::Ingress);
+        assert_eq!(types(&o), ["cn_mobile", "email"]);
+        // The hexadecimal-token exception is for numbers, not for words.
+        let p = load("patterns:\n  w: { regex: 'deadbeef', action: alert }\n");
+        assert_eq!(
+            types(&p.scan("sha abcdeadbeefabc0123456789abcdef", Direction::Ingress)),
+            ["w"]
+        );
+    }
+
     #[test]
     fn directions_and_actions() {
         let p = load(
@@ -516,14 +795,14 @@ mod tests {
             trig("credit_card"),
             Trigger::Digits {
                 min: 13,
-                max_len: Some(34)
+                max_len: Some(64)
             }
         );
         assert_eq!(
             trig("cn_mobile"),
             Trigger::Digits {
                 min: 11,
-                max_len: Some(15)
+                max_len: Some(18)
             }
         );
         assert!(matches!(
@@ -582,15 +861,20 @@ mod tests {
     #[test]
     fn prefilter_matches_full_scan() {
         let p = shipped();
+        // The same search on the whole folded text, with no trigger or window.
         let naive = |text: &str| -> Vec<(String, usize, usize)> {
-            let mut v = Vec::new();
+            let folded = Folded::new(text, Keep::NONE);
+            let (mut hits, mut claimed) = (Vec::new(), Vec::new());
             for pat in &p.patterns {
-                for m in pat.regex.find_iter(text) {
-                    if pat.validator.is_none_or(|val| val.check(m.as_str())) {
-                        v.push((p.rules[pat.rule].name.to_string(), m.start(), m.end()));
-                    }
-                }
+                let whole = (0, folded.text.len());
+                p.run(pat, &folded.text, whole, &mut claimed, &mut hits);
             }
+            let mut v: Vec<_> = p
+                .finish(text, &folded, hits)
+                .findings
+                .into_iter()
+                .map(|f| (f.rule.to_string(), f.start, f.end))
+                .collect();
             v.sort();
             v
         };
@@ -614,9 +898,20 @@ mod tests {
             "６",
             "+86",
             "9",
+            "\u{200b}",
+            "１３８",
+            ".",
+            "tel",
+            "＠ｂ．ｃｎ",
+            "378282246310005",
+            "，",
+            "：",
+            "＠",
+            "－",
+            "（",
         ];
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..3000 {
+        for _ in 0..6000 {
             let mut text = String::new();
             let n = (seed % 12) as usize + 1;
             for _ in 0..n {
@@ -700,7 +995,11 @@ mod tests {
         let e = err(
             "patterns:\n  a: { regex: 'a', action: alert }\n  a: { regex: 'b', action: alert }\n",
         );
-        assert!(e.message.contains("duplicate rule name 'a'"), "{e}");
+        // Refused by the YAML loader (duplicate key) or by the rule list.
+        assert!(
+            e.message.contains("duplicate") && e.message.contains("'a'"),
+            "{e}"
+        );
         assert!(e.line.is_some(), "{e}");
     }
 

@@ -112,6 +112,40 @@ pub(super) fn derive_trigger(source: &str) -> (Trigger, Vec<Vec<u8>>) {
     (Trigger::Always, Vec::new())
 }
 
+/// Whether every match of `source` has a bounded length.
+pub(super) fn is_bounded(source: &str) -> bool {
+    regex_syntax::Parser::new()
+        .parse(source)
+        .is_ok_and(|hir| hir.properties().maximum_len().is_some())
+}
+
+/// Whether the regex cannot tell `u` (a non-ASCII, non-word character) from
+/// `a` (an ASCII non-word character): every class holds both or neither and
+/// no literal holds either. Byte classes (`(?-u)`) see UTF-8 bytes, so they
+/// must hold neither `a` nor any non-ASCII byte.
+pub(super) fn treats_alike(hir: &Hir, u: char, a: char) -> bool {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => true,
+        HirKind::Literal(lit) => {
+            let mut buf = [0u8; 4];
+            let u = u.encode_utf8(&mut buf).as_bytes();
+            !lit.0.contains(&(a as u8)) && !lit.0.windows(u.len()).any(|w| w == u)
+        }
+        HirKind::Class(Class::Unicode(c)) => {
+            let has = |ch: char| c.iter().any(|r| r.start() <= ch && ch <= r.end());
+            has(u) == has(a)
+        }
+        HirKind::Class(Class::Bytes(c)) => c
+            .iter()
+            .all(|r| r.end() < 0x80 && !(r.start()..=r.end()).contains(&(a as u8))),
+        HirKind::Capture(cap) => treats_alike(&cap.sub, u, a),
+        HirKind::Repetition(rep) => treats_alike(&rep.sub, u, a),
+        HirKind::Concat(parts) | HirKind::Alternation(parts) => {
+            parts.iter().all(|h| treats_alike(h, u, a))
+        }
+    }
+}
+
 /// Literals of which every match contains at least one; `exact` when the
 /// node matches exactly one of them and nothing else.
 struct Lits {
@@ -249,7 +283,8 @@ fn min_digits(hir: &Hir) -> usize {
 }
 
 /// Positions of ASCII digits. Most text has few, so 16-byte chunks without
-/// any are skipped with a branch-free test the compiler vectorises.
+/// any are skipped with a branch-free test the compiler vectorises, and the
+/// list is allocated once, at the first digit, with room for a typical message.
 pub(super) fn digit_positions(bytes: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut chunks = bytes.chunks_exact(16);
@@ -259,6 +294,9 @@ pub(super) fn digit_positions(bytes: &[u8]) -> Vec<usize> {
             .iter()
             .fold(false, |acc, &b| acc | (b.wrapping_sub(b'0') < 10))
         {
+            if out.capacity() == 0 {
+                out.reserve(32);
+            }
             out.extend(
                 chunk
                     .iter()
