@@ -9,7 +9,7 @@ use common::rt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{AssistantNode, Setup};
+use common::{raw_tls, AssistantNode, Setup};
 use serde_json::json;
 
 async fn send(
@@ -278,19 +278,7 @@ fn slow_body_times_out() {
     let token = gw.token("alice", &[]);
     rt().block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(gw.ca()).unwrap();
-        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(moltgate::tls::client_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.public)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+        let mut tls = raw_tls(&gw).await;
         let head = format!("POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{\"content\":");
         tls.write_all(head.as_bytes()).await.unwrap();
         let started = std::time::Instant::now();
@@ -299,6 +287,43 @@ fn slow_body_times_out() {
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         assert!(started.elapsed() >= Duration::from_millis(900));
+    });
+}
+
+/// A client that writes its whole oversized body before reading still gets
+/// the 413: the gateway discards the unread body before closing, so the
+/// close is not a TCP reset that would destroy the answer in flight.
+#[test]
+fn refused_body_is_drained_so_the_413_arrives() {
+    let gw = Setup {
+        routes:
+            "  - { path: /v1/messages, platform: generic, upstream: assistant, body_limit: 4096 }\n"
+                .into(),
+        ..Default::default()
+    }
+    .start();
+    let token = gw.token("alice", &[]);
+    rt().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for round in 0..5 {
+            let mut tls = raw_tls(&gw).await;
+            let body = vec![b'x'; 900_000];
+            let head = format!(
+                "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            tls.write_all(head.as_bytes()).await.unwrap();
+            tls.write_all(&body).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+                .await
+                .expect("the gateway closes after the 413");
+            let text = String::from_utf8_lossy(&answer);
+            assert!(read.is_ok(), "round {round}: {read:?}, got {text:?}");
+            assert!(text.starts_with("HTTP/1.1 413"), "round {round}: {text}");
+            assert!(text.contains("body_too_large"), "{text}");
+        }
     });
 }
 

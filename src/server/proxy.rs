@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -42,6 +42,28 @@ async fn read_body(session: &mut Session, limit: usize, deadline: Instant) -> Re
                 }
                 buf.extend_from_slice(&c);
             }
+        }
+    }
+}
+
+/// How much of a refused body is read and discarded after the answer.
+const LINGER_BYTES: usize = 1 << 20;
+/// How long a refused body is read and discarded after the answer.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and discards what is left of a refused request body, bounded in
+/// bytes and time, before the connection closes.
+///
+/// Why: closing a socket with unread bytes in its receive buffer sends a
+/// TCP reset, and a client still writing its body then sees "broken pipe"
+/// instead of the 413 already sent (nginx's "lingering close" does the same).
+async fn linger(session: &mut Session) {
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut discarded = 0usize;
+    while discarded < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => discarded += chunk.len(),
+            _ => return,
         }
     }
 }
@@ -124,17 +146,22 @@ impl ProxyHttp for PublicProxy {
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
         let gw = &self.gateway;
         let mut ex = gw.begin(session.req_header().uri.path());
+        let mut unread_body = false;
         let resp = match self.prepare(session, &mut ex).await {
             Ok(req) => gw.handle(ex, req).await,
             Err(stop) => {
                 if stop.closes_connection() {
                     // The rest of the body is unread: do not reuse the connection.
                     session.set_keepalive(None);
+                    unread_body = true;
                 }
                 gw.refuse(ex, stop)
             }
         };
         write_response(session, resp).await?;
+        if unread_body {
+            linger(session).await;
+        }
         Ok(true)
     }
 

@@ -317,6 +317,24 @@ pub fn roots(ca: &Path) -> rustls::RootCertStore {
     roots
 }
 
+/// A raw TLS 1.3 (HTTP/1.1) stream to the public listener, for tests that
+/// write bytes no HTTP client would.
+pub async fn raw_tls(gw: &Gateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = rustls::ClientConfig::builder_with_provider(moltgate::tls::client_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(&gw.ca()))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.public))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
 /// A blocking GET on the admin listener: (status, body).
 pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     admin_request(port, "GET", path)
