@@ -11,6 +11,7 @@
 pub mod assistant;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod dedupe;
 pub mod envelope;

@@ -408,6 +408,31 @@ pub struct Limits {
     /// Message ids remembered per route to recognise redeliveries.
     #[serde(default = "default_dedupe_capacity")]
     pub dedupe_capacity: u64,
+    /// Time allowed from accept until the TLS handshake completes.
+    #[serde(default = "default_connection_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Time allowed for a whole request header to arrive, counted from the
+    /// handshake or from the end of the previous request on the connection
+    /// (so it is also how long an idle keep-alive connection is kept).
+    #[serde(default = "default_connection_timeout")]
+    pub header_timeout: HumanDuration,
+    /// Connections open on the public listener at once, in total.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (trusted proxies
+    /// are exempt: many clients share their address).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+fn default_connection_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    256
 }
 
 fn default_dedupe_capacity() -> u64 {
@@ -427,6 +452,10 @@ impl Default for Limits {
             body: default_body_limit(),
             body_timeout: default_body_timeout(),
             dedupe_capacity: default_dedupe_capacity(),
+            handshake_timeout: default_connection_timeout(),
+            header_timeout: default_connection_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }
@@ -586,6 +615,7 @@ impl Config {
             }
         }
         errors.extend(admin::check(&self.listen.admin, &self.source, text));
+        errors.extend(self.check_limits(text));
         for (name, up) in &self.upstreams {
             errors.extend(check_upstream(name, up).into_iter().map(|(node, msg)| {
                 let pos = match node {
@@ -613,6 +643,28 @@ impl Config {
         }
         FileError::sort_by_position(&mut errors);
         FileError::check(errors)
+    }
+
+    /// Connection limits that would refuse or cut every connection.
+    fn check_limits(&self, text: &str) -> Vec<FileError> {
+        let l = &self.limits;
+        let checks = [
+            ("handshake_timeout", l.handshake_timeout.0.is_zero()),
+            ("header_timeout", l.header_timeout.0.is_zero()),
+            ("max_connections", l.max_connections == 0),
+            ("max_connections_per_ip", l.max_connections_per_ip == 0),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, zero)| *zero)
+            .map(|(key, _)| {
+                FileError::at(
+                    &self.source,
+                    yaml::locate_key(text, key),
+                    format!("limits.{key} must be above zero: zero would refuse every connection"),
+                )
+            })
+            .collect()
     }
 
     /// A route's own problems, as (text to locate, message).

@@ -33,6 +33,8 @@ pub struct Audit {
     pub ai_response_code: i32,
     /// HTTP status sent to the client.
     pub status: u16,
+    /// The client address the IP policy judged, once known.
+    pub client_ip: String,
 }
 
 impl Audit {
@@ -56,6 +58,7 @@ impl Audit {
             node: String::new(),
             ai_response_code: -1,
             status: 0,
+            client_ip: String::new(),
         }
     }
 
@@ -89,6 +92,7 @@ impl Audit {
             rules = %self.rules.join(","),
             node = %self.node,
             status = self.status,
+            client_ip = %self.client_ip,
             processing_time_ms = self.elapsed_ms(),
             ai_response_code = self.ai_response_code,
             "audit"

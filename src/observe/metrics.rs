@@ -45,13 +45,19 @@ pub struct Metrics {
     pub context_events: IntCounterVec,
     /// Seconds an upstream call took until `accepted`.
     pub accept_latency: Histogram,
+    /// Connections open on the public listener.
+    pub connections_open: IntGauge,
+    /// Connections refused at accept (over a connection cap), by limit.
+    pub connections_refused: IntCounterVec,
+    /// Connections cut for missing a deadline (TLS handshake, request header), by phase.
+    pub connections_cut: IntCounterVec,
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let r = Registry::new();
-        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events] =
+        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut] =
             COUNTERS.map(|(name, help, labels)| counter(&r, name, help, labels));
         let message_latency = register(
             &r,
@@ -96,6 +102,13 @@ impl Metrics {
                 "Conversations held in the context cache.",
             ),
         );
+        let connections_open = register(
+            &r,
+            IntGauge::new(
+                "moltgate_connections_open",
+                "Connections open on the public listener.",
+            ),
+        );
         Self {
             registry: r,
             requests,
@@ -113,6 +126,9 @@ impl Metrics {
             context_entries,
             context_events,
             accept_latency,
+            connections_open,
+            connections_refused,
+            connections_cut,
         }
     }
 
@@ -135,7 +151,7 @@ impl Default for Metrics {
 /// Every counter: name (after `moltgate_`), help, labels; in the order
 /// `Metrics::new` destructures them.
 type CounterDef = (&'static str, &'static str, &'static [&'static str]);
-const COUNTERS: [CounterDef; 11] = [
+const COUNTERS: [CounterDef; 13] = [
     (
         "requests_total",
         "Requests by route, platform and outcome.",
@@ -190,6 +206,16 @@ const COUNTERS: [CounterDef; 11] = [
         "context_events_total",
         "Context cache hits, misses and evictions.",
         &["event"],
+    ),
+    (
+        "connections_refused_total",
+        "Connections refused at accept for being over a connection cap, by limit.",
+        &["limit"],
+    ),
+    (
+        "connections_cut_total",
+        "Connections closed for missing a deadline, by phase (handshake, header).",
+        &["phase"],
     ),
 ];
 

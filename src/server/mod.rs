@@ -6,6 +6,7 @@
 //! which outlives Pingora's per-service runtimes for the whole process.
 
 pub mod admin;
+pub mod guard;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -99,18 +100,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         },
         "moltgate public",
     );
-    let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
-        &cert.display().to_string(),
-        &key.display().to_string(),
-    )
-    .map_err(|e| {
-        StartError::Listener(format!(
-            "loading {} / {}: {e}",
-            cert.display(),
-            key.display()
-        ))
-    })?;
-    tls.enable_h2();
+    let guard = guard::ConnectionGuard::new(gateway.clone());
+    let tls = tls_settings(&cert, &key, &guard)?;
+    public.endpoints().set_pre_tls_callback(guard);
     public.add_tls_with_settings(&public_addr.to_string(), None, tls);
     let mut admin = Service::new(
         "moltgate admin".to_string(),
@@ -131,6 +123,31 @@ pub fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("moltgate stopped");
     core.shutdown_background();
     Ok(())
+}
+
+/// TLS for the public listener: the certificate, HTTP/2 and HTTP/1.1, and the
+/// connection guard's handshake hook.
+fn tls_settings(
+    cert: &Path,
+    key: &Path,
+    guard: &Arc<guard::ConnectionGuard>,
+) -> Result<pingora::listeners::tls::TlsSettings, StartError> {
+    let loading = |e: pingora::BError| {
+        StartError::Listener(format!(
+            "loading {} / {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    };
+    let mut tls =
+        pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(guard.as_ref().clone()))
+            .map_err(loading)?;
+    tls.set_certificate_chain_file(&cert.display().to_string())
+        .map_err(loading)?;
+    tls.set_private_key_file(&key.display().to_string())
+        .map_err(loading)?;
+    tls.enable_h2();
+    Ok(tls)
 }
 
 /// The public listener's certificate and key, created for development when

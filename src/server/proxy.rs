@@ -144,6 +144,9 @@ impl ProxyHttp for PublicProxy {
     fn new_ctx(&self) -> Self::CTX {}
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+        // The header is complete: the connection's header deadline stops
+        // until this request has been answered.
+        let _in_flight = super::guard::connection_of(session).map(|c| c.request_started());
         let gw = &self.gateway;
         let mut ex = gw.begin(session.req_header().uri.path());
         let mut unread_body = false;

@@ -320,19 +320,35 @@ pub fn roots(ca: &Path) -> rustls::RootCertStore {
 /// A raw TLS 1.3 (HTTP/1.1) stream to the public listener, for tests that
 /// write bytes no HTTP client would.
 pub async fn raw_tls(gw: &Gateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tcp_from(gw, std::net::Ipv4Addr::LOCALHOST).await;
+    tls_over(gw, tcp).await.unwrap()
+}
+
+/// A TCP connection to the public listener from the loopback address `src`
+/// (any of 127.0.0.0/8), so one test can be several clients.
+pub async fn tcp_from(gw: &Gateway, src: std::net::Ipv4Addr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((src, 0).into()).unwrap();
+    socket
+        .connect((std::net::Ipv4Addr::LOCALHOST, gw.public).into())
+        .await
+        .unwrap()
+}
+
+/// A TLS handshake over `tcp`, trusting the gateway's dev CA.
+pub async fn tls_over(
+    gw: &Gateway,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let cfg = rustls::ClientConfig::builder_with_provider(moltgate::tls::client_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots(&gw.ca()))
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.public))
-        .await
-        .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .unwrap()
 }
 
 /// A blocking GET on the admin listener: (status, body).
