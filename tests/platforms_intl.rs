@@ -215,11 +215,12 @@ fn slack_bad_requests_refused() {
             "unauthenticated",
         )
         .await;
-        // Unsigned.
+        // Unsigned: the same answer as a wrong signature (the metric and
+        // audit line keep the precise reason, missing_field).
         expect_refusal(
             post(&gw, "/hooks/slack", &[], body.clone()).await,
-            400,
-            "missing_field",
+            401,
+            "unauthenticated",
         )
         .await;
         // Correctly signed, but not JSON / not an event.
@@ -808,8 +809,13 @@ fn telegram_bad_requests_refused() {
             "unauthenticated",
         )
         .await;
-        let resp = post(&gw, "/hooks/telegram", &[], body.clone()).await;
-        assert!(resp.status().is_client_error(), "{}", resp.status());
+        // No secret header at all: the same answer as a wrong one.
+        expect_refusal(
+            post(&gw, "/hooks/telegram", &[], body.clone()).await,
+            401,
+            "unauthenticated",
+        )
+        .await;
         for junk in [
             &b"{\"update_id\":"[..],
             b"\xff",
@@ -857,6 +863,8 @@ fn telegram_bad_requests_refused() {
         )
     };
     assert_eq!(rejected("bad_signature"), 2.0, "{m}");
+    // The missing header, and one well-authenticated update without an id.
+    assert_eq!(rejected("missing_field"), 2.0, "{m}");
     assert_eq!(rejected("body_too_large"), 2.0, "{m}");
     assert_eq!(accepted(&gw), 0.0);
     assert!(!gw.log_text().contains(TG_SECRET));

@@ -399,7 +399,7 @@ impl PlatformAdapter for TelegramAdapter {
         }
         let presented = req
             .header(SECRET_HEADER)
-            .ok_or(Rejection::Missing("X-Telegram-Bot-Api-Secret-Token"))?;
+            .ok_or(Rejection::Missing("X-Telegram-Bot-Api-Secret-Token").unverified())?;
         verify_secret_token(&self.secret_token, presented)?;
         parse_update(req.body)
     }
