@@ -259,6 +259,153 @@ for body in [
 ]:
     add("generic_parse", j(body))
 
+# ---------------------------------------------------------------- policy_load
+# kind byte (0 security, 1 abac, 2 permissions, 3 dlp, 4 identities,
+# 5 explain request) | file text. Every shipped and fixture policy, plus
+# variants that reach the key files, rate scopes and error paths.
+ROOT = os.path.join(HERE, "..")
+
+
+def read(rel):
+    return open(os.path.join(ROOT, rel), "rb").read()
+
+
+KINDS = {"security_policy.yaml": 0, "abac.yaml": 1, "permissions.yaml": 2,
+         "dlp.yaml": 3, "identities.yaml": 4}
+for d in ["policies", "tests/fixtures/seed"]:
+    for name in sorted(os.listdir(os.path.join(ROOT, d))):
+        if name in KINDS:
+            add("policy_load", bytes([KINDS[name]]) + read(f"{d}/{name}"))
+add("policy_load", bytes([5]) + read("examples/request.json"))
+for text in [
+    "jwt_validation: { algorithms: [EdDSA], public_key: ed25519.pem, leeway: 5 }\n",
+    "jwt_validation: { algorithms: [EdDSA], jwks: jwks.json }\n",
+    "jwt_validation: { algorithms: [RS256], public_key: jwks.json }\n",
+    "jwt_validation: { algorithms: [HS256, RS256], secret: x }\n",
+    "jwt_validation: { algorithms: [HS512], secret: \"${MOLTGATE_FUZZ_UNSET:-0123456789abcdef0123456789abcdef}\" }\n",
+    "jwt_validation: { issuer: i, audiences: [a, b], leeway: 0, algorithms: [HS384], secret: s3cret }\n",
+    "rate_limiting:\n  global: { window: 1m, max_requests: 3 }\n  per_ip: { window: 250ms, max_requests: 1 }\n"
+    "  per_user: { window: 1h30m, max_requests: 2 }\n  per_tenant: { window: 10, max_requests: 100 }\n"
+    "  per_route: { /v1/messages: { window: 1s, max_requests: 2 } }\n  max_tracked_keys: 0\n",
+    "rate_limiting: { per_ip: { window: 0s, max_requests: 0 } }\n",
+    "ip_whitelist: [10.0.0.0/8, \"::ffff:192.168.0.0/120\", 2001:db8::/32, 127.0.0.1]\n"
+    "ip_blacklist: [10.66.0.0/16, \"::/0\"]\ntrusted_proxies: [127.0.0.0/8, \"::1\"]\n"
+    "client_ip_headers: [forwarded, x-forwarded-for]\n",
+    "ip_whitelist: [10.0.0.0/33]\nip_blacklsit: []\n",
+    "",
+]:
+    add("policy_load", bytes([0]) + b(text))
+for text in [
+    "policies:\n  - id: a\n    effect: Allow\n    resources: ['/x']\n    actions: [forward]\n    conditions: { ipRnage: 10.0.0.0/8 }\n",
+    "policies:\n  - id: night\n    effect: Deny\n    resources: ['**']\n    actions: ['command:*']\n"
+    "    conditions: { time: '22:00-06:00', timezone: Asia/Shanghai, roles: [oncall], claims.department: [sre] }\n"
+    "  - id: any\n    effect: Allow\n    resources: ['/v1/*', '/hooks/**']\n    actions: ['*']\n    confirm: true\n",
+    "policies: []\n",
+]:
+    add("policy_load", bytes([1]) + b(text))
+add("policy_load", bytes([2]) + b"roles:\n  r: ['command:*', 'file:*:read']\nsubjects:\n  bob: [r]\n  'telegram:acme:12345678': [r, missing]\n")
+add("policy_load", bytes([3]) + b"patterns:\n  iban:\n    regex: '[A-Z]{2}\\d{2}[A-Z0-9]{11,30}'\n    validate: iban\n    action: mask\n"
+    b"    direction: egress\n    mask: { char: '#', keep_prefix: 2, keep_suffix: 2 }\n"
+    b"  bad:\n    regex: '(unclosed'\n    action: block\nkeywords:\n  k:\n    words: ['\xef\xbc\xa1\xef\xbc\xa2', secret]\n    action: mask\n")
+add("policy_load", bytes([4]) + b"people:\n  p1: ['wecom:corp1:u1', 'telegram:12345678']\n  p2: ['slak:U1', 'telegram:12345678']\n")
+add("policy_load", bytes([5]) + b(j({"subject": {"id": "bob", "person": "zhangsan", "roles": ["oncall"], "tenant": "acme",
+                                         "claims": {"department": "sre", "n": 1.5}},
+                                         "resource": "/v1/messages", "action": "forward", "command": "/deploy",
+                                         "environment": {"ip": "10.1.2.3", "time": "2025-03-04T23:30:00+08:00"}})))
+
+# ---------------------------------------------------------------- dlp_mask
+# The text, as is: cards, phones, ids, e-mails, secrets, and the evasions
+# folding undoes (full-width digits, zero-width and bidi characters).
+for text in [
+    "card 4111 1111 1111 1111, again 4111111111111111 and 5500-0000-0000-0004",
+    "amex 3782 822463 10005 diners 36227206271667 unionpay 6212345678901232 jcb 3530111333300000",
+    "\uff14\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11 full-width",
+    "4111\u200b1111\u200b1111\u200b1111 zero-width, 4111\u20131111\u20131111\u20131111 en dash",
+    "order 41111111111111111 (17 digits) and sha 9f86d081884c7d659a2feaa0c55ad0154111111111111111",
+    "tel 13812345678, +86 138 1234 5678, 0086-139-8765-4321, tel13812345678\u3002",
+    "\u624b\u673a\uff11\uff13\uff18\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18 \u2067138\u20691234\u20665678",
+    "id 11010519491231002X blocks, 110105194912310021 does not",
+    "mail Alice.B+tag@mail.example.co.uk and x@y.z and a@\uff45xample.com",
+    "AKIAIOSFODNN7EXAMPLE and ghp_0123456789abcdefghijABCDEFGHIJ012345",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA 4111111111111111\n-----END RSA PRIVATE KEY-----",
+    "xoxb-1234567890-4111111111111111-abcdef sk-proj-abcdefghijklmnopqrstuvwx",
+    "\u673a\u5bc6 CONFIDENTIAL internal only do not distribute 13812345678",
+    "1381234567813812345678 4111111111111111 13812345678",
+    "",
+]:
+    add("dlp_mask", text)
+
+# ---------------------------------------------------------------- jwt_verify
+# ctl = verifier (0 HS256 scoped, 1 HS256, 2 EdDSA PEM, 3 EdDSA JWKS) | mode << 2.
+import base64
+import hmac as _hmac
+
+JWT_SECRET = b"fz-7Qm2vX9kL4pW8tR3nB6yH1cJ5dG0sA-moltgate-fuzz"
+
+
+def b64u(x):
+    return base64.urlsafe_b64encode(b(x)).rstrip(b"=").decode()
+
+
+def hs256(header, claims, key=JWT_SECRET):
+    si = b64u(j(header)) + "." + b64u(j(claims))
+    return si + "." + b64u(_hmac.new(key, si.encode(), hashlib.sha256).digest())
+
+
+good = {"sub": "alice", "iss": "auth.example.com", "aud": "moltbot.api", "exp": 4102444800,
+        "roles": ["admin", "user"], "tenant": "acme", "device_type": "mobile", "department": "sre"}
+H = {"alg": "HS256", "typ": "JWT"}
+for case in [0, 1]:
+    add("jwt_verify", bytes([case | 1 << 2]) + b(hs256(H, good)))
+    add("jwt_verify", bytes([case]) + b("Bearer " + hs256(H, good)))
+    add("jwt_verify", bytes([case | 1 << 2 | 0x20]) + b(hs256(H, dict(good, exp=1000))))
+    add("jwt_verify", bytes([case | 1 << 2]) + b(hs256(H, good, b"wrong")))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, {"sub": "alice", "exp": 4102444800})))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, dict(good, iss=["auth.example.com", "x"], aud=[]))))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, dict(good, nbf=4102444800))))
+add("jwt_verify", bytes([1 | 1 << 2]) + b(b64u(j({"alg": "none"})) + "." + b64u(j(good)) + "."))
+add("jwt_verify", bytes([0]) + b"Basic dXNlcjpwYXNz")
+add("jwt_verify", bytes([1]) + b"Bearer not.a.jwt")
+for case in range(4):
+    add("jwt_verify", bytes([case | 2 << 2]) + b(j(good)))
+    add("jwt_verify", bytes([case | 2 << 2]) + b"not json")
+    add("jwt_verify", bytes([case | 3 << 2]) + b(j({"sub": "bob", "roles": "a, b,,c", "tenant": 42, "x": True, "n": None})))
+    add("jwt_verify", bytes([case | 3 << 2]) + b(j({"sub": 7})))
+    add("jwt_verify", bytes([case | 3 << 2]) + b"carol")
+    add("jwt_verify", bytes([case | 4 << 2]) + b(j({"alg": "HS256", "kid": "k1"})) + b"\0" + b(j({"sub": "a"})))
+    add("jwt_verify", bytes([case | 4 << 2]) + b(j({"alg": "EdDSA", "kid": "k2", "crit": ["exp"]})) + b"\0" + b"dave")
+    add("jwt_verify", bytes([case | 5 << 2]) + b"alice")
+    add("jwt_verify", bytes([case | 6 << 2]) + b"sig\0" + b(j({"sub": "a"})))
+    add("jwt_verify", bytes([case | 7 << 2]) + b"alice")
+
+# ---------------------------------------------------------------- message_path
+# ctl: route (0 generic, 1 telegram, 2 slack, 3 telegram passthrough) | 4 sign
+# | 8 break the credential | 0x10 message text in the platform's shape | 0x20 GET
+# | 0x40 variant | 0x80 peer 10.1.2.3; fields f0 (raw credential), f1 (JWT sub /
+# Slack timestamp / breakage), f2 (X-Forwarded-For).
+TEXTS = ["hello there", "my card is 4111 1111 1111 1111 and tel 13812345678",
+         "\uff14\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11",
+         "/reboot now", "/help", "/deploy v2", "AKIAIOSFODNN7EXAMPLE", "mail a.b@example.com 4111111111111111"]
+for route in range(4):
+    for i, text in enumerate(TEXTS):
+        add("message_path", frame(route | 4 | 0x10 | (0x40 if i % 2 else 0), ["", "", ""], text))
+    for brk in ["", "x", "xx"]:
+        add("message_path", frame(route | 4 | 8 | 0x10, ["", brk], "hello 4111111111111111"))
+    add("message_path", frame(route | 0x10, ["wrong", "1700000000"], "hello"))
+    add("message_path", frame(route | 4 | 0x10 | 0x20, ["", ""], "hello"))
+    add("message_path", frame(route | 4 | 0x10 | 0x80, ["", "", "10.66.1.1"], "hello"))
+    add("message_path", frame(route | 4 | 0x10, ["", "", "198.51.100.7, 10.1.2.3"], "from behind a proxy"))
+add("message_path", frame(0 | 4 | 0x10 | 0x80, ["", "bob"], "acme engineer from the VPN"))
+add("message_path", frame(0 | 4, ["", ""], j({"platform": "web", "sender": {"id": "u1"},
+                                               "content": {"text": "hi 4111111111111111", "attachments": [{"type": "file", "url": "https://x/y"}]},
+                                               "context": {"chat_type": "channel", "thread_id": "t"}})))
+add("message_path", frame(0, ["Bearer " + hs256(H, good)], j({"content": {"text": "forged"}})))
+add("message_path", frame(1 | 4, ["", ""], j({"update_id": 1, "edited_message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"}, "from": {"id": 5}, "text": "x"}})))
+add("message_path", frame(1 | 4, ["", ""], j({"update_id": 2, "callback_query": {"id": "c", "from": {"id": 5}, "data": "/reboot"}})))
+add("message_path", frame(2 | 4, ["", ""], j({"type": "url_verification", "token": "t", "challenge": "abc"})))
+add("message_path", frame(2 | 4, ["", ""], "command=%2Freboot&text=now&user_id=U0DEMO0001&channel_id=C1&team_id=T0DEMO&response_url=http%3A%2F%2F127.0.0.1%3A9%2Fc"))
+add("message_path", frame(3 | 4, ["", ""], j({"update_id": 3, "message": {"message_id": 3, "date": 1, "chat": {"id": 5, "type": "private"}, "from": {"id": 5}, "text": "card 4111111111111111"}})))
+
 for target, items in seeds.items():
     d = os.path.join(OUT, target)
     shutil.rmtree(d, ignore_errors=True)

@@ -2,7 +2,8 @@
 """Checks the shape of src/ that ARCHITECTURE.md promises, so it stays true:
 
 - no function longer than FN_LIMIT lines (rustfmt-formatted source);
-- no file longer than FILE_LIMIT lines, not counting its #[cfg(test)] module;
+- no file longer than FILE_LIMIT lines, not counting its #[cfg(test)] module
+  (inline, or moved out to `<module>/tests.rs`);
 - no import cycle between sibling modules (crate::a <-> crate::b, or
   crate::a::x <-> crate::a::y), from `crate::` and `super::` paths outside
   comments and test modules.
@@ -19,9 +20,12 @@ FN_RE = re.compile(r"^(\s*)(pub(\([^)]*\))? )?(async )?(const )?(unsafe )?fn (\w
 
 
 def source_files(root="src"):
+    """Every source file, except `<module>/tests.rs`: a module's unit tests
+    moved out of its file (`#[cfg(test)] mod tests;`), held to the same
+    rules as an inline test module, that is, none."""
     for base, _, files in os.walk(root):
         for f in sorted(files):
-            if f.endswith(".rs"):
+            if f.endswith(".rs") and f != "tests.rs":
                 yield os.path.join(base, f)
 
 

@@ -8,9 +8,13 @@
 pub mod common;
 pub mod dingtalk_receive;
 pub mod discord_receive;
+pub mod dlp_mask;
 pub mod feishu_decrypt;
 pub mod feishu_receive;
 pub mod generic_parse;
+pub mod jwt_verify;
+pub mod message_path;
+pub mod policy_load;
 pub mod slack_receive;
 pub mod telegram_receive;
 pub mod wecom_receive;
@@ -22,9 +26,13 @@ pub mod wxcrypt_decrypt;
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("dingtalk_receive", dingtalk_receive::run),
     ("discord_receive", discord_receive::run),
+    ("dlp_mask", dlp_mask::run),
     ("feishu_decrypt", feishu_decrypt::run),
     ("feishu_receive", feishu_receive::run),
     ("generic_parse", generic_parse::run),
+    ("jwt_verify", jwt_verify::run),
+    ("message_path", message_path::run),
+    ("policy_load", policy_load::run),
     ("slack_receive", slack_receive::run),
     ("telegram_receive", telegram_receive::run),
     ("wecom_receive", wecom_receive::run),
