@@ -126,7 +126,8 @@ fn generic_message_answered_by_embedded_assistant() {
     });
 }
 
-/// Missing, expired, wrong-issuer and forged tokens get 401 with WWW-Authenticate.
+/// Missing, expired, wrong-issuer (or none), wrong-audience (or none) and
+/// forged tokens get 401 with WWW-Authenticate.
 #[test]
 fn bad_jwts_get_401() {
     let gw = Setup::default().start();
@@ -151,12 +152,24 @@ fn bad_jwts_get_401() {
         json!({"sub":"a","iss":"auth.example.com","aud":"moltbot.api","exp":now+3600}),
         b"guess",
     );
+    // Found by the jwt_verify fuzz target: jsonwebtoken checks iss and aud
+    // only when present as strings, so these passed while an issuer and an
+    // audience were configured.
+    let signed = |claims| mint(claims, common::JWT_SECRET.as_bytes());
+    let no_iss = signed(json!({"sub":"a","aud":"moltbot.api","exp":now+3600}));
+    let numeric_iss = signed(json!({"sub":"a","iss":7,"aud":"moltbot.api","exp":now+3600}));
+    let no_aud = signed(json!({"sub":"a","iss":"auth.example.com","exp":now+3600}));
+    let numeric_aud = signed(json!({"sub":"a","iss":"auth.example.com","aud":7,"exp":now+3600}));
     rt().block_on(async {
         let c = gw.client(false);
         for (token, description) in [
             (None, None),
             (Some(expired.as_str()), Some("token expired")),
             (Some(wrong_iss.as_str()), Some("wrong issuer")),
+            (Some(no_iss.as_str()), Some("wrong issuer")),
+            (Some(numeric_iss.as_str()), Some("wrong issuer")),
+            (Some(no_aud.as_str()), Some("wrong audience")),
+            (Some(numeric_aud.as_str()), Some("wrong audience")),
             (Some(forged.as_str()), Some("invalid signature")),
             (Some("garbage"), Some("malformed token")),
         ] {
@@ -180,7 +193,7 @@ fn bad_jwts_get_401() {
     );
     assert!(
         metrics
-            .contains(r#"moltgate_rejections_total{reason="jwt_issuer",route="/v1/messages"} 1"#),
+            .contains(r#"moltgate_rejections_total{reason="jwt_issuer",route="/v1/messages"} 3"#),
         "{metrics}"
     );
     // No token ever reached the log.

@@ -489,7 +489,17 @@ fn validation(cfg: &JwtValidationConfig, algorithms: Vec<Algorithm>) -> Validati
     validation.algorithms = algorithms;
     validation.leeway = cfg.leeway;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    // jsonwebtoken checks `iss` and `aud` only when the token has them (as
+    // strings): a configured issuer or audience must also be required, or a
+    // token that leaves the claim out, or makes it a number, passes.
+    let mut required = vec!["exp", "sub"];
+    if cfg.issuer.is_some() {
+        required.push("iss");
+    }
+    if !cfg.audiences.is_empty() {
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
     if let Some(iss) = &cfg.issuer {
         validation.set_issuer(&[iss.0.as_str()]);
     }
@@ -519,6 +529,8 @@ fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> JwtError {
         | K::InvalidKeyFormat
         | K::InvalidRsaKey(_)
         | K::InvalidEcdsaKey => JwtError::Key,
+        K::MissingRequiredClaim(claim) if claim == "iss" => JwtError::Issuer,
+        K::MissingRequiredClaim(claim) if claim == "aud" => JwtError::Audience,
         K::MissingRequiredClaim(_) | K::InvalidClaimFormat(_) | K::InvalidSubject => {
             JwtError::Claims
         }
