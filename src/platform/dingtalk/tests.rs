@@ -1,4 +1,3 @@
-
 use super::*;
 use http::{HeaderMap, HeaderValue, Method};
 

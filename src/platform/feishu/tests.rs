@@ -1,4 +1,3 @@
-
 use super::*;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::time::SystemTime;

@@ -1,4 +1,3 @@
-
 use super::*;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::{SystemTime, UNIX_EPOCH};

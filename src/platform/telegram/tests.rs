@@ -1,4 +1,3 @@
-
 use super::super::slack::tests::{at, headers, vectors};
 use super::*;
 use http::HeaderMap;

@@ -1,4 +1,3 @@
-
 use super::*;
 use http::HeaderMap;
 use std::time::UNIX_EPOCH;
