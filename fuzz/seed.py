@@ -292,6 +292,7 @@ for text in [
     "ip_blacklist: [10.66.0.0/16, \"::/0\"]\ntrusted_proxies: [127.0.0.0/8, \"::1\"]\n"
     "client_ip_headers: [forwarded, x-forwarded-for]\n",
     "ip_whitelist: [10.0.0.0/33]\nip_blacklsit: []\n",
+    "jwt_validation: { issuer: i, leeway: 999999999, secret: fz-0123456789abcdef0123456789abcdef }\n",
     "",
 ]:
     add("policy_load", bytes([0]) + b(text))
@@ -331,6 +332,9 @@ for text in [
     "xoxb-1234567890-4111111111111111-abcdef sk-proj-abcdefghijklmnopqrstuvwx",
     "\u673a\u5bc6 CONFIDENTIAL internal only do not distribute 13812345678",
     "1381234567813812345678 4111111111111111 13812345678",
+    "tel 13812345678\uffd3x (a finding's span takes in the \uffd3)",
+    "y@dd.dddd13812345674cd2f and dddd13812345674cd2q: a hex token, then not",
+    "a 4111111111111110 138 b 4111111111111110 13812345678",
     "",
 ]:
     add("dlp_mask", text)
@@ -360,7 +364,13 @@ for case in [0, 1]:
     add("jwt_verify", bytes([case]) + b("Bearer " + hs256(H, good)))
     add("jwt_verify", bytes([case | 1 << 2 | 0x20]) + b(hs256(H, dict(good, exp=1000))))
     add("jwt_verify", bytes([case | 1 << 2]) + b(hs256(H, good, b"wrong")))
+# Issuer and audience are required where configured (once missing, or a number, they passed).
 add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, {"sub": "alice", "exp": 4102444800})))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, {"sub": "a", "exp": 4102444800, "iss": "auth.example.com"})))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, {"sub": "a", "exp": 4102444800, "aud": "moltbot.api"})))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, {"sub": "a", "exp": 4102444800, "iss": 5, "aud": "moltbot.api"})))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, {"sub": "a", "exp": 4102444800, "iss": "auth.example.com", "aud": 5})))
+add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, {"sub": "a", "exp": 4102444800, "iss": ["auth.example.com", "x"], "aud": ["moltbot.api"]})))
 add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, dict(good, iss=["auth.example.com", "x"], aud=[]))))
 add("jwt_verify", bytes([0 | 1 << 2]) + b(hs256(H, dict(good, nbf=4102444800))))
 add("jwt_verify", bytes([1 | 1 << 2]) + b(b64u(j({"alg": "none"})) + "." + b64u(j(good)) + "."))
@@ -396,6 +406,7 @@ for route in range(4):
     add("message_path", frame(route | 4 | 0x10 | 0x80, ["", "", "10.66.1.1"], "hello"))
     add("message_path", frame(route | 4 | 0x10, ["", "", "198.51.100.7, 10.1.2.3"], "from behind a proxy"))
 add("message_path", frame(0 | 4 | 0x10 | 0x80, ["", "bob"], "acme engineer from the VPN"))
+add("message_path", frame(0 | 4 | 0x10, ["", "demo-admin"], "/reboot now"))  # admin by permissions.yaml: 202
 add("message_path", frame(0 | 4, ["", ""], j({"platform": "web", "sender": {"id": "u1"},
                                                "content": {"text": "hi 4111111111111111", "attachments": [{"type": "file", "url": "https://x/y"}]},
                                                "context": {"chat_type": "channel", "thread_id": "t"}})))

@@ -318,7 +318,10 @@ pub fn line_breaks(text: &str) -> usize {
 /// A located policy error must say what is wrong and point inside the file.
 pub fn check_file_error(e: &moltgate::config::FileError, text: &str) {
     assert!(!e.to_string().trim().is_empty(), "an error with no text");
-    let max_line = line_breaks(text) + 1;
+    // libyaml reports an error at the end of a file whose last line has no
+    // line break one line further down (its stream end forces a new line).
+    let unterminated = !text.ends_with(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']);
+    let max_line = line_breaks(text) + 1 + usize::from(unterminated);
     for d in e.clone().split() {
         assert!(
             !d.message.trim().is_empty(),
@@ -417,14 +420,27 @@ pub fn ed25519_jwks() -> String {
     .to_string()
 }
 
-/// A directory (written once per process) holding the key files a
-/// `jwt_validation` may name: `ed25519.pem` and `jwks.json`.
+/// A directory holding the key files a `jwt_validation` may name:
+/// `ed25519.pem` and `jwks.json`. One fixed directory for every process
+/// (nothing is left behind per run); each file is written whole under a
+/// private name and renamed into place, so a concurrent reader never sees a
+/// partial file.
 pub fn key_dir() -> &'static std::path::Path {
     static DIR: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
-        let dir = std::env::temp_dir().join(format!("moltgate-fuzz-keys-{}", std::process::id()));
+        let dir = std::env::temp_dir().join("moltgate-fuzz-keys");
         std::fs::create_dir_all(&dir).expect("key dir");
-        std::fs::write(dir.join("ed25519.pem"), ed25519_public_pem()).expect("pem");
-        std::fs::write(dir.join("jwks.json"), ed25519_jwks()).expect("jwks");
+        for (name, text) in [
+            ("ed25519.pem", ed25519_public_pem()),
+            ("jwks.json", ed25519_jwks()),
+        ] {
+            let path = dir.join(name);
+            if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+                continue;
+            }
+            let tmp = dir.join(format!("{name}.{}", std::process::id()));
+            std::fs::write(&tmp, text).expect("key file");
+            std::fs::rename(&tmp, &path).expect("key file");
+        }
         dir
     });
     DIR.as_path()
