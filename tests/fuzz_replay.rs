@@ -1,5 +1,6 @@
-//! Replays every fuzz target's committed seeds (`fuzz/seeds/<target>/`) and
-//! minimised corpus (`fuzz/corpora/<target>/`) through the same harness the
+//! Replays every fuzz target's committed seeds (`fuzz/seeds/<target>/`),
+//! minimised corpus (`fuzz/corpora/<target>/`) and past crashes
+//! (`fuzz/crashes/<target>/`) through the same harness the
 //! fuzzers run (`fuzz/harness/`), on stable Rust, so a regression that one of
 //! those inputs once caught fails CI without nightly or libFuzzer.
 
@@ -30,11 +31,13 @@ fn every_fuzz_target_replays_its_seeds_and_corpus_without_a_panic() {
     for (target, run) in harness::TARGETS {
         let seeds = inputs(&root.join("seeds").join(target));
         let corpus = inputs(&root.join("corpora").join(target));
+        // Inputs that once broke a property: regressions, replayed too.
+        let crashes = inputs(&root.join("crashes").join(target));
         assert!(
             !seeds.is_empty() || !corpus.is_empty(),
             "fuzz target '{target}' has no committed inputs (fuzz/seeds/{target}, fuzz/corpora/{target})"
         );
-        for file in seeds.iter().chain(&corpus) {
+        for file in seeds.iter().chain(&corpus).chain(&crashes) {
             let data = std::fs::read(file).unwrap();
             if catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
                 failures.push(file.display().to_string());

@@ -13,7 +13,7 @@
 //!   the same characters also stand in the text outside every `mask` finding
 //!   (a number inside a longer digit run or a hex token is, by design, not a
 //!   finding), and scanning the masked text masks nothing new (same
-//!   exception); both are off while `KNOWN_ISSUE_MASKING_MAKES_NUMBERS` is set;
+//!   exception; inputs that broke this are in `fuzz/crashes/dlp_mask/`);
 //! - the evasions folding undoes do not hide a value: a standalone Visa-shaped
 //!   Luhn-valid 16-digit number or an 11-digit Chinese mobile number (spaces
 //!   or line breaks around it) is always found (unless a `block` finding
@@ -103,23 +103,9 @@ pub fn run(data: &[u8]) {
     }
     let again = POLICY.scan(masked, Direction::Ingress);
     check_dlp_outcome(masked, &again);
-    if KNOWN_ISSUE_MASKING_MAKES_NUMBERS.is_none() {
-        no_found_value_survives(text, &out, masked);
-        nothing_new_on_rescan(text, &out, masked, &again);
-    }
+    no_found_value_survives(text, &out, masked);
+    nothing_new_on_rescan(text, &out, masked, &again);
 }
-
-/// `Some(reason)` while a known defect is open; the two checks it names are
-/// then skipped. Set it to `None` once fixed: the inputs in
-/// `fuzz/crashes/dlp_mask/` must then pass.
-const KNOWN_ISSUE_MASKING_MAKES_NUMBERS: Option<&str> = Some(
-    "a mask character is not a digit, so the digits a mask keeps end a number run: in \
-     `4111111111111110 13812345678` the phone becomes `138****5678`, and \
-     `4111111111111110 138` (Luhn-valid, 19 digits) is now a whole number, so the masked \
-     text shows a card value that the same scan masks elsewhere \
-     (masked-text-shows-a-masked-card), and scanning the masked text masks it \
-     (masking-makes-a-card)",
-);
 
 /// Scanning the masked text masks nothing the first scan did not, except a
 /// value that also stood unflagged in the text (in a hex token or a longer

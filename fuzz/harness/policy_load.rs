@@ -146,7 +146,7 @@ fn security(text: &str) {
             .all(|n| n.as_deref().is_none_or(plain_file_name))
         {
             match JwtVerifier::new(cfg, key_dir(), path, text) {
-                Ok(jwt) => use_jwt(&jwt, text, cfg.leeway),
+                Ok(jwt) => use_jwt(&jwt, text),
                 Err(e) => check_file_error(&e, text),
             }
         }
@@ -155,7 +155,7 @@ fn security(text: &str) {
     use_rate(&file.rate_limiting);
 }
 
-fn use_jwt(jwt: &JwtVerifier, text: &str, leeway: u64) {
+fn use_jwt(jwt: &JwtVerifier, text: &str) {
     if let Some(weak) = jwt.weak_secret() {
         check_file_error(weak, text);
         assert!(jwt.require_strong_secret(false).is_err());
@@ -165,8 +165,7 @@ fn use_jwt(jwt: &JwtVerifier, text: &str, leeway: u64) {
     assert!(jwt.verify(None).is_err());
     assert!(jwt.verify(Some("Bearer e30.e30.")).is_err());
     // A token this verifier mints (as `moltgate token` does) verifies.
-    let overflows = leeway >= unix_now() && KNOWN_ISSUE_LEEWAY_OVERFLOW.is_some();
-    if jwt.hs_secret().is_some_and(|s| !s.is_empty()) && !overflows {
+    if jwt.hs_secret().is_some_and(|s| !s.is_empty()) {
         let mut extra = BTreeMap::new();
         extra.insert("roles".to_string(), serde_json::json!(["user"]));
         let token = jwt
@@ -443,12 +442,7 @@ fn explain_request(text: &str) {
     let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");
     let req = match explain::parse_request(path, text, now) {
         Ok(r) => r,
-        Err(mut e) => {
-            if KNOWN_ISSUE_JSON_COLUMN_0.is_some() && e.column == Some(0) {
-                e.column = Some(1);
-            }
-            return check_file_error(&e, text);
-        }
+        Err(e) => return check_file_error(&e, text),
     };
     // `request_json` writes the request that `parse_request` reads back.
     let again = explain::request_json(&req);
@@ -462,20 +456,3 @@ fn explain_request(text: &str) {
     let _ = explain::render_text(&x);
     serde_json::from_str::<serde_json::Value>(&explain::render_json(&x)).expect("JSON");
 }
-
-/// `Some(reason)` while a known defect is open; the check it names is then
-/// relaxed. Set it to `None` once fixed: `fuzz/crashes/policy_load/` must
-/// then pass.
-const KNOWN_ISSUE_JSON_COLUMN_0: Option<&str> = Some(
-    "explain::json_error passes serde_json's column through, which is 0 for an error \
-     at a line break (`{\"resource\":\"a<LF>` gives request.json:2:0); FileError columns are 1-based",
-);
-
-/// `Some(reason)` while a known defect is open; a verifier with such a
-/// leeway is then not asked to verify. Set it to `None` once fixed.
-const KNOWN_ISSUE_LEEWAY_OVERFLOW: Option<&str> = Some(
-    "jwt_validation.leeway is an unbounded u64 handed to jsonwebtoken, which computes \
-     `now - leeway` (and `now + leeway`): a leeway past the current Unix time panics \
-     with overflow checks (debug builds, tests, fuzzing) and in release wraps, so every \
-     token is refused as expired (fuzz/crashes/policy_load/jwt-leeway-overflow)",
-);

@@ -412,7 +412,9 @@ fn json_error(path: &Path, e: &serde_json::Error) -> FileError {
             }
         }
     }
-    let pos = (e.line() != 0).then(|| (e.line(), e.column()));
+    // serde_json says column 0 for an error before the first character of a
+    // line; columns here start at 1.
+    let pos = (e.line() != 0).then(|| (e.line(), e.column().max(1)));
     FileError::at(path, pos, message)
 }
 
@@ -490,6 +492,16 @@ mod tests {
         let req =
             parse_request(Path::new("req.json"), json, now()).unwrap_or_else(|e| panic!("{e}"));
         explain(&a, &p, req)
+    }
+
+    /// serde_json reports column 0 for an error at a line break; locations
+    /// here start at column 1 (found by policy_load).
+    #[test]
+    fn json_errors_never_point_at_column_0() {
+        let err = parse_request(Path::new("req.json"), "{\"resource\":\"a\n", now())
+            .err()
+            .expect("refused");
+        assert_eq!((err.line, err.column), (Some(2), Some(1)), "{err}");
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct JwtValidationConfig {
     pub jwks: Option<EnvString>,
 }
 
+/// The largest `leeway`: more is no longer clock skew (and jsonwebtoken
+/// computes `now - leeway`, which must not underflow).
+pub const MAX_LEEWAY_SECS: u64 = 3600;
+
 fn default_leeway() -> u64 {
     60
 }
@@ -203,6 +207,16 @@ impl JwtVerifier {
         text: &str,
     ) -> Result<Self, FileError> {
         let at = |needle: &str, msg: String| FileError::at(file, locate(text, needle), msg);
+        if cfg.leeway > MAX_LEEWAY_SECS {
+            return Err(FileError::at(
+                file,
+                locate_key(text, "leeway"),
+                format!(
+                    "jwt_validation.leeway is {} s; at most {MAX_LEEWAY_SECS} s (it allows for clock skew, usually 60)",
+                    cfg.leeway
+                ),
+            ));
+        }
         let algorithms = algorithms(cfg, &at)?;
         let hmac = algorithms.iter().any(|a| is_hmac(*a));
         if hmac && algorithms.iter().any(|a| !is_hmac(*a)) {
@@ -616,6 +630,27 @@ mod tests {
             text,
         )
         .unwrap()
+    }
+
+    /// A leeway past an hour is refused where it is written: jsonwebtoken
+    /// computes `now - leeway`, which overflowed (found by policy_load).
+    #[test]
+    fn leeway_past_an_hour_is_refused_with_its_location() {
+        let text = "issuer: a\nleeway: 99999999999\nsecret: s3cret-s3cret-s3cret-s3cret-s3cret\n";
+        let cfg: JwtValidationConfig =
+            crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
+        let err = JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), text)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .starts_with("p.yaml:2:1: jwt_validation.leeway"),
+            "{err}"
+        );
+        let ok = text.replace("99999999999", "3600");
+        let cfg: JwtValidationConfig =
+            crate::config::yaml::parse_str(Path::new("p.yaml"), &ok).unwrap();
+        assert!(JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), &ok).is_ok());
     }
 
     /// Empty, published and short HS secrets are remembered as weak, with a
