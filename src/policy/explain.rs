@@ -498,9 +498,9 @@ mod tests {
     /// here start at column 1 (found by policy_load).
     #[test]
     fn json_errors_never_point_at_column_0() {
-        let err = parse_request(Path::new("req.json"), "{\"resource\":\"a\n", now())
-            .err()
-            .expect("refused");
+        let Err(err) = parse_request(Path::new("req.json"), "{\"resource\":\"a\n", now()) else {
+            panic!("must be refused");
+        };
         assert_eq!((err.line, err.column), (Some(2), Some(1)), "{err}");
     }
 

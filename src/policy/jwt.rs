@@ -639,9 +639,9 @@ mod tests {
         let text = "issuer: a\nleeway: 99999999999\nsecret: s3cret-s3cret-s3cret-s3cret-s3cret\n";
         let cfg: JwtValidationConfig =
             crate::config::yaml::parse_str(Path::new("p.yaml"), text).unwrap();
-        let err = JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), text)
-            .err()
-            .expect("refused");
+        let Err(err) = JwtVerifier::new(&cfg, Path::new("."), Path::new("p.yaml"), text) else {
+            panic!("must be refused");
+        };
         assert!(
             err.to_string()
                 .starts_with("p.yaml:2:1: jwt_validation.leeway"),
