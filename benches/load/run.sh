@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
-# moltgate vs nginx, side by side, on this machine: TLS 1.3 on loopback in
-# front of an upstream, the same HTTP request, bounded load. Prints req/s,
-# latency percentiles, CPU per request, and the throughput ratio.
+# moltgate vs nginx on this machine, the three paths of issue 11, side by side
+# in one run: TLS 1.3 on loopback, the same requests, bounded load, rounds
+# alternating nginx / moltgate, median ratios.
 #
-#   moltgate: TLS 1.3 + HS256 JWT verify + JSON parse + Envelope + protobuf +
-#             gRPC (h2c) to a separate `moltgate assistant` process + JSON reply
-#   nginx:    TLS 1.3 + proxy_pass over HTTP/1.1 keepalive to an nginx
-#             `return 200 '<the same JSON reply>'` server block
+#   passthrough  Telegram webhook, passthrough route: moltgate verifies the
+#                secret token, dedupes the update_id, runs IP, rate, ABAC, RBAC
+#                and DLP, and forwards to the bot; nginx proxy_passes to the
+#                same bot. The bot (a fixed JSON answer) is one upstream nginx
+#                process shared by both sides; its CPU is counted on neither.
+#   translate    JWT API (POST /v1/messages, platform generic): moltgate turns
+#                it into an Envelope and calls `moltgate assistant` (gRPC, its
+#                own process); nginx proxy_passes to a `return 200` block in the
+#                upstream nginx process. Each side's CPU is proxy + upstream.
+#   embedded     the same JWT API to the in-process assistant (POST
+#                /v1/embedded, `nodes: [embedded]`): moltgate alone against the
+#                same nginx proxy + upstream as translate.
+#
+# Method (each rule fails the run, or warns loudly, when it does not hold):
+#   - every request is a new message: a new Telegram update_id and a unique
+#     text tag per request, numbered from a new base in every wrk run
+#     (message.lua; wrk restarts its Lua state per run) and per wrk thread;
+#   - before every timed run, SAMPLES curl requests of the same kind must be
+#     answered by the upstream: the bot's exact body (passthrough), the
+#     assistant's "echo: <the unique text>" (moltgate API paths), the
+#     upstream's exact body (nginx API paths); else the run dies;
+#   - during every moltgate run, the gateway's own counters
+#     (moltgate_requests_total by outcome) must show every request forwarded
+#     (proxied / answered): a duplicate fails the run; refusals, policy
+#     notices, 503s or DLP findings are printed with a WARNING;
+#   - wrk's non-2xx (status >= 400) plus socket errors are printed per side
+#     and round, with a WARNING when > 0;
+#   - the same certificate, connection count, request bytes; the shipped
+#     policies/ with every stage on.
 #
 # Environment (defaults in brackets):
-#   DURATION     seconds of measured load per side and round   [10]
-#   WARMUP       seconds of unmeasured load before each run    [2]
-#   CONNECTIONS  concurrent connections                        [32]
-#   THREADS      load-tool threads                             [2]
-#   WORKERS      moltgate `threads` and nginx worker_processes [nproc]
-#   ROUNDS       rounds (nginx then moltgate each round)       [1]
-#   TOOL         wrk (HTTP/1.1, p50/p99) or h2load             [wrk]
-#   H2LOAD_PROTO h2 or h1 when TOOL=h2load                     [h2]
-#   UPSTREAM     external (separate assistant process) or embedded [external]
-#   CONVERSATIONS distinct conversations the wrk requests cycle through [1000]
-#                (h2load sends one body, so one conversation)
+#   PATHS        which paths, in order          ["passthrough translate embedded"]
+#   DURATION     seconds of measured load per side, path and round   [10]
+#   WARMUP       seconds of unmeasured load before each timed run    [2]
+#   CONNECTIONS  concurrent connections (wrk -c)                     [64]
+#   THREADS      wrk threads                                         [1]
+#   WORKERS      moltgate `threads` and the nginx front's worker_processes [nproc]
+#   ROUNDS       rounds; each round runs nginx then moltgate on every path [3]
+#   SAMPLES      curl requests checked before each timed run         [5]
+#   CONVERSATIONS distinct chats / conversation threads cycled through [1000]
 #   MOLTGATE_BIN the binary [target/release/moltgate, built if missing]
-#   KEEP=1       keep the temp dir (configs, logs) for inspection
+#   KEEP=1       keep the temp dir (configs, logs, wrk output) for inspection
 #
 # Everything listens on 127.0.0.1 only, on free high ports; every process the
 # script starts is killed by pid on exit; all files live in one temp dir.
@@ -29,14 +52,13 @@ set -euo pipefail
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
-CONNECTIONS=${CONNECTIONS:-32}
-THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 2)}
-ROUNDS=${ROUNDS:-1}
-TOOL=${TOOL:-wrk}
-H2LOAD_PROTO=${H2LOAD_PROTO:-h2}
-UPSTREAM=${UPSTREAM:-external}
+ROUNDS=${ROUNDS:-3}
+SAMPLES=${SAMPLES:-5}
 CONVERSATIONS=${CONVERSATIONS:-1000}
+PATHS=${PATHS:-passthrough translate embedded}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -45,15 +67,29 @@ BIN=${MOLTGATE_BIN:-$ROOT/target/release/moltgate}
 say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 1; }
 
-case "$TOOL" in wrk|h2load) ;; *) die "TOOL must be wrk or h2load, not '$TOOL'";; esac
-case "$UPSTREAM" in external|embedded) ;; *) die "UPSTREAM must be external or embedded, not '$UPSTREAM'";; esac
-case "$H2LOAD_PROTO" in h2|h1) ;; *) die "H2LOAD_PROTO must be h2 or h1";; esac
-for v in DURATION WARMUP CONNECTIONS THREADS WORKERS ROUNDS CONVERSATIONS; do
+[[ -z ${TOOL:-} || ${TOOL:-} == wrk ]] \
+    || die "TOOL=$TOOL is no longer supported: only wrk (its Lua script makes every request a new message)"
+[[ -z ${UPSTREAM:-} ]] \
+    || die "UPSTREAM was replaced by PATHS: PATHS=translate (external assistant) or PATHS=embedded"
+for v in DURATION WARMUP CONNECTIONS THREADS WORKERS ROUNDS SAMPLES CONVERSATIONS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 (( DURATION >= 1 && DURATION <= 600 )) || die "DURATION must be 1..600 seconds"
+(( WARMUP <= 600 )) || die "WARMUP must be 0..600 seconds"
 (( ROUNDS >= 1 && ROUNDS <= 10 )) || die "ROUNDS must be 1..10"
+(( THREADS >= 1 && THREADS <= 99 )) || die "THREADS must be 1..99"
+(( CONNECTIONS >= THREADS )) || die "CONNECTIONS must be at least THREADS"
+(( WORKERS >= 1 )) || die "WORKERS must be at least 1"
+(( SAMPLES >= 1 && SAMPLES <= 100 )) || die "SAMPLES must be 1..100"
 (( CONVERSATIONS >= 1 && CONVERSATIONS <= 100000 )) || die "CONVERSATIONS must be 1..100000"
+read -r -a PATH_LIST <<<"$PATHS"
+(( ${#PATH_LIST[@]} >= 1 )) || die "PATHS is empty"
+seen=" "
+for p in "${PATH_LIST[@]}"; do
+    case "$p" in passthrough|translate|embedded) ;; *) die "PATHS: unknown path '$p' (passthrough, translate, embedded)";; esac
+    [[ $seen == *" $p "* ]] && die "PATHS: '$p' twice"
+    seen+="$p "
+done
 
 # ---------------------------------------------------------------- tools
 SUDO=
@@ -75,7 +111,7 @@ need() {
 need nginx nginx
 need curl curl
 need openssl openssl
-if [[ $TOOL == wrk ]]; then need wrk wrk; else need h2load nghttp2-client; fi
+need wrk wrk
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
 if [[ ! -x $BIN ]]; then
@@ -122,7 +158,7 @@ pick_port; MG_PUBLIC=$PORT
 pick_port; MG_ADMIN=$PORT
 pick_port; ASSISTANT=$PORT
 pick_port; NG_PUBLIC=$PORT
-pick_port; NG_ECHO=$PORT
+pick_port; NG_UP=$PORT
 
 wait_port() { # wait_port PORT WHAT PID
     for _ in $(seq 150); do
@@ -155,8 +191,60 @@ jwt_validation:
   algorithms: [HS256]
   secret: "load-bench-secret-0123456789abcdef"
 EOF
+# The shipped abac.yaml lets loopback forward on /v1/messages and /hooks/**
+# (so /hooks/telegram needs nothing). The embedded route has a path of its
+# own, /v1/embedded: every rule that names /v1/messages names it too, in
+# this temp copy only.
+ABAC_GRANT='every abac.yaml rule naming "/v1/messages" also names "/v1/embedded" (bench temp copy only)'
+sed -i 's|"/v1/messages"|"/v1/messages", "/v1/embedded"|g' "$WORK/policies/abac.yaml"
+grep -q '"/v1/embedded"' "$WORK/policies/abac.yaml" \
+    || die "policies/abac.yaml names no \"/v1/messages\" resource any more: update the embedded grant in run.sh"
 
-if [[ $UPSTREAM == external ]]; then NODES="\"127.0.0.1:$ASSISTANT\""; else NODES=embedded; fi
+# The requests. @ID@ @MID@ @USER@ @CONV@ @TAG@ are filled per request, by
+# message.lua under load and by make_body for the curl samples. The text
+# carries the unique tag; digit runs stay short (< 11 digits) so that no DLP
+# number pattern (cards, phones, ID cards) can match the tag.
+TG_SECRET=load-bench-telegram-secret-0123456789
+TG_TEXT='Hi! Can you summarise the incident report and list the follow-up actions for the on-call team? (@TAG@)'
+API_TEXT=$TG_TEXT
+declare -A TEMPLATE_FILE=() URLPATH=()
+cat >"$WORK/telegram.tmpl" <<EOF
+{"update_id":@ID@,"message":{"message_id":@MID@,"from":{"id":@USER@,"is_bot":false,"first_name":"Alice","last_name":"Martin","username":"alice_m","language_code":"en"},"chat":{"id":@USER@,"first_name":"Alice","last_name":"Martin","username":"alice_m","type":"private"},"date":1732190000,"text":"$TG_TEXT"}}
+EOF
+cat >"$WORK/api.tmpl" <<EOF
+{"platform":"web","sender":{"id":"u-1842","name":"Alice Martin"},"content":{"text":"$API_TEXT"},"timestamp":1732190000,"context":{"room_id":"ops-room","thread_id":"t-@CONV@","chat_type":"group"}}
+EOF
+# no trailing newline in the bodies
+for f in telegram api; do printf '%s' "$(cat "$WORK/$f.tmpl")" >"$WORK/$f.tmpl"; done
+TEMPLATE_FILE=([passthrough]=$WORK/telegram.tmpl [translate]=$WORK/api.tmpl [embedded]=$WORK/api.tmpl)
+URLPATH=([passthrough]=/hooks/telegram [translate]=/v1/messages [embedded]=/v1/embedded)
+
+# The bot's webhook answer: a Bot API call inline, as a Telegram bot answers.
+BOT_BODY='{"method":"sendMessage","chat_id":100000001,"text":"Thanks, noted. The on-call team will follow up on the incident report."}'
+
+# ---------------------------------------------------------------- the upstream nginx (bot + API stand-in)
+NGINX_VERSION=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+mkdir -p "$WORK/nginx-tmp"
+# substitute VALUE for @NAME@ in FILE (values may hold | & that sed treats specially)
+fill() { # fill FILE NAME VALUE
+    awk -v n="@$2@" -v r="$3" '{ while ((i = index($0, n)) > 0) $0 = substr($0, 1, i-1) r substr($0, i+length(n)); print }' \
+        "$1" >"$1.tmp" && mv "$1.tmp" "$1"
+}
+upstream_conf() { # upstream_conf REPLY
+    sed -e "s|@WORK@|$WORK|g" -e "s|@UPSTREAM_PORT@|$NG_UP|g" "$HERE/nginx-upstream.conf.template" >"$WORK/nginx-upstream.conf"
+    fill "$WORK/nginx-upstream.conf" BOT_BODY "$BOT_BODY"
+    fill "$WORK/nginx-upstream.conf" REPLY "$1"
+    "$NGINX" -t -q -p "$WORK" -e "$WORK/nginx-upstream-error.log" -c "$WORK/nginx-upstream.conf" >&2 \
+        || die "nginx -t failed on $WORK/nginx-upstream.conf (KEEP=1)"
+}
+# The API stand-in's body is moltgate's own reply, known only once moltgate
+# answers: start with a placeholder, reload below.
+upstream_conf '{"placeholder":true}'
+"$NGINX" -p "$WORK" -e "$WORK/nginx-upstream-error.log" -c "$WORK/nginx-upstream.conf" >"$WORK/nginx-upstream.out" 2>&1 &
+UP_PID=$!; PIDS+=("$UP_PID")
+wait_port "$NG_UP" "upstream nginx" "$UP_PID"
+
+# ---------------------------------------------------------------- moltgate (one process, three routes) + assistant
 cat >"$WORK/moltgate.yaml" <<EOF
 listen:
   public:
@@ -165,25 +253,23 @@ listen:
   admin: { address: "127.0.0.1:$MG_ADMIN" }
 policies: policies/
 upstreams:
-  assistant: { kind: grpc, nodes: [$NODES], balance: conversation, timeout: 30s }
+  assistant: { kind: grpc, nodes: ["127.0.0.1:$ASSISTANT"], balance: conversation, timeout: 30s }
+  inprocess: { kind: grpc, nodes: [embedded], balance: conversation, timeout: 30s }
+  bot:       { kind: http, nodes: ["127.0.0.1:$NG_UP"] }
 routes:
+  - { path: /hooks/telegram, platform: telegram, mode: passthrough, upstream: bot,
+      secrets: { secret_token: "$TG_SECRET" } }
   - { path: /v1/messages, platform: generic, upstream: assistant }
+  - { path: /v1/embedded, platform: generic, upstream: inprocess }
 threads: $WORKERS
 log: { format: json, level: info }
 EOF
-"$BIN" check -c "$WORK/moltgate.yaml" >&2
+"$BIN" check -c "$WORK/moltgate.yaml" >"$WORK/check.out" 2>&1 \
+    || { cat "$WORK/check.out" >&2; die "moltgate check failed on $WORK/moltgate.yaml"; }
 
-TOKEN=$("$BIN" token -c "$WORK/moltgate.yaml" --sub bench-user --claim roles=user --claim tenant=acme --ttl 2h)
-# A typical generic-API message (no ' \ or $, so it can be inlined below).
-BODY='{"platform":"web","sender":{"id":"u-1842","name":"Alice Martin"},"content":{"text":"Hi! Can you summarise the incident report and list the follow-up actions for the on-call team?"},"timestamp":1732190000,"context":{"room_id":"ops-room","thread_id":"t-1","chat_type":"group"}}'
-printf '%s' "$BODY" >"$WORK/body.json"
-
-# ---------------------------------------------------------------- moltgate
-if [[ $UPSTREAM == external ]]; then
-    "$BIN" assistant --listen "127.0.0.1:$ASSISTANT" >"$WORK/assistant.log" 2>&1 &
-    ASSISTANT_PID=$!; PIDS+=("$ASSISTANT_PID")
-    wait_port "$ASSISTANT" "moltgate assistant" "$ASSISTANT_PID"
-fi
+"$BIN" assistant --listen "127.0.0.1:$ASSISTANT" >"$WORK/assistant.log" 2>&1 &
+AS_PID=$!; PIDS+=("$AS_PID")
+wait_port "$ASSISTANT" "moltgate assistant" "$AS_PID"
 # The audit line (one JSON line per request) goes to a file, like nginx's access log.
 (cd "$WORK" && exec "$BIN" run -c "$WORK/moltgate.yaml") >"$WORK/moltgate.log" 2>&1 &
 MG_PID=$!; PIDS+=("$MG_PID")
@@ -193,110 +279,115 @@ for i in $(seq 100); do
     (( i == 100 )) && die "moltgate not ready (/readyz) within 20 s; see $WORK/moltgate.log (KEEP=1)"
     sleep 0.2
 done
+TOKEN=$("$BIN" token -c "$WORK/moltgate.yaml" --sub bench-user --claim roles=user --claim tenant=acme --ttl 2h)
 
-request() { # request PORT: prints the HTTP status, then the body
-    curl -sS --max-time 5 --tlsv1.3 --cacert "$CA" -o "$WORK/resp" -w '%{http_code}' \
-        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-        --data-binary @"$WORK/body.json" "https://127.0.0.1:$1/v1/messages" || true
+# ---------------------------------------------------------------- requests, samples
+SEQ=0          # the run number: every wrk run and every sample batch takes a new one
+BODY=          # make_body's outputs
+TAG=
+make_body() { # make_body PATH SEQ N: the body of request N of run SEQ (thread 0), as message.lua builds it
+    local conv=$(( $3 % CONVERSATIONS + 1 ))
+    TAG="m$2t0n$3"
+    BODY=$(<"${TEMPLATE_FILE[$1]}")
+    BODY=${BODY//@ID@/$2$(printf '%02d%08d' 0 "$3")}
+    BODY=${BODY//@MID@/$3}
+    BODY=${BODY//@USER@/$(( 100000000 + conv ))}
+    BODY=${BODY//@CONV@/$conv}
+    BODY=${BODY//@TAG@/$TAG}
 }
-status=$(request "$MG_PUBLIC")
-REPLY=$(cat "$WORK/resp" 2>/dev/null || true)
-[[ $status == 200 ]] || die "moltgate sanity request: HTTP $status: $REPLY"
-case "$REPLY" in *\'*|*\\*|*\$*) die "moltgate's reply has a quote, backslash or \$; cannot inline it in nginx.conf";; esac
+HDRS=()
+headers_for() { # headers_for PATH: the request headers, as wrk/curl -H arguments
+    if [[ $1 == passthrough ]]; then
+        HDRS=(-H 'Content-Type: application/json' -H "X-Telegram-Bot-Api-Secret-Token: $TG_SECRET")
+    else
+        HDRS=(-H 'Content-Type: application/json' -H "Authorization: Bearer $TOKEN")
+    fi
+}
+STATUS=
+RESP=
+send() { # send PORT PATH: sends $BODY; sets STATUS and RESP
+    headers_for "$2"
+    printf '%s' "$BODY" >"$WORK/sample.json"
+    rm -f "$WORK/resp"
+    STATUS=$(curl -sS --max-time 5 --tlsv1.3 --cacert "$CA" -o "$WORK/resp" -w '%{http_code}' \
+        "${HDRS[@]}" --data-binary @"$WORK/sample.json" "https://127.0.0.1:$1${URLPATH[$2]}" 2>"$WORK/curl.err" || true)
+    RESP=$(cat "$WORK/resp" 2>/dev/null || true)
+}
+REPLY=
+check_answer() { # check_answer PATH SIDE WHAT: dies unless $STATUS/$RESP came from the upstream
+    local path=$1 side=$2 what=$3 ok=0 want
+    if [[ $STATUS == 200 ]]; then
+        if [[ $path == passthrough ]]; then
+            want="the bot's body"; [[ $RESP == "$BOT_BODY" ]] && ok=1
+        elif [[ $side == moltgate ]]; then
+            local text=${API_TEXT//@TAG@/$TAG}
+            want="the assistant's echo: \"echo: $text\""; [[ $RESP == *"echo: $text"* ]] && ok=1
+        else
+            want="the upstream's body"; [[ $RESP == "$REPLY" ]] && ok=1
+        fi
+    fi
+    (( ok )) || die "$path/$side: $what was not answered by the upstream: HTTP $STATUS, body '${RESP:0:300}' $(cat "$WORK/curl.err" 2>/dev/null)
+  expected HTTP 200 with ${want:-a 200}; a refusal, a 200 'duplicate' (empty ack) or a policy notice is not throughput"
+}
+sample_check() { # sample_check PATH SIDE PORT: SAMPLES new messages, each answered by the upstream
+    local i
+    SEQ=$(( SEQ + 1 ))
+    for i in $(seq "$SAMPLES"); do
+        make_body "$1" "$SEQ" "$i"
+        send "$3" "$1"
+        check_answer "$1" "$2" "sample $i of $SAMPLES (tag $TAG)"
+    done
+}
 
-# ---------------------------------------------------------------- nginx
-NGINX_VERSION=$("$NGINX" -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')
+# moltgate's translate answer becomes the API stand-in's body on the nginx side.
+SEQ=$(( SEQ + 1 ))
+make_body translate "$SEQ" 1
+send "$MG_PUBLIC" translate
+check_answer translate moltgate "the first request"
+REPLY=$RESP
+case "$REPLY" in *\'*|*\\*|*\$*) die "moltgate's reply has a quote, backslash or \$; cannot inline it in nginx.conf";; esac
+upstream_conf "$REPLY"
+kill -HUP "$UP_PID"
+for i in $(seq 50); do
+    got=$(curl -s --max-time 2 -X POST --data-binary x "http://127.0.0.1:$NG_UP/v1/messages" || true)
+    [[ $got == "$REPLY" ]] && break
+    (( i == 50 )) && die "the upstream nginx did not reload with moltgate's reply within 10 s"
+    sleep 0.2
+done
+
+# ---------------------------------------------------------------- the nginx front
 if printf '%s\n%s\n' 1.25.1 "$NGINX_VERSION" | sort -V -C; then
     LISTEN_HTTP2=; HTTP2_ON="http2 on;"          # nginx >= 1.25.1
 else
     LISTEN_HTTP2=" http2"; HTTP2_ON=
 fi
-mkdir -p "$WORK/nginx-tmp"
 sed -e "s|@WORK@|$WORK|g" -e "s|@WORKERS@|$WORKERS|g" \
-    -e "s|@PUBLIC_PORT@|$NG_PUBLIC|g" -e "s|@UPSTREAM_PORT@|$NG_ECHO|g" \
+    -e "s|@PUBLIC_PORT@|$NG_PUBLIC|g" -e "s|@UPSTREAM_PORT@|$NG_UP|g" \
     -e "s|@CERT@|$CERT|g" -e "s|@KEY@|$KEY|g" \
     -e "s|@LISTEN_HTTP2@|$LISTEN_HTTP2|g" -e "s|@HTTP2_ON@|$HTTP2_ON|g" \
     "$HERE/nginx.conf.template" >"$WORK/nginx.conf"
-# The reply may contain characters sed treats specially (| &): substitute it with awk.
-awk -v r="$REPLY" '{ i = index($0, "@REPLY@"); if (i) $0 = substr($0, 1, i-1) r substr($0, i+7); print }' \
-    "$WORK/nginx.conf" >"$WORK/nginx.conf.tmp" && mv "$WORK/nginx.conf.tmp" "$WORK/nginx.conf"
 "$NGINX" -t -q -p "$WORK" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" >&2 \
     || die "nginx -t failed; see $WORK/nginx.conf (KEEP=1)"
 "$NGINX" -p "$WORK" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" >"$WORK/nginx.out" 2>&1 &
 NG_PID=$!; PIDS+=("$NG_PID")
 wait_port "$NG_PUBLIC" "nginx" "$NG_PID"
-wait_port "$NG_ECHO" "nginx" "$NG_PID"
-status=$(request "$NG_PUBLIC")
-[[ $status == 200 ]] || die "nginx sanity request: HTTP $status: $(cat "$WORK/resp" 2>/dev/null)"
-cmp -s <(printf '%s' "$REPLY") "$WORK/resp" || die "nginx's reply differs from moltgate's"
 
 tls_of() { # the negotiated protocol and cipher; and whether TLS 1.2 is refused
-    local p c t12
+    local p t12
     p=$(openssl s_client -connect "127.0.0.1:$1" -servername localhost </dev/null 2>/dev/null \
         | sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is \(.*\)/\1 \2/p' | head -1)
     if openssl s_client -connect "127.0.0.1:$1" -tls1_2 </dev/null >/dev/null 2>&1; then t12="TLS 1.2 ACCEPTED"; else t12="TLS 1.2 refused"; fi
     printf '%s; %s' "${p:-unknown}" "$t12"
 }
 
-# ---------------------------------------------------------------- load
-if [[ $TOOL == wrk ]]; then
-    TEMPLATE=${BODY/'"t-1"'/'"t-%d"'}
-    [[ $TEMPLATE == *'"t-%d"'* ]] || die "no thread id to vary in the body"
-    cat >"$WORK/post.lua" <<EOF
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $TOKEN"
--- The same message in $CONVERSATIONS conversations (thread ids t-1, t-2, ...),
--- requests pre-formatted once per thread and cycled through.
-local template = [[$TEMPLATE]]
-local requests, n = {}, 0
-init = function(args)
-  for i = 1, $CONVERSATIONS do requests[i] = wrk.format(nil, nil, nil, string.format(template, i)) end
-end
-request = function()
-  n = n % #requests + 1
-  return requests[n]
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT requests=%d duration_us=%d status_errors=%d socket_errors=%d p50_us=%d p90_us=%d p99_us=%d mean_us=%.0f\n",
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
-end
-EOF
-fi
-
-# load_cmd PORT SECONDS: the load tool's command line.
-load_cmd() {
-    local url="https://127.0.0.1:$1/v1/messages"
-    if [[ $TOOL == wrk ]]; then
-        printf '%s ' wrk -t "$THREADS" -c "$CONNECTIONS" -d "${2}s" --timeout 5s --latency -s "$WORK/post.lua" "$url"
-    else
-        local proto=(); [[ $H2LOAD_PROTO == h1 ]] && proto=(--h1)
-        printf '%s ' h2load "${proto[@]}" -D "$2" -c "$CONNECTIONS" -t "$THREADS" -m 1 -d "$WORK/body.json" \
-            -H "'authorization: Bearer \$TOKEN'" -H "'content-type: application/json'" "$url"
-    fi
-}
-run_load() { # run_load PORT SECONDS OUTFILE
-    local url="https://127.0.0.1:$1/v1/messages"
-    if [[ $TOOL == wrk ]]; then
-        timeout $(( $2 + 30 )) wrk -t "$THREADS" -c "$CONNECTIONS" -d "${2}s" --timeout 5s --latency \
-            -s "$WORK/post.lua" "$url" >"$3" 2>&1
-    else
-        local proto=(); [[ $H2LOAD_PROTO == h1 ]] && proto=(--h1)
-        timeout $(( $2 + 30 )) h2load "${proto[@]}" -D "$2" -c "$CONNECTIONS" -t "$THREADS" -m 1 \
-            -d "$WORK/body.json" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-            "$url" >"$3" 2>&1
-    fi
-}
-
-# CPU (user+system clock ticks) of a process and its direct children.
+# ---------------------------------------------------------------- measuring
+# CPU (user+system clock ticks, all threads) of processes and their direct children.
 cpu_ticks() {
-    local total=0 pid
+    local total=0 pid rest
     for pid in "$@" $(ps -o pid= --ppid "$(IFS=,; echo "$*")" 2>/dev/null); do
         [[ -r /proc/$pid/stat ]] || continue
         # Fields 14 and 15 (utime, stime), counted after the ")" that ends the command name.
-        local rest; rest=$(sed 's/.*) //' "/proc/$pid/stat")
+        rest=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
         set -- $rest
         total=$(( total + ${12} + ${13} ))
     done
@@ -304,61 +395,216 @@ cpu_ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-# measure SIDE PORT PIDS...: sets RPS P50 P99 MEAN CPU_US_PER_REQ and prints a line.
-declare -A SUM_RPS=()
-measure() {
-    local side=$1 port=$2; shift 2
-    if (( WARMUP > 0 )); then run_load "$port" "$WARMUP" "$WORK/warmup.out" || true; fi
-    local c0 c1 out="$WORK/$side.$ROUND.out"
-    c0=$(cpu_ticks "$@")
-    run_load "$port" "$DURATION" "$out" || { cat "$out" >&2; die "$side: load tool failed"; }
-    c1=$(cpu_ticks "$@")
-    local requests secs errs p50=- p99=- mean=-
-    if [[ $TOOL == wrk ]]; then
-        local line; line=$(grep '^RESULT ' "$out") || { cat "$out" >&2; die "$side: no result from wrk"; }
-        local kv; declare -A r=()
-        for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
-        requests=${r[requests]}
-        secs=$(awk -v d="${r[duration_us]}" 'BEGIN { printf "%.3f", d / 1e6 }')
-        errs=$(( r[status_errors] + r[socket_errors] ))
-        p50=$(awk -v v="${r[p50_us]}" 'BEGIN { printf "%.2f", v / 1000 }')
-        p99=$(awk -v v="${r[p99_us]}" 'BEGIN { printf "%.2f", v / 1000 }')
-        mean=$(awk -v v="${r[mean_us]}" 'BEGIN { printf "%.2f", v / 1000 }')
-    else
-        requests=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$out")
-        secs=$(sed -n 's/^finished in \([0-9.]*\)s,.*/\1/p' "$out")
-        errs=$(sed -n 's/^requests: .* \([0-9]*\) failed,.*/\1/p' "$out")
-        errs=${errs:-0}
-        mean=$(awk '/^time for request:/ { v = $6; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
-                 if (u == "us") v /= 1000; else if (u == "s") v *= 1000; printf "%.2f", v }' "$out")
-        [[ -n $requests && -n $secs ]] || { cat "$out" >&2; die "$side: cannot parse h2load output"; }
-    fi
-    RPS=$(awk -v n="$requests" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
-    local cpu_us; cpu_us=$(awk -v t=$(( c1 - c0 )) -v hz="$HZ" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
-    SUM_RPS[$side]=$(( ${SUM_RPS[$side]:-0} + RPS ))
-    if (( errs > 0 )); then say "WARNING: $side had $errs failed requests (non-2xx or socket errors) in round $ROUND"; fi
-    printf '%-9s round %d: %8s req/s  p50 %6s ms  p99 %6s ms  mean %6s ms  errors %d  server CPU %s us/req\n' \
-        "$side" "$ROUND" "$RPS" "$p50" "$p99" "$mean" "$errs" "$cpu_us"
+# moltgate's requests_total{route=ROUTE} by outcome, as "outcome=count" words.
+outcomes() {
+    curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
+        | awk -v r="route=\"$1\"" '
+            /^moltgate_requests_total\{/ && index($0, r) {
+                if (match($0, /outcome="[^"]*"/)) { o = substr($0, RSTART + 9, RLENGTH - 10); c[o] += $NF }
+            }
+            END { for (o in c) printf "%s=%d ", o, c[o] }'
+}
+dlp_findings() {
+    curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
+        | awk '/^moltgate_dlp_findings_total\{/ { s += $NF } END { printf "%d", s }'
+}
+# the difference AFTER - BEFORE of two outcomes() strings, without the expected outcome
+outcome_delta() { # outcome_delta "BEFORE" "AFTER" EXPECTED: prints "forwarded OTHER_LIST"
+    awk -v b="$1" -v a="$2" -v want="$3" 'BEGIN {
+        n = split(b, bs, " "); for (i = 1; i <= n; i++) { split(bs[i], kv, "="); before[kv[1]] = kv[2] }
+        n = split(a, as, " "); other = ""
+        for (i = 1; i <= n; i++) {
+            split(as[i], kv, "="); d = kv[2] - before[kv[1]]
+            if (kv[1] == want) fwd = d; else if (d > 0) other = other sprintf("%s%s=%d", other == "" ? "" : ",", kv[1], d)
+        }
+        printf "%d %s", fwd, other == "" ? "-" : other }'
 }
 
-echo "== moltgate vs nginx, TLS 1.3 on loopback ($(nproc) CPUs: load tool, proxies and upstreams share them)"
-echo "moltgate $("$BIN" --version 2>/dev/null | awk '{print $2}') ($BIN), upstream: $UPSTREAM demo assistant"
-echo "nginx $NGINX_VERSION, upstream: nginx 'return 200' server block (same reply bytes: ${#REPLY} B)"
+run_wrk() { # run_wrk PATH PORT SECONDS OUTFILE: one bounded wrk run, with a new SEQ
+    SEQ=$(( SEQ + 1 ))
+    headers_for "$1"
+    LOAD_SEQ=$SEQ LOAD_TEMPLATE=${TEMPLATE_FILE[$1]} LOAD_CONVERSATIONS=$CONVERSATIONS \
+        timeout $(( $3 + 30 )) wrk -t "$THREADS" -c "$CONNECTIONS" -d "${3}s" --timeout 5s --latency \
+        -s "$HERE/message.lua" "${HDRS[@]}" "https://127.0.0.1:$2${URLPATH[$1]}" >"$4" 2>&1
+}
+
+# CPU groups: NAME:PID[,PID] words; counted ones first, then "|" and the ones counted on neither side.
+groups_of() { # groups_of PATH SIDE
+    case "$1:$2" in
+        passthrough:moltgate) echo "gateway:$MG_PID | bot:$UP_PID" ;;
+        passthrough:nginx)    echo "proxy:$NG_PID | bot:$UP_PID" ;;
+        translate:moltgate)   echo "gateway:$MG_PID assistant:$AS_PID |" ;;
+        embedded:moltgate)    echo "gateway:$MG_PID |" ;;
+        *:nginx)              echo "proxy:$NG_PID upstream:$UP_PID |" ;;
+    esac
+}
+
+declare -A R=()   # R[path:side:round:metric]
+SIDES=(nginx moltgate)
+declare -A PORT_OF=([nginx]=$NG_PUBLIC [moltgate]=$MG_PUBLIC)
+declare -A EXPECTED_OUTCOME=([passthrough]=proxied [translate]=answered [embedded]=answered)
+WARNINGS=0
+
+measure() { # measure PATH SIDE ROUND
+    local path=$1 side=$2 round=$3 port=${PORT_OF[$2]}
+    local out="$WORK/$path.$side.$round.out"
+    if (( WARMUP > 0 )); then
+        run_wrk "$path" "$port" "$WARMUP" "$WORK/warmup.out" || say "note: $path/$side warm-up: wrk exited non-zero"
+    fi
+    sample_check "$path" "$side" "$port"
+
+    local groups g name counted=1 before=() after=() ob= oa= fb=0
+    groups=$(groups_of "$path" "$side")
+    for g in $groups; do [[ $g == '|' ]] && continue; before+=("$(cpu_ticks ${g#*:})"); done
+    [[ $side == moltgate ]] && ob=$(outcomes "${URLPATH[$path]}") && fb=$(dlp_findings)
+    run_wrk "$path" "$port" "$DURATION" "$out" || { cat "$out" >&2; die "$path/$side: wrk failed or timed out"; }
+    for g in $groups; do [[ $g == '|' ]] && continue; after+=("$(cpu_ticks ${g#*:})"); done
+
+    local line kv; line=$(grep '^RESULT ' "$out") || { cat "$out" >&2; die "$path/$side: no result from wrk"; }
+    declare -A r=()
+    for kv in ${line#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
+    local requests=${r[requests]} errs=$(( r[status_errors] + r[socket_errors] ))
+    (( requests > 0 )) || die "$path/$side: wrk completed no request"
+    local rps p50 p99
+    rps=$(awk -v n="$requests" -v d="${r[duration_us]}" 'BEGIN { printf "%.0f", n / (d / 1e6) }')
+    p50=$(awk -v v="${r[p50_us]}" 'BEGIN { printf "%.2f", v / 1000 }')
+    p99=$(awk -v v="${r[p99_us]}" 'BEGIN { printf "%.2f", v / 1000 }')
+
+    # CPU per request of each group
+    local k=0 total=0 parts= aside= us
+    for g in $groups; do
+        if [[ $g == '|' ]]; then counted=0; continue; fi
+        name=${g%%:*}
+        us=$(awk -v t=$(( after[k] - before[k] )) -v hz="$HZ" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+        k=$(( k + 1 ))
+        if (( counted )); then
+            total=$(( total + us )); parts+="${parts:+ + }$name $us"
+            R[$path:$side:$round:cpu_$name]=$us
+        else
+            aside+="${aside:+, }$name $us us/req counted on neither side"
+            R[$path:$side:$round:aside_$name]=$us
+        fi
+    done
+    R[$path:$side:$round:rps]=$rps
+    R[$path:$side:$round:p99]=$p99
+    R[$path:$side:$round:cpu]=$total
+    R[$path:$side:$round:errs]=$errs
+    local detail=$parts; [[ $parts == *+* ]] || detail=
+    printf '%-11s round %d %-8s: %7s req/s  p50 %6s ms  p99 %6s ms  non-2xx %d  CPU %4s us/req%s%s\n' \
+        "$path" "$round" "$side" "$rps" "$p50" "$p99" "$errs" "$total" \
+        "${detail:+ ($detail)}" "${aside:+ [$aside]}"
+    if (( errs > 0 )); then
+        WARNINGS=$(( WARNINGS + 1 ))
+        say "WARNING: $path/$side round $round: $errs non-2xx or socket errors (status $((r[status_errors])), socket $((r[socket_errors])))"
+    fi
+    if [[ $side == moltgate ]]; then
+        oa=$(outcomes "${URLPATH[$path]}")
+        local d fwd other fa
+        d=$(outcome_delta "$ob" "$oa" "${EXPECTED_OUTCOME[$path]}")
+        fwd=${d%% *}; other=${d#* }
+        R[$path:$side:$round:other]=$other
+        printf '%-11s round %d %-8s: moltgate counted %d %s during the run (wrk completed %d)%s\n' "$path" "$round" "$side" \
+            "$fwd" "${EXPECTED_OUTCOME[$path]}" "$requests" "$([[ $other == - ]] || echo ", and $other")"
+        if (( fwd < requests )); then
+            WARNINGS=$(( WARNINGS + 1 ))
+            say "WARNING: $path/moltgate round $round: moltgate counted $fwd ${EXPECTED_OUTCOME[$path]} but wrk completed $requests requests"
+        fi
+        if [[ $other == *duplicate* ]]; then
+            die "$path/moltgate round $round: moltgate answered requests of the timed run as duplicates ($other): the run repeated earlier messages, so it did not measure the work of new ones"
+        fi
+        if [[ $other != - ]]; then
+            WARNINGS=$(( WARNINGS + 1 ))
+            say "WARNING: $path/moltgate round $round: not every request reached the upstream: ${EXPECTED_OUTCOME[$path]}=$fwd, others: $other (moltgate_requests_total)"
+        fi
+        fa=$(dlp_findings)
+        if (( fa > fb )); then
+            WARNINGS=$(( WARNINGS + 1 ))
+            say "WARNING: $path/moltgate round $round: $(( fa - fb )) DLP findings during the run (the bodies should be clean)"
+        fi
+    fi
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# ---------------------------------------------------------------- header
+echo "== moltgate vs nginx, TLS 1.3 on loopback, paths: ${PATH_LIST[*]} ($(nproc) CPUs: wrk, proxies and upstreams share them)"
+echo "moltgate $("$BIN" --version 2>/dev/null | awk '{print $2}') ($BIN), threads: $WORKERS; nginx $NGINX_VERSION front, worker_processes: $WORKERS"
 echo "TLS: moltgate $(tls_of "$MG_PUBLIC")"
 echo "TLS: nginx    $(tls_of "$NG_PUBLIC")"
-echo "load: $TOOL, ${DURATION}s measured (+${WARMUP}s warm-up) per side and round, $CONNECTIONS connections, $THREADS threads, $ROUNDS round(s); workers: $WORKERS"
-echo "commands (the token is in \$TOKEN; the wrk script in $WORK/post.lua sets POST, the body and the headers):"
-echo "  moltgate: $BIN assistant --listen 127.0.0.1:$ASSISTANT   # external upstream only"
-echo "            $BIN run -c $WORK/moltgate.yaml"
+echo "load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), ${DURATION}s measured (+${WARMUP}s warm-up) per side, path and round, $CONNECTIONS connections, $THREADS thread(s), $ROUNDS round(s), $SAMPLES checked samples before each timed run"
+echo "upstreams: bot = POST /hooks/telegram on an upstream nginx (1 worker, its own process; shared by both sides);"
+echo "           nginx API stand-in = the same upstream nginx answering moltgate's reply (${#REPLY} B);"
+echo "           moltgate assistant --listen 127.0.0.1:$ASSISTANT (translate); nodes: [embedded] (embedded)"
+make_body passthrough 1 1; tg_len=${#BODY}; make_body translate 1 1; api_len=${#BODY}
+echo "requests: passthrough POST /hooks/telegram, ~$tg_len B Telegram update + X-Telegram-Bot-Api-Secret-Token, bot answer ${#BOT_BODY} B;"
+echo "          translate POST /v1/messages, embedded POST /v1/embedded (nginx: the same paths), ~$api_len B JSON + Bearer HS256 JWT (${#TOKEN} B); $CONVERSATIONS conversations"
+echo "policies: shipped policies/ (ABAC, RBAC, identities, DLP), security_policy.yaml replaced (rate limits out of reach, known JWT secret);"
+echo "          ABAC grant: $ABAC_GRANT"
+echo "CPU per request: /proc/PID/stat user+system over the timed run; moltgate = gateway (+ assistant for translate);"
+echo "                 nginx = front (master + workers) + upstream for translate/embedded; the shared bot is counted on neither side"
+echo "commands:"
+echo "  upstream: $NGINX -p $WORK -c $WORK/nginx-upstream.conf"
 echo "  nginx:    $NGINX -p $WORK -c $WORK/nginx.conf"
-echo "  load:     $(load_cmd "$MG_PUBLIC" "$DURATION")"
-echo "            $(load_cmd "$NG_PUBLIC" "$DURATION")"
-echo "request: POST /v1/messages, ${#BODY} B JSON body, Authorization: Bearer <HS256 JWT, ${#TOKEN} B>; $([[ $TOOL == wrk ]] && echo "$CONVERSATIONS conversations" || echo "1 conversation")"
+echo "  moltgate: $BIN assistant --listen 127.0.0.1:$ASSISTANT; $BIN run -c $WORK/moltgate.yaml"
+echo "  load:     LOAD_SEQ=<new per run> LOAD_TEMPLATE=<telegram|api body> wrk -t $THREADS -c $CONNECTIONS -d ${DURATION}s --timeout 5s --latency -s $HERE/message.lua -H ... https://127.0.0.1:<port><path>"
 
-MG_PIDS=("$MG_PID"); [[ $UPSTREAM == external ]] && MG_PIDS+=("$ASSISTANT_PID")
+# ---------------------------------------------------------------- rounds: nginx then moltgate, path by path
 for ROUND in $(seq "$ROUNDS"); do
-    measure nginx "$NG_PUBLIC" "$NG_PID"
-    measure moltgate "$MG_PUBLIC" "${MG_PIDS[@]}"
+    for path in "${PATH_LIST[@]}"; do
+        for side in "${SIDES[@]}"; do measure "$path" "$side" "$ROUND"; done
+        printf '%-11s round %d: throughput moltgate/nginx %s, p99 ratio %s\n' "$path" "$ROUND" \
+            "$(awk -v m="${R[$path:moltgate:$ROUND:rps]}" -v n="${R[$path:nginx:$ROUND:rps]}" 'BEGIN { printf "%.2f", m / n }')" \
+            "$(awk -v m="${R[$path:moltgate:$ROUND:p99]}" -v n="${R[$path:nginx:$ROUND:p99]}" 'BEGIN { printf "%.2f", (n > 0 ? m / n : 0) }')"
+    done
 done
-awk -v m="${SUM_RPS[moltgate]}" -v n="${SUM_RPS[nginx]}" -v r="$ROUNDS" 'BEGIN {
-    printf "moltgate %.0f req/s, nginx %.0f req/s (mean of %d round(s)): ratio moltgate/nginx = %.2f\n", m / r, n / r, r, m / n }'
+
+# ---------------------------------------------------------------- summary: one line per path
+echo "== summary (medians over $ROUNDS round(s); CPU in us per request)"
+for path in "${PATH_LIST[@]}"; do
+    ratios=() p99s=() rm=() rn=()
+    declare -A errsum=([nginx]=0 [moltgate]=0)
+    for ROUND in $(seq "$ROUNDS"); do
+        ratios+=("$(awk -v m="${R[$path:moltgate:$ROUND:rps]}" -v n="${R[$path:nginx:$ROUND:rps]}" 'BEGIN { print m / n }')")
+        p99s+=("$(awk -v m="${R[$path:moltgate:$ROUND:p99]}" -v n="${R[$path:nginx:$ROUND:p99]}" 'BEGIN { print (n > 0 ? m / n : 0) }')")
+        rm+=("${R[$path:moltgate:$ROUND:rps]}"); rn+=("${R[$path:nginx:$ROUND:rps]}")
+        for side in "${SIDES[@]}"; do errsum[$side]=$(( ${errsum[$side]} + ${R[$path:$side:$ROUND:errs]} )); done
+    done
+    cpu_text() { # cpu_text SIDE: "250 us" or "510 us (gateway 396 + assistant 114)"
+        local side=$1 g name vals parts= n=0 med
+        for g in $(groups_of "$path" "$side"); do
+            [[ $g == '|' ]] && break
+            name=${g%%:*}; vals=()
+            for ROUND in $(seq "$ROUNDS"); do vals+=("${R[$path:$side:$ROUND:cpu_$name]}"); done
+            med=$(median "${vals[@]}"); parts+="${parts:+ + }$name $(printf '%.0f' "$med")"; n=$(( n + 1 ))
+        done
+        vals=(); for ROUND in $(seq "$ROUNDS"); do vals+=("${R[$path:$side:$ROUND:cpu]}"); done
+        printf '%.0f us' "$(median "${vals[@]}")"
+        (( n > 1 )) && printf ' (%s)' "$parts"
+        return 0
+    }
+    aside=
+    if [[ $path == passthrough ]]; then
+        bm=(); bn=()
+        for ROUND in $(seq "$ROUNDS"); do bm+=("${R[$path:moltgate:$ROUND:aside_bot]}"); bn+=("${R[$path:nginx:$ROUND:aside_bot]}"); done
+        aside=$(printf ' (the shared bot: %.0f us/req behind moltgate, %.0f behind nginx, counted on neither side)' \
+            "$(median "${bm[@]}")" "$(median "${bn[@]}")")
+    fi
+    printf '%s: throughput moltgate/nginx %.2f (median of %d; %.0f vs %.0f req/s), p99 ratio %.2f, CPU/req moltgate %s vs nginx %s%s, non-2xx %d/%d\n' \
+        "$path" "$(median "${ratios[@]}")" "$ROUNDS" "$(median "${rm[@]}")" "$(median "${rn[@]}")" "$(median "${p99s[@]}")" \
+        "$(cpu_text moltgate)" "$(cpu_text nginx)" "$aside" "${errsum[moltgate]}" "${errsum[nginx]}"
+    unset errsum
+done
+failures=$(curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
+    | awk '/^moltgate_upstream_failures_total\{/ && $NF > 0 { sub(/^moltgate_upstream_failures_total/, ""); printf "%s%s", sep, $0; sep = ", " }')
+if [[ -n $failures ]]; then
+    WARNINGS=$(( WARNINGS + 1 ))
+    say "WARNING: moltgate counted upstream failures over the whole run (warm-ups included): $failures"
+fi
+exhausted=$(grep -c -i 'resource.exhausted' "$WORK/moltgate.log" || true)
+if (( exhausted > 0 )); then
+    WARNINGS=$(( WARNINGS + 1 ))
+    say "WARNING: $exhausted log lines of moltgate mention RESOURCE_EXHAUSTED (the assistant shed load)"
+fi
+if (( WARNINGS > 0 )); then
+    say "WARNING: $WARNINGS warning(s) above: non-2xx answers, requests that did not reach the upstream, or DLP findings; the ratios include them"
+fi
