@@ -45,6 +45,8 @@
 #   CONVERSATIONS distinct chats / conversation threads cycled through [1000]
 #   MOLTGATE_BIN the binary [target/release/moltgate, built if missing]
 #   KEEP=1       keep the temp dir (configs, logs, wrk output) for inspection
+#   PERF=1       profile moltgate with `perf record -g` over each timed run and
+#                print its top symbols (self time); profiles stay in the temp dir
 #
 # Everything listens on 127.0.0.1 only, on free high ports; every process the
 # script starts is killed by pid on exit; all files live in one temp dir.
@@ -457,7 +459,21 @@ measure() { # measure PATH SIDE ROUND
     groups=$(groups_of "$path" "$side")
     for g in $groups; do [[ $g == '|' ]] && continue; before+=("$(cpu_ticks ${g#*:})"); done
     [[ $side == moltgate ]] && ob=$(outcomes "${URLPATH[$path]}") && fb=$(dlp_findings)
+    local perf_pid=
+    if [[ ${PERF:-0} == 1 && $side == moltgate ]]; then
+        # Profile the gateway over the timed run (call graphs; report below).
+        perf record -q -F 499 --call-graph dwarf,16384 -p "$MG_PID" -o "$WORK/perf.$path.$round.data" -- sleep "$DURATION" \
+            >"$WORK/perf.$path.$round.log" 2>&1 &
+        perf_pid=$!
+    fi
     run_wrk "$path" "$port" "$DURATION" "$out" || { cat "$out" >&2; die "$path/$side: wrk failed or timed out"; }
+    if [[ -n $perf_pid ]]; then
+        wait "$perf_pid" || true
+        perf report -q --stdio --no-children --sort symbol -i "$WORK/perf.$path.$round.data" 2>/dev/null \
+            | grep -E '^ +[0-9.]+%' | sed -E 's/[[:space:]-]+$//' | head -25 >"$WORK/perf.$path.$round.txt" || true
+        say "== perf: $path round $round, top symbols of moltgate (self time)"
+        sed 's/^/   /' "$WORK/perf.$path.$round.txt" >&2
+    fi
     for g in $groups; do [[ $g == '|' ]] && continue; after+=("$(cpu_ticks ${g#*:})"); done
 
     local line kv; line=$(grep '^RESULT ' "$out") || { cat "$out" >&2; die "$path/$side: no result from wrk"; }

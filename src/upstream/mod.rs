@@ -159,6 +159,7 @@ impl Accepted {
                     Some(reply::Kind::Text(t)) => out.texts.push(t.text),
                     Some(reply::Kind::Final(f)) => {
                         out.state = f.state;
+                        finish_stream(self.replies);
                         return out;
                     }
                     Some(reply::Kind::Accepted(_)) | None => {}
@@ -167,6 +168,24 @@ impl Accepted {
         }
     }
 }
+
+/// Reads a reply stream to its end (the server's trailers, which follow
+/// `final`) instead of dropping it, which would reset the HTTP/2 stream:
+/// a node's h2 server counts client resets and, past its limit, closes the
+/// connection with ENHANCE_YOUR_CALM (`RESOURCE_EXHAUSTED` for every call on
+/// it). The trailers are usually already buffered; otherwise a task waits
+/// for them, bounded.
+fn finish_stream(mut replies: ReplyStream) {
+    use futures::FutureExt;
+    if replies.next().now_or_never().is_none() {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(STREAM_END_WAIT, replies.next()).await;
+        });
+    }
+}
+
+/// How long a finished reply stream is given to deliver its trailers.
+const STREAM_END_WAIT: Duration = Duration::from_secs(5);
 
 /// A named cluster of assistant nodes.
 pub struct Cluster {
