@@ -22,6 +22,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use jsonwebtoken::jwk::JwkSet;
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 
@@ -177,8 +179,35 @@ enum Keys {
     Set(Vec<(Option<String>, DecodingKey)>),
 }
 
+/// A token that verified: its subject and the time bounds to re-check on
+/// every later use.
+#[derive(Debug)]
+struct Verified {
+    subject: Subject,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
+/// Tokens remembered after they verified. A client sends the same token for
+/// many requests; decoding, checking the signature and parsing the claims
+/// again was the largest policy cost per API request (issue 11). A hit is
+/// the exact token text; expiry and not-before are checked again on every
+/// use; failures are never remembered; a reload builds a new verifier, so
+/// a rotated key or a changed issuer forgets every token at once.
+const VERIFIED_TOKENS: u64 = 10_000;
+/// How long a verified token is remembered at most (its `exp` still rules).
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn verified_cache() -> moka::sync::Cache<String, Arc<Verified>> {
+    moka::sync::Cache::builder()
+        .max_capacity(VERIFIED_TOKENS)
+        .time_to_live(VERIFIED_TTL)
+        .build()
+}
+
 /// A compiled `jwt_validation`.
 pub struct JwtVerifier {
+    verified: moka::sync::Cache<String, Arc<Verified>>,
     validation: Validation,
     keys: Keys,
     secret: Option<Vec<u8>>,
@@ -244,6 +273,7 @@ impl JwtVerifier {
                 FileError::at(file, pos, msg)
             });
         Ok(Self {
+            verified: verified_cache(),
             validation: validation(cfg, algorithms),
             keys,
             secret: cfg
@@ -293,6 +323,7 @@ impl JwtVerifier {
     /// A verifier with no key: refuses every token.
     pub fn unconfigured() -> Self {
         Self {
+            verified: verified_cache(),
             validation: Validation::new(Algorithm::HS256),
             keys: Keys::None,
             secret: None,
@@ -311,6 +342,41 @@ impl JwtVerifier {
             })
             .filter(|t| !t.is_empty())
             .ok_or(JwtError::Missing)?;
+        if let Some(known) = self.verified.get(token) {
+            return self.still_valid(&known);
+        }
+        let (subject, exp, nbf) = self.decode(token)?;
+        self.verified.insert(
+            token.to_string(),
+            Arc::new(Verified {
+                subject: subject.clone(),
+                exp,
+                nbf,
+            }),
+        );
+        Ok(subject)
+    }
+
+    /// A remembered token's time bounds, checked as jsonwebtoken checks
+    /// them (with the leeway).
+    fn still_valid(&self, known: &Verified) -> Result<Subject, JwtError> {
+        let now = chrono::Utc::now().timestamp();
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+        if known.exp.saturating_add(leeway) < now {
+            return Err(JwtError::Expired);
+        }
+        if known
+            .nbf
+            .is_some_and(|nbf| nbf.saturating_sub(leeway) > now)
+        {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(known.subject.clone())
+    }
+
+    /// The full check: signature, algorithm, claims; the subject and the
+    /// token's `exp` and `nbf`.
+    fn decode(&self, token: &str) -> Result<(Subject, i64, Option<i64>), JwtError> {
         let key = match &self.keys {
             Keys::None => return Err(JwtError::NotConfigured),
             Keys::One(k) => k,
@@ -332,7 +398,15 @@ impl JwtVerifier {
             &self.validation,
         )
         .map_err(|e| map_error(e.kind()))?;
-        subject_from_claims(&data.claims)
+        // NumericDate may be fractional (RFC 7519 §2); jsonwebtoken accepts both.
+        let time = |k: &str| {
+            let v = data.claims.get(k)?;
+            v.as_i64().or_else(|| v.as_f64().map(|f| f as i64))
+        };
+        // `exp` is required, and jsonwebtoken accepted it as a number.
+        let exp = time("exp").ok_or(JwtError::Claims)?;
+        let nbf = time("nbf");
+        Ok((subject_from_claims(&data.claims)?, exp, nbf))
     }
 
     /// The HS secret, when one is configured (for `moltgate token`).
@@ -634,6 +708,45 @@ mod tests {
 
     /// A leeway past an hour is refused where it is written: jsonwebtoken
     /// computes `now - leeway`, which overflowed (found by policy_load).
+    /// A remembered token is the exact text that verified: the same claims
+    /// under another signature are checked (and refused) in full, and a
+    /// remembered token's expiry and not-before still apply.
+    #[test]
+    fn remembered_tokens_are_exact_and_still_expire() {
+        let v = verifier("");
+        let claims = serde_json::json!({"sub":"alice","iss":"auth.example.com","aud":"moltbot.api","exp":now()+600});
+        let good = token(b"s3cret", claims.clone());
+        let bearer = |t: &str| format!("Bearer {t}");
+        assert_eq!(v.verify(Some(&bearer(&good))).unwrap().id, "alice");
+        assert_eq!(v.verify(Some(&bearer(&good))).unwrap().id, "alice");
+        let forged = token(b"guess", claims);
+        assert_eq!(v.verify(Some(&bearer(&forged))), Err(JwtError::Signature));
+        // Tampered signature bytes of the remembered token: not a hit.
+        let mut tampered = good.clone();
+        tampered.pop();
+        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        assert!(v.verify(Some(&bearer(&tampered))).is_err());
+        let subject = Subject {
+            id: "alice".into(),
+            ..Default::default()
+        };
+        let known = |exp, nbf| Verified {
+            subject: subject.clone(),
+            exp,
+            nbf,
+        };
+        // Leeway 5 s either way, as jsonwebtoken applies it.
+        assert!(v.still_valid(&known(now() - 2, None)).is_ok());
+        assert_eq!(
+            v.still_valid(&known(now() - 60, None)),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            v.still_valid(&known(now() + 600, Some(now() + 60))),
+            Err(JwtError::NotYetValid)
+        );
+    }
+
     #[test]
     fn leeway_past_an_hour_is_refused_with_its_location() {
         let text = "issuer: a\nleeway: 99999999999\nsecret: s3cret-s3cret-s3cret-s3cret-s3cret\n";
