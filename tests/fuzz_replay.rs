@@ -37,12 +37,15 @@ fn every_fuzz_target_replays_its_seeds_and_corpus_without_a_panic() {
             !seeds.is_empty() || !corpus.is_empty(),
             "fuzz target '{target}' has no committed inputs (fuzz/seeds/{target}, fuzz/corpora/{target})"
         );
+        let started = std::time::Instant::now();
         for file in seeds.iter().chain(&corpus).chain(&crashes) {
             let data = std::fs::read(file).unwrap();
             if catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
                 failures.push(file.display().to_string());
             }
         }
+        let n = seeds.len() + corpus.len() + crashes.len();
+        eprintln!("{target}: {n} inputs in {:.1?}", started.elapsed());
     }
     assert!(failures.is_empty(), "inputs that panic: {failures:#?}");
 }

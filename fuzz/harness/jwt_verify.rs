@@ -287,15 +287,20 @@ fn accepted(case: &Case, authorization: &str, subject: &Subject) {
         .and_then(|c| serde_json::from_slice(&c).ok())
         .expect("accepted claims are a base64url JSON object");
     let now = unix_now();
+    // A NumericDate may be fractional (RFC 7519 §2).
+    let numeric = |v: &Value| {
+        v.as_u64()
+            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    };
     let exp = claims
         .get("exp")
-        .and_then(Value::as_u64)
+        .and_then(numeric)
         .expect("accepted without a numeric exp");
     assert!(
         exp + case.leeway + 5 >= now,
         "accepted after exp {exp} (now {now})"
     );
-    if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64) {
+    if let Some(nbf) = claims.get("nbf").and_then(numeric) {
         assert!(
             nbf <= now + case.leeway + 5,
             "accepted before nbf {nbf} (now {now})"

@@ -47,16 +47,37 @@ impl MaskSpec {
     /// The part of `text[start..end]` this spec hides. When the kept prefix
     /// and suffix would together show the whole match, everything is hidden:
     /// a mask that reveals the value is no mask.
+    ///
+    /// Kept characters are shown only where they cannot join a neighbouring
+    /// number: a prefix is kept only when no digit comes just before the
+    /// match (one separator, ` `, `-` or `.`, between them counts as joined),
+    /// a suffix only when no digit comes just after. Otherwise the kept
+    /// digits would extend the digits around them, and the text shown could
+    /// read as a number the scan found (or masked) elsewhere: the `dlp_mask`
+    /// and `message_path` fuzz targets built such inputs out of phone numbers
+    /// written next to card numbers.
     pub(crate) fn range(&self, text: &str, start: usize, end: usize) -> Option<MaskRange> {
         let span = text.get(start..end)?;
         let n = span.chars().count();
         if n == 0 {
             return None;
         }
-        let (skip, take) = if self.keep_prefix + self.keep_suffix >= n {
+        let before = text.get(..start).unwrap_or_default().chars().rev();
+        let after = text.get(end..).unwrap_or_default().chars();
+        let keep_prefix = if digit_next(before) {
+            0
+        } else {
+            self.keep_prefix
+        };
+        let keep_suffix = if digit_next(after) {
+            0
+        } else {
+            self.keep_suffix
+        };
+        let (skip, take) = if keep_prefix + keep_suffix >= n {
             (0, n)
         } else {
-            (self.keep_prefix, n - self.keep_prefix - self.keep_suffix)
+            (keep_prefix, n - keep_prefix - keep_suffix)
         };
         let mut offsets = span
             .char_indices()
@@ -73,6 +94,16 @@ impl MaskSpec {
             end: to,
             mask_char: self.mask_char,
         })
+    }
+}
+
+/// Whether the next character of `chars` is a digit, or a separator and
+/// then a digit.
+fn digit_next(mut chars: impl Iterator<Item = char>) -> bool {
+    match chars.next() {
+        Some(c) if c.is_ascii_digit() => true,
+        Some(' ' | '-' | '.') => chars.next().is_some_and(|c| c.is_ascii_digit()),
+        _ => false,
     }
 }
 
