@@ -215,7 +215,8 @@ fn standalone_numbers_are_found(text: &str, out: &moltgate::policy::dlp::DlpOutc
     }
 }
 
-/// Scanning the folded text finds the same rules, in the same order.
+/// Scanning the folded text finds the same rules, in the same order (or, when
+/// the text was masked and re-scanned, no rule the text does not).
 fn folding_changes_nothing(text: &str, out: &moltgate::policy::dlp::DlpOutcome) {
     let folded = fold(text);
     if folded == text {
@@ -225,9 +226,22 @@ fn folding_changes_nothing(text: &str, out: &moltgate::policy::dlp::DlpOutcome) 
     let rules = |o: &moltgate::policy::dlp::DlpOutcome| -> Vec<String> {
         o.findings.iter().map(|f| f.rule.to_string()).collect()
     };
-    assert_eq!(
-        rules(out),
-        rules(&on_folded),
-        "the text and its folded form find different things: {text:?} / {folded:?}"
-    );
+    if out.masked.is_none() {
+        assert_eq!(
+            rules(out),
+            rules(&on_folded),
+            "the text and its folded form find different things: {text:?} / {folded:?}"
+        );
+    } else {
+        // The masked text is scanned again, and what masking separates can
+        // be found then (a mobile number that a card's folded `¼` made part
+        // of a longer run): the text may find more, never less.
+        let found = rules(out);
+        for rule in rules(&on_folded) {
+            assert!(
+                found.contains(&rule),
+                "the folded text finds {rule} and the text does not: {text:?} / {folded:?}"
+            );
+        }
+    }
 }
