@@ -50,7 +50,8 @@ impl MaskSpec {
     ///
     /// Kept characters are shown only where they cannot join a neighbouring
     /// number: a prefix is kept only when no digit comes just before the
-    /// match (one separator, ` `, `-` or `.`, between them counts as joined),
+    /// match (one separator, any character but a letter, between them counts
+    /// as joined),
     /// a suffix only when no digit comes just after. Otherwise the kept
     /// digits would extend the digits around them, and the text shown could
     /// read as a number the scan found (or masked) elsewhere: the `dlp_mask`
@@ -97,12 +98,15 @@ impl MaskSpec {
     }
 }
 
-/// Whether the next character of `chars` is a digit, or a separator and
-/// then a digit.
-fn digit_next(mut chars: impl Iterator<Item = char>) -> bool {
+/// Whether the next character of `chars` is a digit, or a separator (any
+/// one character but a letter) and then a digit: whether a number ending (or starting) there touches other
+/// digits.
+pub(crate) fn digit_next(mut chars: impl Iterator<Item = char>) -> bool {
     match chars.next() {
-        Some(c) if c.is_ascii_digit() => true,
-        Some(' ' | '-' | '.') => chars.next().is_some_and(|c| c.is_ascii_digit()),
+        Some(c) if c.is_numeric() => true,
+        // Any one separator: patterns differ in what they allow between
+        // digit groups (spaces, dashes of every width, dots, slashes).
+        Some(c) if !c.is_alphabetic() => chars.next().is_some_and(char::is_numeric),
         _ => false,
     }
 }

@@ -234,6 +234,11 @@ impl DlpPolicy {
     /// which must not be forwarded either. Found by the `dlp_mask` fuzz target.
     fn scan_dirs(&self, text: &str, dirs: u8) -> DlpOutcome {
         let mut outcome = self.scan_once(text, dirs);
+        if !masking_touches_digits(text, &outcome) {
+            // Masking split no digit run, so the masked text holds no number
+            // the text did not: no second scan (the common case).
+            return outcome;
+        }
         for _ in 0..MAX_MASK_PASSES {
             let Some(masked) = outcome.masked.take() else {
                 break;
@@ -460,6 +465,22 @@ impl DlpPolicy {
 /// two are enough for any input seen; the bound is a guarantee, not a limit
 /// that is reached).
 const MAX_MASK_PASSES: usize = 4;
+
+/// Whether a masked finding of `outcome` touches other digits in `text`
+/// (directly, or across one separator): only then can masking leave a
+/// number of its own behind, by cutting a longer digit run.
+fn masking_touches_digits(text: &str, outcome: &DlpOutcome) -> bool {
+    outcome.masked.is_some()
+        && outcome
+            .findings
+            .iter()
+            .filter(|f| f.action == Action::Mask)
+            .any(|f| {
+                let before = text.get(..f.start).unwrap_or_default().chars().rev();
+                let after = text.get(f.end..).unwrap_or_default().chars();
+                mask::digit_next(before) || mask::digit_next(after)
+            })
+}
 
 /// Maps a byte offset of `masked` to the byte offset of the same character
 /// in `original` (the two have the same characters count, position by position).
