@@ -99,6 +99,9 @@ fn stalled_handshakes_and_headers_are_cut_at_their_deadlines() {
     assert!(cut("header_timeout") >= 2.0, "{m}");
     let line = gw.wait_audit(|l| l["decision"] == "cut" && l["reason"] == "handshake_timeout");
     assert_eq!(line["client_ip"], A.to_string());
+    // Request lines carry the address the IP policy judged, too.
+    let line = gw.wait_audit(|l| l["route"] == "/v1/messages");
+    assert_eq!(line["client_ip"], "127.0.0.1");
 }
 
 /// The connection past `max_connections_per_ip` from one address, and the

@@ -34,7 +34,7 @@ pub struct Audit {
     /// HTTP status sent to the client.
     pub status: u16,
     /// The client address the IP policy judged, once known.
-    pub client_ip: String,
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl Audit {
@@ -58,7 +58,7 @@ impl Audit {
             node: String::new(),
             ai_response_code: -1,
             status: 0,
-            client_ip: String::new(),
+            client_ip: None,
         }
     }
 
@@ -92,7 +92,7 @@ impl Audit {
             rules = %self.rules.join(","),
             node = %self.node,
             status = self.status,
-            client_ip = %self.client_ip,
+            client_ip = self.client_ip.map(tracing::field::display),
             processing_time_ms = self.elapsed_ms(),
             ai_response_code = self.ai_response_code,
             "audit"

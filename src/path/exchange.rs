@@ -99,6 +99,8 @@ pub struct Exchange {
     pub note: &'static str,
     /// The dedupe claim on the message id, committed or released by `finish`.
     pub claim: Option<Claim>,
+    /// The client address the IP policy judged (stage `admit`).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl Exchange {
@@ -119,6 +121,7 @@ impl Exchange {
             ai_response_code: -1,
             note: "",
             claim: None,
+            client_ip: None,
         }
     }
 

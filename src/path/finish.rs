@@ -89,6 +89,7 @@ fn audit(ex: Exchange, ending: Ending, status: u16) {
     audit.node = ex.node;
     audit.ai_response_code = ex.ai_response_code;
     audit.status = status;
+    audit.client_ip = ex.client_ip;
     audit.emit();
 }
 

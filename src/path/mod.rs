@@ -151,6 +151,7 @@ impl Gateway {
         headers: &HeaderMap,
     ) -> Result<IpAddr, Stop> {
         let (ip, admitted) = admit::admit(&ex.policies, peer, headers);
+        ex.client_ip = Some(ip);
         if let Err(Stop::IpDenied { reason }) = &admitted {
             ex.decide("ip", false, *reason);
         }

@@ -78,7 +78,7 @@ fn connection_audit(ip: std::net::IpAddr, decision: &'static str, reason: &str) 
     let mut line = Audit::start("-", "connection");
     line.decision = decision;
     line.reason = reason.to_string();
-    line.client_ip = ip.to_string();
+    line.client_ip = Some(ip);
     line.emit();
 }
 
