@@ -309,7 +309,9 @@ fn build_gateway(config: &Config) -> Result<(PathBuf, u64), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let _ctx = rt.enter();
-    let gateway = Gw::build(config, crate::observe::Metrics::new()).map_err(|e| e.to_string())?;
+    let bots = std::sync::Arc::new(crate::server::bot_client::PingoraBotClient::new());
+    let gateway =
+        Gw::build(config, crate::observe::Metrics::new(), bots).map_err(|e| e.to_string())?;
     let version = gateway.policies.current().version;
     Ok((gateway.policies.dir().to_path_buf(), version))
 }

@@ -45,6 +45,10 @@
 #   CONVERSATIONS distinct chats / conversation threads cycled through [1000]
 #   MOLTGATE_BIN the binary [target/release/moltgate, built if missing]
 #   KEEP=1       keep the temp dir (configs, logs, wrk output) for inspection
+#   FLOOR=1      also run a bare Pingora proxy (examples/pingora_floor.rs: the
+#                same rustls TLS 1.3 listener, no policy, proxy to the bot) on
+#                the passthrough path: how much of the gap to nginx is Pingora
+#                and rustls themselves. Built with --features bench-floor.
 #   PERF=1       profile moltgate with `perf record -g` over each timed run and
 #                print its top symbols (self time); profiles stay in the temp dir
 #
@@ -116,6 +120,11 @@ need openssl openssl
 need wrk wrk
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
+FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/pingora_floor}
+if [[ ${FLOOR:-0} == 1 && ! -x $FLOOR_BIN ]]; then
+    say "== $FLOOR_BIN missing: cargo build --release --example pingora_floor --features bench-floor"
+    (cd "$ROOT" && cargo build --release --example pingora_floor --features bench-floor >&2)
+fi
 if [[ ! -x $BIN ]]; then
     say "== $BIN missing: cargo build --release (a few minutes)"
     (cd "$ROOT" && cargo build --release >&2)
@@ -161,6 +170,7 @@ pick_port; MG_ADMIN=$PORT
 pick_port; ASSISTANT=$PORT
 pick_port; NG_PUBLIC=$PORT
 pick_port; NG_UP=$PORT
+pick_port; FL_PUBLIC=$PORT
 
 wait_port() { # wait_port PORT WHAT PID
     for _ in $(seq 150); do
@@ -374,6 +384,13 @@ sed -e "s|@WORK@|$WORK|g" -e "s|@WORKERS@|$WORKERS|g" \
 NG_PID=$!; PIDS+=("$NG_PID")
 wait_port "$NG_PUBLIC" "nginx" "$NG_PID"
 
+FL_PID=
+if [[ ${FLOOR:-0} == 1 ]]; then
+    "$FLOOR_BIN" "127.0.0.1:$FL_PUBLIC" "$CERT" "$KEY" "127.0.0.1:$NG_UP" "$WORKERS" >"$WORK/floor.log" 2>&1 &
+    FL_PID=$!; PIDS+=("$FL_PID")
+    wait_port "$FL_PUBLIC" "pingora_floor" "$FL_PID"
+fi
+
 tls_of() { # the negotiated protocol and cipher; and whether TLS 1.2 is refused
     local p t12
     p=$(openssl s_client -connect "127.0.0.1:$1" -servername localhost </dev/null 2>/dev/null \
@@ -435,6 +452,7 @@ groups_of() { # groups_of PATH SIDE
     case "$1:$2" in
         passthrough:moltgate) echo "gateway:$MG_PID | bot:$UP_PID" ;;
         passthrough:nginx)    echo "proxy:$NG_PID | bot:$UP_PID" ;;
+        passthrough:floor)    echo "proxy:$FL_PID | bot:$UP_PID" ;;
         translate:moltgate)   echo "gateway:$MG_PID assistant:$AS_PID |" ;;
         embedded:moltgate)    echo "gateway:$MG_PID |" ;;
         *:nginx)              echo "proxy:$NG_PID upstream:$UP_PID |" ;;
@@ -443,7 +461,10 @@ groups_of() { # groups_of PATH SIDE
 
 declare -A R=()   # R[path:side:round:metric]
 SIDES=(nginx moltgate)
-declare -A PORT_OF=([nginx]=$NG_PUBLIC [moltgate]=$MG_PUBLIC)
+declare -A PORT_OF=([nginx]=$NG_PUBLIC [moltgate]=$MG_PUBLIC [floor]=$FL_PUBLIC)
+sides_of() { # sides_of PATH: the sides measured on PATH, in order
+    if [[ $1 == passthrough && -n $FL_PID ]]; then echo nginx floor moltgate; else echo "${SIDES[@]}"; fi
+}
 declare -A EXPECTED_OUTCOME=([passthrough]=proxied [translate]=answered [embedded]=answered)
 WARNINGS=0
 
@@ -547,6 +568,7 @@ echo "== moltgate vs nginx, TLS 1.3 on loopback, paths: ${PATH_LIST[*]} ($(nproc
 echo "moltgate $("$BIN" --version 2>/dev/null | awk '{print $2}') ($BIN), threads: $WORKERS; nginx $NGINX_VERSION front, worker_processes: $WORKERS"
 echo "TLS: moltgate $(tls_of "$MG_PUBLIC")"
 echo "TLS: nginx    $(tls_of "$NG_PUBLIC")"
+[[ -n $FL_PID ]] && echo "TLS: floor    $(tls_of "$FL_PUBLIC") (bare Pingora, $FLOOR_BIN)"
 echo "load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), ${DURATION}s measured (+${WARMUP}s warm-up) per side, path and round, $CONNECTIONS connections, $THREADS thread(s), $ROUNDS round(s), $SAMPLES checked samples before each timed run"
 echo "upstreams: bot = POST /hooks/telegram on an upstream nginx (1 worker, its own process; shared by both sides);"
 echo "           nginx API stand-in = the same upstream nginx answering moltgate's reply (${#REPLY} B);"
@@ -567,7 +589,7 @@ echo "  load:     LOAD_SEQ=<new per run> LOAD_TEMPLATE=<telegram|api body> wrk -
 # ---------------------------------------------------------------- rounds: nginx then moltgate, path by path
 for ROUND in $(seq "$ROUNDS"); do
     for path in "${PATH_LIST[@]}"; do
-        for side in "${SIDES[@]}"; do measure "$path" "$side" "$ROUND"; done
+        for side in $(sides_of "$path"); do measure "$path" "$side" "$ROUND"; done
         printf '%-11s round %d: throughput moltgate/nginx %s, p99 ratio %s\n' "$path" "$ROUND" \
             "$(awk -v m="${R[$path:moltgate:$ROUND:rps]}" -v n="${R[$path:nginx:$ROUND:rps]}" 'BEGIN { printf "%.2f", m / n }')" \
             "$(awk -v m="${R[$path:moltgate:$ROUND:p99]}" -v n="${R[$path:nginx:$ROUND:p99]}" 'BEGIN { printf "%.2f", (n > 0 ? m / n : 0) }')"
@@ -609,6 +631,16 @@ for path in "${PATH_LIST[@]}"; do
         "$path" "$(median "${ratios[@]}")" "$ROUNDS" "$(median "${rm[@]}")" "$(median "${rn[@]}")" "$(median "${p99s[@]}")" \
         "$(cpu_text moltgate)" "$(cpu_text nginx)" "$aside" "${errsum[moltgate]}" "${errsum[nginx]}"
     unset errsum
+    if [[ $path == passthrough && -n $FL_PID ]]; then
+        fr=() fc=() fp=()
+        for ROUND in $(seq "$ROUNDS"); do
+            fr+=("$(awk -v m="${R[$path:floor:$ROUND:rps]}" -v n="${R[$path:nginx:$ROUND:rps]}" 'BEGIN { print m / n }')")
+            fp+=("$(awk -v m="${R[$path:floor:$ROUND:p99]}" -v n="${R[$path:nginx:$ROUND:p99]}" 'BEGIN { print (n > 0 ? m / n : 0) }')")
+            fc+=("${R[$path:floor:$ROUND:cpu]}")
+        done
+        printf '%s floor (bare Pingora, no policy): throughput floor/nginx %.2f, p99 ratio %.2f, CPU/req %.0f us\n' \
+            "$path" "$(median "${fr[@]}")" "$(median "${fp[@]}")" "$(median "${fc[@]}")"
+    fi
 done
 failures=$(curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
     | awk '/^moltgate_upstream_failures_total\{/ && $NF > 0 { sub(/^moltgate_upstream_failures_total/, ""); printf "%s%s", sep, $0; sep = ", " }')

@@ -40,7 +40,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use moltgate::config::Config;
@@ -135,7 +135,12 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         .expect("the harness config loads");
     let gw = {
         let _enter = rt.enter();
-        Gateway::build(&cfg, Metrics::new()).expect("the gateway builds")
+        Gateway::build(
+            &cfg,
+            Metrics::new(),
+            Arc::new(moltgate::server::bot_client::PingoraBotClient::new()),
+        )
+        .expect("the gateway builds")
     };
     // Everything is loaded; the gateway never reads the directory again
     // (no watcher runs).

@@ -51,7 +51,7 @@ use crate::observe::Metrics;
 use crate::platform::PlatformMessage;
 use crate::policy::{PolicySet, PolicyStore};
 use crate::proto::v1::Envelope;
-use crate::upstream::bot::{BotClient, HttpBotClient};
+use crate::upstream::bot::BotClient;
 use crate::upstream::Cluster;
 use crate::writeback::Writeback;
 use authorize::Grant;
@@ -76,9 +76,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds everything the config describes. Needs a Tokio runtime context
-    /// (gRPC channels connect lazily), but no reachable upstream.
-    pub fn build(config: &Config, metrics: Metrics) -> Result<Self, FileError> {
+    /// Builds everything the config describes, with `bots` as the client for
+    /// passthrough bots. Needs a Tokio runtime context (gRPC channels connect
+    /// lazily), but no reachable upstream.
+    pub fn build(
+        config: &Config,
+        metrics: Metrics,
+        bots: Arc<dyn BotClient>,
+    ) -> Result<Self, FileError> {
         let policies = Arc::new(PolicyStore::load(&config.policies_dir(), metrics.clone())?);
         // A weak HS secret is refused here, so by `run` and `check` alike.
         policies
@@ -87,8 +92,6 @@ impl Gateway {
             .require_strong_secret(config.is_demo())?;
         let table = routes::RouteTable::build(config, &metrics)?;
         policies.lint_against(table.routes.keys().cloned().collect());
-        let bots =
-            HttpBotClient::new().map_err(|e| FileError::whole(&config.source, e.to_string()))?;
         let mut limits = ContextLimits::from_config(&config.context);
         if let Some(idle) = config.context.idle {
             limits.idle = idle.0;
@@ -108,7 +111,7 @@ impl Gateway {
             writeback: Writeback::new(metrics.clone(), Default::default()),
             metrics,
             limits: config.limits.clone(),
-            bots: Arc::new(bots),
+            bots,
         })
     }
 

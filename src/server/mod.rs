@@ -6,6 +6,7 @@
 //! which outlives Pingora's per-service runtimes for the whole process.
 
 pub mod admin;
+pub mod bot_client;
 pub mod guard;
 pub mod proxy;
 
@@ -87,7 +88,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .build()?;
     let gateway = {
         let _ctx = core.enter();
-        Arc::new(Gateway::build(&config, Metrics::new())?)
+        let bots = Arc::new(bot_client::PingoraBotClient::new());
+        Arc::new(Gateway::build(&config, Metrics::new(), bots)?)
     };
     let _watcher = start_background(&core, &gateway);
 

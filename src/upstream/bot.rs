@@ -1,4 +1,7 @@
-//! The HTTP client for bots behind passthrough routes.
+//! What the passthrough stage needs from an HTTP client for bots: the
+//! request, the answer, the errors, and the [`BotClient`] trait. The real
+//! client is Pingora's (`server::bot_client`), since Pingora stays in
+//! `server/`; tests use fakes.
 //!
 //! The gateway calls the bot itself (rather than letting Pingora proxy the
 //! request) so that the bot's answer passes through egress DLP and the
@@ -80,11 +83,6 @@ pub enum BotError {
     },
 }
 
-/// The HTTP client for bots could not be built (a TLS or system resource problem).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client for passthrough bots: {0}")]
-pub struct ClientSetupError(String);
-
 /// Calls a bot. A trait so that the passthrough stage is testable without sockets.
 #[async_trait]
 pub trait BotClient: Send + Sync {
@@ -97,30 +95,6 @@ pub trait BotClient: Send + Sync {
     ) -> Result<BotAnswer, BotError>;
 }
 
-/// The real client: plain HTTP/1.1 to the bot, pooled connections.
-pub struct HttpBotClient {
-    client: reqwest::Client,
-}
-
-impl HttpBotClient {
-    /// A client with no proxy and no redirects.
-    pub fn new() -> Result<Self, ClientSetupError> {
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::client_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientSetupError(e.to_string()))?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ClientSetupError(e.to_string()))?;
-        Ok(Self { client })
-    }
-}
-
 /// Copies `from` without hop-by-hop headers.
 pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
     let mut out = from.clone();
@@ -128,57 +102,4 @@ pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
         out.remove(h);
     }
     out
-}
-
-#[async_trait]
-impl BotClient for HttpBotClient {
-    async fn call(
-        &self,
-        peer: &str,
-        req: BotRequest,
-        timeout: Duration,
-    ) -> Result<BotAnswer, BotError> {
-        let unreachable = |e: reqwest::Error| BotError::Unreachable {
-            peer: peer.to_string(),
-            detail: e.without_url().to_string(),
-        };
-        let mut headers = end_to_end(&req.headers);
-        // The answer is scanned, so it must not be compressed.
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            http::HeaderValue::from_static("identity"),
-        );
-        let call = async {
-            let mut resp = self
-                .client
-                .request(req.method, format!("http://{peer}{}", req.path_and_query))
-                .headers(headers)
-                .body(req.body)
-                .send()
-                .await
-                .map_err(unreachable)?;
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
-                if body.len() + chunk.len() > ANSWER_LIMIT {
-                    return Err(BotError::TooLarge {
-                        peer: peer.to_string(),
-                    });
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(BotAnswer {
-                status: resp.status(),
-                headers: end_to_end(resp.headers()),
-                body: Bytes::from(body),
-            })
-        };
-        tokio::time::timeout(timeout, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(BotError::Timeout {
-                    peer: peer.to_string(),
-                    timeout,
-                })
-            })
-    }
 }

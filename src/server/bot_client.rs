@@ -1,0 +1,225 @@
+//! The passthrough bots' HTTP client, on Pingora's own HTTP/1.1 connector
+//! and connection pool.
+//!
+//! Why Pingora's and not a general-purpose client: under load (issue 11),
+//! reqwest's layers (retry and redirect policies, a dispatcher task per
+//! connection, a hop between that task and the caller for every request)
+//! cost a quarter of the gateway's CPU on the passthrough path. Pingora's
+//! client writes and reads on the caller's own task, with the pool the public
+//! listener's proxy code uses. Bots are plain HTTP on a private network
+//! (`kind: http` upstreams); the answer is read whole, so egress DLP scans
+//! every byte before the client sees one.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, StatusCode};
+use pingora::connectors::http::v1::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::v1::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::upstream::bot::{end_to_end, BotAnswer, BotClient, BotError, BotRequest, ANSWER_LIMIT};
+
+/// How long an idle pooled connection to a bot is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a resolved bot host name is trusted.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// Calls bots over pooled HTTP/1.1 connections.
+pub struct PingoraBotClient {
+    connector: Connector,
+    /// `host:port` → address, for bots named by host name.
+    resolved: moka::sync::Cache<String, SocketAddr>,
+}
+
+impl Default for PingoraBotClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PingoraBotClient {
+    /// A client with an empty pool.
+    pub fn new() -> Self {
+        Self {
+            connector: Connector::new(None),
+            resolved: moka::sync::Cache::builder()
+                .max_capacity(1024)
+                .time_to_live(DNS_TTL)
+                .build(),
+        }
+    }
+
+    /// The peer for `host:port`: an IP literal as is, a host name resolved
+    /// (asynchronously) and remembered for [`DNS_TTL`].
+    async fn peer(&self, peer: &str) -> Result<HttpPeer, BotError> {
+        let addr = match peer.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => match self.resolved.get(peer) {
+                Some(addr) => addr,
+                None => {
+                    let addr = tokio::net::lookup_host(peer)
+                        .await
+                        .ok()
+                        .and_then(|mut addrs| addrs.next())
+                        .ok_or_else(|| unreachable(peer, "the host name does not resolve"))?;
+                    self.resolved.insert(peer.to_string(), addr);
+                    addr
+                }
+            },
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.idle_timeout = Some(IDLE_TIMEOUT);
+        Ok(peer)
+    }
+
+    /// One attempt on one connection. `Err((error, retry))`: `retry` when the
+    /// connection was a pooled one that failed before any answer byte, the
+    /// case of a bot that closed an idle connection as it was reused.
+    async fn attempt(
+        &self,
+        peer: &HttpPeer,
+        name: &str,
+        header: &RequestHeader,
+        body: &Bytes,
+    ) -> Result<BotAnswer, (BotError, bool)> {
+        let (mut session, reused) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| (unreachable(name, e.etype().as_str()), false))?;
+        let sent = async {
+            session
+                .write_request_header(Box::new(header.clone()))
+                .await?;
+            session.write_body(body).await?;
+            session.finish_body().await?;
+            read_answer_header(&mut session).await
+        };
+        if let Err(e) = sent.await {
+            return Err((unreachable(name, e.etype().as_str()), reused));
+        }
+        let answer = read_answer(&mut session, name)
+            .await
+            .map_err(|e| (e, false))?;
+        self.connector
+            .release_http_session(session, peer, Some(IDLE_TIMEOUT))
+            .await;
+        Ok(answer)
+    }
+}
+
+fn unreachable(peer: &str, detail: &str) -> BotError {
+    BotError::Unreachable {
+        peer: peer.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Reads the answer's header, past any informational (1xx) one.
+async fn read_answer_header(session: &mut HttpSession) -> pingora::Result<()> {
+    loop {
+        session.read_response().await?;
+        match session.get_status() {
+            Some(s) if s.is_informational() => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Reads the answer's body whole, up to [`ANSWER_LIMIT`].
+async fn read_answer(session: &mut HttpSession, peer: &str) -> Result<BotAnswer, BotError> {
+    let (status, headers) = match session.resp_header() {
+        Some(h) => (h.status, end_to_end(&h.headers)),
+        None => (StatusCode::BAD_GATEWAY, http::HeaderMap::new()),
+    };
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_body_ref().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > ANSWER_LIMIT {
+                    return Err(BotError::TooLarge {
+                        peer: peer.to_string(),
+                    });
+                }
+                body.extend_from_slice(chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(unreachable(peer, e.etype().as_str())),
+        }
+    }
+    Ok(BotAnswer {
+        status,
+        headers,
+        body: body.freeze(),
+    })
+}
+
+/// The request line and headers for the bot: the client's end-to-end
+/// headers, an uncompressed answer (it is scanned), the body's length, and
+/// the bot's own `Host` when the client sent none.
+fn request_header(req: &BotRequest, peer: &str) -> Result<RequestHeader, BotError> {
+    let headers = end_to_end(&req.headers);
+    let invalid = |_| unreachable(peer, "the request cannot be written as HTTP/1.1");
+    let mut header = RequestHeader::build(
+        req.method.clone(),
+        req.path_and_query.as_bytes(),
+        Some(headers.len() + 3),
+    )
+    .map_err(invalid)?;
+    for (name, value) in &headers {
+        header
+            .append_header(name.clone(), value.clone())
+            .map_err(invalid)?;
+    }
+    if !headers.contains_key(header::HOST) {
+        let host = HeaderValue::from_str(peer)
+            .map_err(|_| unreachable(peer, "the bot's address is not a valid Host"))?;
+        header.insert_header(header::HOST, host).map_err(invalid)?;
+    }
+    header
+        .insert_header(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        )
+        .map_err(invalid)?;
+    header
+        .insert_header(header::CONTENT_LENGTH, req.body.len())
+        .map_err(invalid)?;
+    Ok(header)
+}
+
+#[async_trait]
+impl BotClient for PingoraBotClient {
+    async fn call(
+        &self,
+        peer: &str,
+        req: BotRequest,
+        timeout: Duration,
+    ) -> Result<BotAnswer, BotError> {
+        let call = async {
+            let header = request_header(&req, peer)?;
+            let target = self.peer(peer).await?;
+            match self.attempt(&target, peer, &header, &req.body).await {
+                Ok(answer) => Ok(answer),
+                // A stale pooled connection: once more, on another one.
+                Err((_, true)) => self
+                    .attempt(&target, peer, &header, &req.body)
+                    .await
+                    .map_err(|(e, _)| e),
+                Err((e, false)) => Err(e),
+            }
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BotError::Timeout {
+                    peer: peer.to_string(),
+                    timeout,
+                })
+            })
+    }
+}
