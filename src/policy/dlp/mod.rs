@@ -200,62 +200,61 @@ pub struct DlpPolicy {
     gate: Option<NumericGate>,
 }
 
-/// The numeric patterns (card, phone, ID numbers) that run on digit windows,
-/// combined into one automaton that first says which of them match anywhere
-/// in the text.
+/// The bytes any match of a windowed numeric pattern (card, phone, ID
+/// number) can contain: digits, the separators the patterns allow, a check
+/// letter. A run of digits broken by any other byte (the `:` of a
+/// timestamp, the `,` of an amount) cannot hold one match, so its pieces are
+/// counted apart when digit windows are formed.
 ///
 /// Why: a finding-dense text (a chat transcript full of timestamps, order
-/// numbers and amounts) has a digit window every few dozen bytes, and
-/// running each pattern's regex on each window cost more than the rest of
-/// the scan (issue 11: 169 MiB/s on 64 KiB). One combined pass over the
-/// whole text is cheaper, and a pattern it does not report cannot find
-/// anything in a window: windowed patterns look at nothing but ASCII word
-/// boundaries, and windows are cut where those see what they see in the
-/// whole text, so a match inside a window is a match in the whole text.
+/// numbers and amounts) had a digit window every few dozen bytes, and
+/// running each pattern's regex on each of them cost more than the rest of
+/// the scan (issue 11: 169 MiB/s on 64 KiB). Sound because every byte of a
+/// match is one of these, by construction from the patterns' syntax trees
+/// ([`triggers::match_bytes`]). One combined `RegexSet` pass over the text
+/// was tried first: it cost as much as the windows it saved.
 #[derive(Debug)]
 struct NumericGate {
-    set: regex::RegexSet,
-    /// The pattern index of each of the set's regexes.
-    patterns: Vec<usize>,
+    bytes: triggers::ByteSet,
+    /// The longest window of any gated pattern: a gap at least this long
+    /// separates segments without looking at its bytes.
+    max_len: usize,
 }
 
 impl NumericGate {
-    /// The gate over every pattern with digit windows; `None` when fewer
-    /// than one such pattern (or the set cannot be built, when every
-    /// pattern simply runs on its windows as before).
+    /// The gate over every pattern with digit windows; `None` when there is none.
     fn build(patterns: &[Pattern], sources: &[String]) -> Option<Self> {
-        let windowed: Vec<usize> = (0..patterns.len())
-            .filter(|&i| {
-                matches!(
-                    patterns[i].trigger,
-                    Trigger::Digits {
-                        max_len: Some(_),
-                        ..
-                    }
-                )
-            })
-            .collect();
-        if windowed.is_empty() {
-            return None;
+        let mut bytes = triggers::ByteSet::default();
+        let mut max_len = 0;
+        for (p, source) in patterns.iter().zip(sources) {
+            if let Trigger::Digits {
+                max_len: Some(len), ..
+            } = p.trigger
+            {
+                bytes.union(&triggers::match_bytes(source)?);
+                max_len = max_len.max(len);
+            }
         }
-        let set = regex::RegexSet::new(windowed.iter().map(|&i| &sources[i])).ok()?;
-        Some(Self {
-            set,
-            patterns: windowed,
-        })
+        (max_len > 0).then_some(Self { bytes, max_len })
     }
 
-    /// For each pattern, whether its windows must be searched in `text`
-    /// (`true` for patterns the gate does not cover).
-    fn open(&self, text: &str, patterns: usize) -> Vec<bool> {
-        let mut open = vec![true; patterns];
-        for &p in &self.patterns {
-            open[p] = false;
+    /// A segment number per digit position: two digits are in one segment
+    /// when only match bytes lie between them.
+    fn segments(&self, text: &[u8], digits: &[usize]) -> Vec<u32> {
+        let mut out = Vec::with_capacity(digits.len());
+        let mut segment = 0u32;
+        let mut prev: Option<usize> = None;
+        for &d in digits {
+            if let Some(p) = prev {
+                let gap = &text[p + 1..d];
+                if gap.len() >= self.max_len || !gap.iter().all(|&b| self.bytes.contains(b)) {
+                    segment += 1;
+                }
+            }
+            out.push(segment);
+            prev = Some(d);
         }
-        for i in self.set.matches(text).iter() {
-            open[self.patterns[i]] = true;
-        }
-        open
+        out
     }
 }
 
@@ -386,7 +385,7 @@ impl DlpPolicy {
     /// earlier one's (an ID number that happens to pass Luhn is not also a card).
     fn pattern_pass(&self, text: &str, dirs: u8, fired: &[bool], hits: &mut Vec<Hit>) {
         let mut digits: Option<Vec<usize>> = None;
-        let mut gate: Option<Vec<bool>> = None;
+        let mut segments: Option<Vec<u32>> = None;
         let mut claimed: Vec<(usize, usize)> = Vec::new();
         let whole = text.len();
         for (i, p) in self.patterns.iter().enumerate() {
@@ -406,14 +405,11 @@ impl DlpPolicy {
                     match max_len {
                         None => run(0, whole),
                         Some(len) => {
-                            let open = gate.get_or_insert_with(|| match &self.gate {
-                                Some(g) => g.open(text, self.patterns.len()),
-                                None => vec![true; self.patterns.len()],
+                            let segments = segments.get_or_insert_with(|| match &self.gate {
+                                Some(g) => g.segments(text.as_bytes(), positions),
+                                None => vec![0; positions.len()],
                             });
-                            if !open[i] {
-                                continue;
-                            }
-                            for (s, e) in windows(text, positions, min, len) {
+                            for (s, e) in windows(text, positions, segments, min, len) {
                                 run(s, e);
                             }
                         }

@@ -264,6 +264,70 @@ fn class_literals(class: &Class) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
+/// A set of byte values.
+#[derive(Debug, Clone)]
+pub(super) struct ByteSet([bool; 256]);
+
+impl Default for ByteSet {
+    fn default() -> Self {
+        Self([false; 256])
+    }
+}
+
+impl ByteSet {
+    pub(super) fn contains(&self, b: u8) -> bool {
+        self.0[usize::from(b)]
+    }
+
+    fn insert_range(&mut self, from: u8, to: u8) {
+        for b in from..=to {
+            self.0[usize::from(b)] = true;
+        }
+    }
+
+    pub(super) fn union(&mut self, other: &ByteSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+    }
+}
+
+/// Every byte any match of `source` can contain (a superset: a non-ASCII
+/// character counts as every byte from 0x80 up). `None` when it does not parse.
+pub(super) fn match_bytes(source: &str) -> Option<ByteSet> {
+    let hir = regex_syntax::Parser::new().parse(source).ok()?;
+    let mut set = ByteSet::default();
+    add_match_bytes(&hir, &mut set);
+    Some(set)
+}
+
+fn add_match_bytes(hir: &Hir, set: &mut ByteSet) {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => {}
+        HirKind::Literal(lit) => lit.0.iter().for_each(|&b| set.insert_range(b, b)),
+        HirKind::Class(Class::Unicode(c)) => {
+            for r in c.iter() {
+                let (from, to) = (u32::from(r.start()), u32::from(r.end()));
+                if from < 0x80 {
+                    // Both below 0x80 here, so the casts are exact.
+                    set.insert_range(from as u8, to.min(0x7f) as u8);
+                }
+                if to >= 0x80 {
+                    set.insert_range(0x80, 0xff);
+                }
+            }
+        }
+        HirKind::Class(Class::Bytes(c)) => {
+            c.iter().for_each(|r| set.insert_range(r.start(), r.end()))
+        }
+        HirKind::Capture(cap) => add_match_bytes(&cap.sub, set),
+        HirKind::Repetition(rep) => add_match_bytes(&rep.sub, set),
+        HirKind::Concat(parts) | HirKind::Alternation(parts) => {
+            parts.iter().for_each(|p| add_match_bytes(p, set))
+        }
+    }
+}
+
 /// The fewest ASCII digits any match must contain.
 fn min_digits(hir: &Hir) -> usize {
     match hir.kind() {
@@ -322,20 +386,22 @@ fn is_word_byte(b: u8) -> bool {
 }
 
 /// The slices a digit-triggered pattern must search: around every group of
-/// `min` digits that fits in `max_len` bytes (any match contains such a
-/// group), widened to cut points where an ASCII word boundary sees the same
+/// `min` digits that fits in `max_len` bytes and in one segment (any match
+/// contains such a group; `segments` numbers each digit's segment, see
+/// `NumericGate`), widened to cut points where an ASCII word boundary sees the same
 /// neighbour inside the slice as in the whole text, and merged.
 pub(super) fn windows(
     text: &str,
     digits: &[usize],
+    segments: &[u32],
     min: usize,
     max_len: usize,
 ) -> Vec<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut raw: Vec<(usize, usize)> = Vec::new();
-    for group in digits.windows(min) {
+    for (at, group) in digits.windows(min).enumerate() {
         let (first, last) = (group[0], group[min - 1]);
-        if last - first >= max_len {
+        if last - first >= max_len || segments[at] != segments[at + min - 1] {
             continue;
         }
         let start = (last + 1).saturating_sub(max_len);
