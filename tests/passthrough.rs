@@ -9,7 +9,10 @@ mod common;
 
 use common::{expect_refusal, now_secs, post, rt, streamed};
 
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use common::fake_api::{FakeApi, OK_BODY};
 use common::{Gateway, Setup};
@@ -29,13 +32,18 @@ fn discord_key() -> SigningKey {
 /// A gateway whose Slack, Telegram and Discord routes proxy to `bot`, with
 /// the shipped DLP policy (Chinese mobile numbers are masked).
 fn start(bot: &FakeApi) -> Gateway {
+    start_at(bot.port)
+}
+
+/// The same, with the bot on `port`.
+fn start_at(port: u16) -> Gateway {
     let public_key = hex::encode(discord_key().verifying_key().to_bytes());
     let dlp =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/dlp.yaml")).unwrap();
     let mut setup = Setup {
         upstreams: format!(
             "  assistant: {{ kind: grpc, nodes: [embedded], balance: conversation, timeout: 5s }}\n  legacy-bot: {{ kind: http, nodes: [\"127.0.0.1:{}\"] }}\n",
-            bot.port
+            port
         ),
         routes: format!(
             "  - {{ path: /hooks/slack/legacy, platform: slack, mode: passthrough, upstream: legacy-bot,\n      secrets: {{ signing_secret: \"{SLACK_SECRET}\" }} }}\n\
@@ -530,4 +538,92 @@ fn passthrough_forged_requests_never_reach_bot() {
         );
     }
     assert!(!gw.log_text().contains(SLACK_SECRET) && !gw.log_text().contains(TG_SECRET));
+}
+
+/// A bot on raw sockets that answers every request `200 ok`, counting the
+/// connections it accepted; with `close_after_answer` it closes each
+/// connection after its first answer without saying so (no `Connection:
+/// close`), as a bot behind an aggressive load balancer does.
+fn raw_bot(close_after_answer: bool) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (conns, reqs) = (connections.clone(), requests.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            conns.fetch_add(1, Ordering::SeqCst);
+            let reqs = reqs.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: the header, then Content-Length bytes of body.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() < end + 4 + length {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    }
+                    buf.drain(..end + 4 + length);
+                    reqs.fetch_add(1, Ordering::SeqCst);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).is_err() || close_after_answer {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, connections, requests)
+}
+
+/// Bot connections are pooled and reused; a bot that closes each one after
+/// answering still gets every message, none answered with an error.
+#[test]
+fn every_message_reaches_a_bot_whether_it_keeps_connections_or_closes_them() {
+    const MESSAGES: usize = 20;
+    for close_after_answer in [false, true] {
+        let (port, connections, requests) = raw_bot(close_after_answer);
+        let gw = start_at(port);
+        rt().block_on(async {
+            for i in 0..MESSAGES {
+                let body = tg_update(890_000 + i as i64, &format!("message {i}"));
+                let resp = post(&gw, "/hooks/telegram/legacy", &tg_headers(TG_SECRET), body).await;
+                assert_eq!(
+                    resp.status(),
+                    200,
+                    "message {i} (close_after_answer: {close_after_answer})"
+                );
+                assert_eq!(resp.text().await.unwrap(), "ok");
+            }
+        });
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            MESSAGES,
+            "each message reached the bot once"
+        );
+        let opened = connections.load(Ordering::SeqCst);
+        if close_after_answer {
+            assert_eq!(opened, MESSAGES, "one connection per message");
+        } else {
+            assert!(
+                opened <= 2,
+                "{opened} connections for {MESSAGES} sequential messages: not pooled"
+            );
+        }
+    }
 }

@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{header, HeaderValue, StatusCode};
-use pingora::connectors::http::v1::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::v1::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use tokio::io::AsyncWriteExt;
 
 use crate::upstream::bot::{end_to_end, BotAnswer, BotClient, BotError, BotRequest, ANSWER_LIMIT};
 
@@ -30,7 +31,7 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 
 /// Calls bots over pooled HTTP/1.1 connections.
 pub struct PingoraBotClient {
-    connector: Connector,
+    connector: TransportConnector,
     /// `host:port` → address, for bots named by host name.
     resolved: moka::sync::Cache<String, SocketAddr>,
 }
@@ -45,7 +46,7 @@ impl PingoraBotClient {
     /// A client with an empty pool.
     pub fn new() -> Self {
         Self {
-            connector: Connector::new(None),
+            connector: TransportConnector::new(None),
             resolved: moka::sync::Cache::builder()
                 .max_capacity(1024)
                 .time_to_live(DNS_TTL)
@@ -83,31 +84,36 @@ impl PingoraBotClient {
         &self,
         peer: &HttpPeer,
         name: &str,
-        header: &RequestHeader,
-        body: &Bytes,
+        wire: &[u8],
     ) -> Result<BotAnswer, (BotError, bool)> {
-        let (mut session, reused) = self
+        let (mut stream, reused) = self
             .connector
-            .get_http_session(peer)
+            .get_stream(peer)
             .await
             .map_err(|e| (unreachable(name, e.etype().as_str()), false))?;
-        let sent = async {
-            session
-                .write_request_header(Box::new(header.clone()))
-                .await?;
-            session.write_body(body).await?;
-            session.finish_body().await?;
-            read_answer_header(&mut session).await
-        };
-        if let Err(e) = sent.await {
+        // Header and body in one write: Pingora's client flushes the header
+        // on its own, which cost a second send (and a second wake-up of the
+        // bot) per request.
+        if let Err(e) = async {
+            stream.write_all(wire).await?;
+            stream.flush().await
+        }
+        .await
+        {
+            return Err((unreachable(name, &e.kind().to_string()), reused));
+        }
+        let mut session = HttpSession::new_with_options(stream, peer);
+        if let Err(e) = read_answer_header(&mut session).await {
             return Err((unreachable(name, e.etype().as_str()), reused));
         }
         let answer = read_answer(&mut session, name)
             .await
             .map_err(|e| (e, false))?;
-        self.connector
-            .release_http_session(session, peer, Some(IDLE_TIMEOUT))
-            .await;
+        session.respect_keepalive();
+        if let Some(stream) = session.reuse().await {
+            self.connector
+                .release_stream(stream, peer.reuse_hash(), Some(IDLE_TIMEOUT));
+        }
         Ok(answer)
     }
 }
@@ -158,9 +164,22 @@ async fn read_answer(session: &mut HttpSession, peer: &str) -> Result<BotAnswer,
     })
 }
 
-/// The request line and headers for the bot: the client's end-to-end
-/// headers, an uncompressed answer (it is scanned), the body's length, and
-/// the bot's own `Host` when the client sent none.
+/// The request as written to the bot: the request line, the client's
+/// end-to-end headers, an uncompressed answer (it is scanned), the body's
+/// length, the bot's own `Host` when the client sent none; then the body.
+fn request_wire(req: &BotRequest, peer: &str) -> Result<bytes::BytesMut, BotError> {
+    if req.method == http::Method::HEAD {
+        // An answer to HEAD has no body whatever its length says; never
+        // sent on a passthrough route (POST and GET only), refused here so
+        // the answer reader cannot wait for a body that never comes.
+        return Err(unreachable(peer, "HEAD is not forwarded to bots"));
+    }
+    let mut wire = http_req_header_to_wire(&request_header(req, peer)?)
+        .ok_or_else(|| unreachable(peer, "the request cannot be written as HTTP/1.1"))?;
+    wire.extend_from_slice(&req.body);
+    Ok(wire)
+}
+
 fn request_header(req: &BotRequest, peer: &str) -> Result<RequestHeader, BotError> {
     let headers = end_to_end(&req.headers);
     let invalid = |_| unreachable(peer, "the request cannot be written as HTTP/1.1");
@@ -201,15 +220,12 @@ impl BotClient for PingoraBotClient {
         timeout: Duration,
     ) -> Result<BotAnswer, BotError> {
         let call = async {
-            let header = request_header(&req, peer)?;
+            let wire = request_wire(&req, peer)?;
             let target = self.peer(peer).await?;
-            match self.attempt(&target, peer, &header, &req.body).await {
+            match self.attempt(&target, peer, &wire).await {
                 Ok(answer) => Ok(answer),
                 // A stale pooled connection: once more, on another one.
-                Err((_, true)) => self
-                    .attempt(&target, peer, &header, &req.body)
-                    .await
-                    .map_err(|(e, _)| e),
+                Err((_, true)) => self.attempt(&target, peer, &wire).await.map_err(|(e, _)| e),
                 Err((e, false)) => Err(e),
             }
         };
