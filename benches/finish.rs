@@ -41,7 +41,9 @@ fn claim(c: &mut Criterion) {
     audit.node = "127.0.0.1:8081".into();
     audit.status = 200;
     audit.client_ip = "127.0.0.1".parse().ok();
-    g.bench_function("audit_json_line", |b| b.iter(|| black_box(&audit).json_line()));
+    g.bench_function("audit_json_line", |b| {
+        b.iter(|| black_box(&audit).json_line())
+    });
     g.finish();
 }
 
