@@ -95,7 +95,7 @@ fn aes_key(encrypt_key: &str) -> [u8; 32] {
 /// Decrypts an `encrypt` field: key = SHA-256(encrypt_key), IV = first 16 bytes.
 pub fn decrypt(encrypt_key: &str, encrypt: &str) -> Result<Vec<u8>, Rejection> {
     #[cfg(test)]
-    tests::DECRYPTS.with(|n| n.set(n.get() + 1));
+    tests::hostile::DECRYPTS.with(|n| n.set(n.get() + 1));
     let raw = STANDARD
         .decode(encrypt.trim())
         .map_err(|_| Rejection::Decrypt("ciphertext is not base64"))?;
