@@ -3,7 +3,7 @@
 
 - no function longer than FN_LIMIT lines (rustfmt-formatted source);
 - no file longer than FILE_LIMIT lines, not counting its #[cfg(test)] module
-  (inline, or moved out to `<module>/tests.rs`);
+  (inline, or moved out to `<module>/tests.rs` and its `<module>/tests/`);
 - no import cycle between sibling modules (crate::a <-> crate::b, or
   crate::a::x <-> crate::a::y), from `crate::` and `super::` paths outside
   comments and test modules.
@@ -20,10 +20,13 @@ FN_RE = re.compile(r"^(\s*)(pub(\([^)]*\))? )?(async )?(const )?(unsafe )?fn (\w
 
 
 def source_files(root="src"):
-    """Every source file, except `<module>/tests.rs`: a module's unit tests
-    moved out of its file (`#[cfg(test)] mod tests;`), held to the same
-    rules as an inline test module, that is, none."""
+    """Every source file, except `<module>/tests.rs` and the files of its
+    `<module>/tests/` directory: a module's unit tests moved out of its file
+    (`#[cfg(test)] mod tests;`), held to the same rules as an inline test
+    module, that is, none."""
     for base, _, files in os.walk(root):
+        if os.path.basename(base) == "tests":
+            continue
         for f in sorted(files):
             if f.endswith(".rs") and f != "tests.rs":
                 yield os.path.join(base, f)
