@@ -5,7 +5,7 @@
 //!
 //! Why it exists: `benches/load/run.sh` compares moltgate with nginx; this
 //! shows how much of the gap is Pingora + rustls themselves and how much is
-//! moltgate's own work (`PATHS=floor benches/load/run.sh`). Not part of the
+//! moltgate's own work (`FLOOR=1 benches/load/run.sh`). Not part of the
 //! product; built only with `--features bench-floor`.
 //!
 //! ```sh
@@ -56,7 +56,6 @@ fn main() {
     }
     let conf = ServerConf {
         threads,
-        work_stealing: std::env::var_os("FLOOR_NO_STEAL").is_none(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), conf);

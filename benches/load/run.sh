@@ -632,14 +632,15 @@ for path in "${PATH_LIST[@]}"; do
         "$(cpu_text moltgate)" "$(cpu_text nginx)" "$aside" "${errsum[moltgate]}" "${errsum[nginx]}"
     unset errsum
     if [[ $path == passthrough && -n $FL_PID ]]; then
-        fr=() fc=() fp=()
+        fr=() fc=() fp=() ferr=0
         for ROUND in $(seq "$ROUNDS"); do
+            ferr=$(( ferr + ${R[$path:floor:$ROUND:errs]} ))
             fr+=("$(awk -v m="${R[$path:floor:$ROUND:rps]}" -v n="${R[$path:nginx:$ROUND:rps]}" 'BEGIN { print m / n }')")
             fp+=("$(awk -v m="${R[$path:floor:$ROUND:p99]}" -v n="${R[$path:nginx:$ROUND:p99]}" 'BEGIN { print (n > 0 ? m / n : 0) }')")
             fc+=("${R[$path:floor:$ROUND:cpu]}")
         done
-        printf '%s floor (bare Pingora, no policy): throughput floor/nginx %.2f, p99 ratio %.2f, CPU/req %.0f us\n' \
-            "$path" "$(median "${fr[@]}")" "$(median "${fp[@]}")" "$(median "${fc[@]}")"
+        printf '%s floor (bare Pingora, no policy): throughput floor/nginx %.2f, p99 ratio %.2f, CPU/req %.0f us, non-2xx %d\n' \
+            "$path" "$(median "${fr[@]}")" "$(median "${fp[@]}")" "$(median "${fc[@]}")" "$ferr"
     fi
 done
 failures=$(curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \

@@ -103,3 +103,8 @@ pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
     }
     out
 }
+
+/// Whether `name` describes one hop only (never forwarded).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}

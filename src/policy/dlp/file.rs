@@ -283,7 +283,7 @@ impl Builder<'_> {
         FileError::check(self.errors)?;
         let mut policy = self.policy;
         policy.keep = keep(&self.sources, &self.literals);
-        policy.gate = super::NumericGate::build(&policy.patterns, &self.sources);
+        policy.segmenter = super::DigitSegments::build(&policy.patterns, &self.sources);
         fold::warm();
         if !self.literals.is_empty() {
             let total: usize = self.literals.iter().map(Vec::len).sum();

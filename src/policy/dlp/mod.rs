@@ -196,8 +196,8 @@ pub struct DlpPolicy {
     targets: Vec<AcTarget>,
     /// Full-width punctuation this policy cannot tell from ASCII: not folded.
     keep: Keep,
-    /// One pass over the text for every windowed numeric pattern.
-    gate: Option<NumericGate>,
+    /// Where digit runs break for every windowed numeric pattern.
+    segmenter: Option<DigitSegments>,
 }
 
 /// The bytes any match of a windowed numeric pattern (card, phone, ID
@@ -214,15 +214,15 @@ pub struct DlpPolicy {
 /// ([`triggers::match_bytes`]). One combined `RegexSet` pass over the text
 /// was tried first: it cost as much as the windows it saved.
 #[derive(Debug)]
-struct NumericGate {
+struct DigitSegments {
     bytes: triggers::ByteSet,
-    /// The longest window of any gated pattern: a gap at least this long
+    /// The longest window of any windowed pattern: a gap at least this long
     /// separates segments without looking at its bytes.
     max_len: usize,
 }
 
-impl NumericGate {
-    /// The gate over every pattern with digit windows; `None` when there is none.
+impl DigitSegments {
+    /// The bytes of every pattern with digit windows; `None` when there is none.
     fn build(patterns: &[Pattern], sources: &[String]) -> Option<Self> {
         let mut bytes = triggers::ByteSet::default();
         let mut max_len = 0;
@@ -240,9 +240,9 @@ impl NumericGate {
 
     /// A segment number per digit position: two digits are in one segment
     /// when only match bytes lie between them.
-    fn segments(&self, text: &[u8], digits: &[usize]) -> Vec<u32> {
+    fn segments(&self, text: &[u8], digits: &[usize]) -> Vec<usize> {
         let mut out = Vec::with_capacity(digits.len());
-        let mut segment = 0u32;
+        let mut segment = 0usize;
         let mut prev: Option<usize> = None;
         for &d in digits {
             if let Some(p) = prev {
@@ -385,7 +385,7 @@ impl DlpPolicy {
     /// earlier one's (an ID number that happens to pass Luhn is not also a card).
     fn pattern_pass(&self, text: &str, dirs: u8, fired: &[bool], hits: &mut Vec<Hit>) {
         let mut digits: Option<Vec<usize>> = None;
-        let mut segments: Option<Vec<u32>> = None;
+        let mut segments: Option<Vec<usize>> = None;
         let mut claimed: Vec<(usize, usize)> = Vec::new();
         let whole = text.len();
         for (i, p) in self.patterns.iter().enumerate() {
@@ -405,7 +405,7 @@ impl DlpPolicy {
                     match max_len {
                         None => run(0, whole),
                         Some(len) => {
-                            let segments = segments.get_or_insert_with(|| match &self.gate {
+                            let segments = segments.get_or_insert_with(|| match &self.segmenter {
                                 Some(g) => g.segments(text.as_bytes(), positions),
                                 None => vec![0; positions.len()],
                             });

@@ -640,18 +640,18 @@ fn unicode_opt_out_and_always_trigger() {
     );
 }
 
-/// The numeric gate only skips work: over every input the DLP fuzzer kept
+/// Splitting digit runs into segments only skips work: over every input the DLP fuzzer kept
 /// (fuzz/corpora/dlp_mask) and the dense transcript, the scan finds and
 /// masks exactly what it finds and masks with every window searched.
 #[test]
-fn the_numeric_gate_changes_no_outcome() {
+fn digit_segments_change_no_outcome() {
     let gated = shipped();
     assert!(
-        gated.gate.is_some(),
-        "the shipped numeric patterns are gated"
+        gated.segmenter.is_some(),
+        "the shipped numeric patterns are windowed"
     );
     let mut ungated = shipped();
-    ungated.gate = None;
+    ungated.segmenter = None;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpora/dlp_mask");
     let mut texts: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()

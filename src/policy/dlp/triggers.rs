@@ -388,12 +388,12 @@ fn is_word_byte(b: u8) -> bool {
 /// The slices a digit-triggered pattern must search: around every group of
 /// `min` digits that fits in `max_len` bytes and in one segment (any match
 /// contains such a group; `segments` numbers each digit's segment, see
-/// `NumericGate`), widened to cut points where an ASCII word boundary sees the same
+/// `DigitSegments`), widened to cut points where an ASCII word boundary sees the same
 /// neighbour inside the slice as in the whole text, and merged.
 pub(super) fn windows(
     text: &str,
     digits: &[usize],
-    segments: &[u32],
+    segments: &[usize],
     min: usize,
     max_len: usize,
 ) -> Vec<(usize, usize)> {
