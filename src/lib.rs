@@ -21,6 +21,7 @@ pub mod platform;
 pub mod policy;
 pub mod proto;
 pub mod server;
+pub mod shared;
 pub mod tls;
 pub mod upstream;
 pub mod writeback;

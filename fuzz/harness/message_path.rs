@@ -284,7 +284,7 @@ pub fn run(data: &[u8]) {
         let mut ex = gw.begin(route);
         match prepare(gw, &mut ex, method, headers, body, peer) {
             Ok(req) => gw.handle(ex, req).await,
-            Err(stop) => gw.refuse(ex, stop),
+            Err(stop) => gw.refuse(ex, stop).await,
         }
     });
     let status = resp.status();

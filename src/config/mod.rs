@@ -9,6 +9,7 @@
 //! reported alone).
 
 pub mod admin;
+pub mod shared;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use admin::{AdminListener, AdminToken, ADMIN_TOKEN_MIN_LEN};
+pub use shared::{OnError, SharedConfig};
 pub use yaml::{EnvString, FileError, HumanDuration};
 
 /// The embedded demo config: what `moltgate run` uses with no `-c` and no
@@ -55,6 +57,9 @@ pub struct Config {
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The Redis that edge nodes share state through; absent: in memory.
+    #[serde(default)]
+    pub shared: Option<SharedConfig>,
     /// Worker threads for the public listener (default: number of CPUs).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -211,6 +216,7 @@ pub struct UpstreamConfig {
 }
 
 fn default_call_timeout() -> HumanDuration {
+    // Also why `shared.claim_ttl` defaults to 60 s: it must outlast this.
     HumanDuration(Duration::from_secs(30))
 }
 fn default_accept_timeout() -> HumanDuration {
@@ -616,6 +622,14 @@ impl Config {
         }
         errors.extend(admin::check(&self.listen.admin, &self.source, text));
         errors.extend(self.check_limits(text));
+        if let Some(shared) = &self.shared {
+            errors.extend(shared::check(
+                shared,
+                self.longest_claimed_call(),
+                &self.source,
+                text,
+            ));
+        }
         for (name, up) in &self.upstreams {
             errors.extend(check_upstream(name, up).into_iter().map(|(node, msg)| {
                 let pos = match node {
@@ -643,6 +657,20 @@ impl Config {
         }
         FileError::sort_by_position(&mut errors);
         FileError::check(errors)
+    }
+
+    /// The longest a message with a platform id (so a dedupe claim) can be
+    /// in flight: the `timeout` of the upstreams that platform routes use,
+    /// with the upstream that sets it.
+    fn longest_claimed_call(&self) -> Option<(Duration, String)> {
+        self.routes
+            .iter()
+            .filter(|r| r.platform != PlatformKind::Generic)
+            .filter_map(|r| {
+                let up = self.upstreams.get(&r.upstream.0)?;
+                Some((up.timeout.0, format!("upstream '{}' timeout", r.upstream)))
+            })
+            .max_by_key(|(d, _)| *d)
     }
 
     /// Connection limits that would refuse or cut every connection.

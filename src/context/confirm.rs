@@ -128,7 +128,9 @@ impl std::fmt::Debug for ConfirmStore {
     }
 }
 
-fn audit(decision: &'static str, who: &str, envelope_id: &str, reason: &str) {
+/// One confirmation audit line (also written by the Redis tier, so both
+/// stores say the same things).
+pub(crate) fn audit(decision: &'static str, who: &str, envelope_id: &str, reason: &str) {
     tracing::info!(
         target: "moltgate::audit",
         service = "moltgate",
@@ -138,6 +140,18 @@ fn audit(decision: &'static str, who: &str, envelope_id: &str, reason: &str) {
         reason,
         "confirm"
     );
+}
+
+/// A fresh code: 6 decimal digits from the OS CSPRNG.
+pub(crate) fn new_code() -> String {
+    let n: u32 = rand::rngs::OsRng.gen_range(0..1_000_000);
+    format!("{n:06}")
+}
+
+/// How long past its ttl a held message is kept, so that a late code is
+/// answered "expired" rather than taken for a new message.
+pub(crate) fn grace(ttl: Duration) -> Duration {
+    ttl.max(Duration::from_secs(60))
 }
 
 /// True for a reply that looks like a code (6 ASCII digits after trimming).
@@ -152,7 +166,7 @@ impl ConfirmStore {
     pub fn new(ttl: Duration, max_pending: u64, attempts: u32) -> Self {
         // The cache keeps entries past `ttl` (by a grace period) so a late
         // code is answered `Expired` rather than treated as a new message.
-        Self::with_grace(ttl, max_pending, attempts, ttl.max(Duration::from_secs(60)))
+        Self::with_grace(ttl, max_pending, attempts, grace(ttl))
     }
 
     fn with_grace(ttl: Duration, max_pending: u64, attempts: u32, grace: Duration) -> Self {
@@ -190,12 +204,16 @@ impl ConfirmStore {
         self.ttl
     }
 
+    /// Tries a code gets.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
     /// Holds `held` for `who` (person id, else `platform:sender_id`) and
     /// returns the one-time code to send them. A message already held for
     /// `who` is rejected (superseded).
     pub fn hold(&self, who: &str, held: HeldMessage, now: Instant) -> String {
-        let n: u32 = rand::rngs::OsRng.gen_range(0..1_000_000);
-        let code = format!("{n:06}");
+        let code = new_code();
         let mut digits = [0u8; CODE_DIGITS];
         digits.copy_from_slice(code.as_bytes());
         let envelope_id = held.envelope.id.clone();

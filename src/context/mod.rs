@@ -317,6 +317,48 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// The turns one exchange adds: the user's text and the assistant's reply
+/// parts joined into one turn, each cut to [`MAX_TURN_BYTES`]; empty texts
+/// add no turn. Shared with the Redis tier, so both bound turns alike.
+fn exchange_turns<A: AsRef<str>>(
+    user_turn: &str,
+    assistant_texts: impl IntoIterator<Item = A>,
+) -> impl Iterator<Item = (Role, String)> {
+    let mut assistant = String::new();
+    for part in assistant_texts {
+        let room = MAX_TURN_BYTES.saturating_sub(assistant.len());
+        if room == 0 {
+            break;
+        }
+        assistant.push_str(cut(part.as_ref(), room));
+    }
+    let user = cut(user_turn, MAX_TURN_BYTES).to_string();
+    [(Role::User, user), (Role::Assistant, assistant)]
+        .into_iter()
+        .filter(|(_, text)| !text.is_empty())
+}
+
+/// The turns of one exchange as (`user` | `assistant`, text), for the
+/// Redis tier (see [`exchange_turns`]).
+pub(crate) fn exchange_turn_texts<A: AsRef<str>>(
+    user_turn: &str,
+    assistant_texts: impl IntoIterator<Item = A>,
+) -> Vec<(&'static str, String)> {
+    exchange_turns(user_turn, assistant_texts)
+        .map(|(role, text)| (role.as_str(), text))
+        .collect()
+}
+
+/// Whether a state update fits the bounds (a key of 1 to
+/// [`MAX_STATE_KEY_BYTES`] bytes, a value of at most
+/// [`MAX_STATE_VALUE_BYTES`]); an empty value, a removal, always fits.
+pub(crate) fn state_update_fits(key: &str, value: &str) -> bool {
+    value.is_empty()
+        || (!key.is_empty()
+            && key.len() <= MAX_STATE_KEY_BYTES
+            && value.len() <= MAX_STATE_VALUE_BYTES)
+}
+
 /// Merges `updates` into `map` within the state bounds; an empty value
 /// removes the key. Returns how many updates were dropped.
 fn merge_bounded<K: AsRef<str>, V: AsRef<str>>(
@@ -330,7 +372,7 @@ fn merge_bounded<K: AsRef<str>, V: AsRef<str>>(
             map.remove(k);
             continue;
         }
-        if k.is_empty() || k.len() > MAX_STATE_KEY_BYTES || v.len() > MAX_STATE_VALUE_BYTES {
+        if !state_update_fits(k, v) {
             dropped += 1;
             continue;
         }
@@ -461,26 +503,15 @@ impl ContextStore {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut assistant = String::new();
-        for part in assistant_texts {
-            let room = MAX_TURN_BYTES.saturating_sub(assistant.len());
-            if room == 0 {
-                break;
-            }
-            assistant.push_str(cut(part.as_ref(), room));
-        }
         let platform = PlatformName::new(platform);
-        let mut new_turns: Vec<StoredTurn> = Vec::with_capacity(2);
-        for (role, text) in [(Role::User, user_turn), (Role::Assistant, &assistant)] {
-            if !text.is_empty() {
-                new_turns.push(StoredTurn {
-                    text: Arc::from(cut(text, MAX_TURN_BYTES)),
-                    at,
-                    platform: platform.clone(),
-                    role,
-                });
-            }
-        }
+        let new_turns: Vec<StoredTurn> = exchange_turns(user_turn, assistant_texts)
+            .map(|(role, text)| StoredTurn {
+                text: Arc::from(text),
+                at,
+                platform: platform.clone(),
+                role,
+            })
+            .collect();
         let updates: Vec<(K, V)> = state_updates.into_iter().collect();
         if new_turns.is_empty() && updates.is_empty() {
             return;
@@ -539,6 +570,11 @@ impl ContextStore {
 
     fn after_write(&self, dropped: u64) {
         self.sync_gauge();
+        self.count_state_dropped(dropped);
+    }
+
+    /// Counts state updates dropped for the bounds (also by the Redis tier).
+    pub fn count_state_dropped(&self, dropped: u64) {
         if dropped > 0 {
             tracing::debug!(dropped, "context state updates over the bounds dropped");
             self.metrics
@@ -580,6 +616,11 @@ impl ContextStore {
         self.metrics
             .context_entries
             .set(i64::try_from(self.cache.entry_count()).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a lookup made elsewhere (the Redis tier) as a hit or a miss.
+    pub fn count_lookup(&self, found: bool) {
+        self.event(if found { "hit" } else { "miss" });
     }
 
     fn event(&self, event: &str) {

@@ -51,13 +51,19 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections cut for missing a deadline (TLS handshake, request header), by phase.
     pub connections_cut: IntCounterVec,
+    /// 1 while the shared tier (Redis) answers; 0 while its breaker is open.
+    pub shared_up: IntGauge,
+    /// Shared-tier operations by operation and result (ok, error, timeout, skipped).
+    pub shared_ops: IntCounterVec,
+    /// Seconds a shared-tier operation took, by operation.
+    pub shared_seconds: HistogramVec,
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let r = Registry::new();
-        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut] =
+        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut, shared_ops] =
             COUNTERS.map(|(name, help, labels)| counter(&r, name, help, labels));
         let message_latency = register(
             &r,
@@ -109,6 +115,27 @@ impl Metrics {
                 "Connections open on the public listener.",
             ),
         );
+        let shared_up = register(
+            &r,
+            IntGauge::new(
+                "moltgate_shared_up",
+                "1 while the shared tier (Redis) answers, 0 while it is skipped.",
+            ),
+        );
+        let shared_seconds = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "moltgate_shared_seconds",
+                    "Time a shared-tier (Redis) operation took.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5,
+                ]),
+                &["op"],
+            ),
+        );
         Self {
             registry: r,
             requests,
@@ -129,6 +156,9 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_cut,
+            shared_up,
+            shared_ops,
+            shared_seconds,
         }
     }
 
@@ -151,7 +181,7 @@ impl Default for Metrics {
 /// Every counter: name (after `moltgate_`), help, labels; in the order
 /// `Metrics::new` destructures them.
 type CounterDef = (&'static str, &'static str, &'static [&'static str]);
-const COUNTERS: [CounterDef; 13] = [
+const COUNTERS: [CounterDef; 14] = [
     (
         "requests_total",
         "Requests by route, platform and outcome.",
@@ -216,6 +246,11 @@ const COUNTERS: [CounterDef; 13] = [
         "connections_cut_total",
         "Connections closed for missing a deadline, by phase (handshake, header).",
         &["phase"],
+    ),
+    (
+        "shared_ops_total",
+        "Shared-tier (Redis) operations by operation and result.",
+        &["op", "result"],
     ),
 ];
 

@@ -184,6 +184,14 @@ fn api_error(stop: &Stop) -> Response<Bytes> {
                 *retry_after,
             )
         }
+        Stop::SharedUnavailable => {
+            return retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shared_state_unavailable",
+                "the gateway's shared state is unavailable; retry later",
+                1,
+            )
+        }
         Stop::Duplicate | Stop::Handshake { .. } | Stop::Ignored { .. } => {
             (StatusCode::OK, "duplicate", "already handled".into())
         }

@@ -10,8 +10,8 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 
+use super::claim::Claimed;
 use super::routes::Route;
-use crate::dedupe::Claim;
 use crate::platform::{BearerVerifier, PlatformMessage, WebhookRequest};
 use crate::policy::PolicySet;
 
@@ -98,7 +98,7 @@ pub struct Exchange {
     /// A detail for the audit line's `reason` (`inline_reply`, `resealed`, …).
     pub note: &'static str,
     /// The dedupe claim on the message id, committed or released by `finish`.
-    pub claim: Option<Claim>,
+    pub claim: Option<Claimed>,
     /// The client address the IP policy judged (stage `admit`).
     pub client_ip: Option<std::net::IpAddr>,
 }

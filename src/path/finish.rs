@@ -21,7 +21,7 @@ struct Ending {
 
 impl Gateway {
     /// Renders, settles, audits and counts the end of `ex`.
-    pub fn finish(&self, mut ex: Exchange, end: Result<Done, Stop>) -> Response<Bytes> {
+    pub async fn finish(&self, mut ex: Exchange, end: Result<Done, Stop>) -> Response<Bytes> {
         let ending = match &end {
             Ok(done) => ending_of_done(&ex, done),
             Err(stop) => ending_of_stop(stop),
@@ -34,9 +34,7 @@ impl Gateway {
             }
         };
         if let Some(claim) = ex.claim.take() {
-            if ending.settles {
-                claim.commit();
-            } // else dropped: released, the redelivery is processed
+            claim.settle(ending.settles).await;
         }
         self.count(&ex, &ending);
         audit(ex, ending, response.status().as_u16());

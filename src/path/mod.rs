@@ -20,6 +20,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod claim;
 pub mod confirm;
+pub mod context;
 pub mod egress;
 pub mod exchange;
 mod finish;
@@ -51,6 +52,7 @@ use crate::observe::Metrics;
 use crate::platform::PlatformMessage;
 use crate::policy::{PolicySet, PolicyStore};
 use crate::proto::v1::Envelope;
+use crate::shared::Shared;
 use crate::upstream::bot::BotClient;
 use crate::upstream::Cluster;
 use crate::writeback::Writeback;
@@ -72,6 +74,9 @@ pub struct Gateway {
     pub context: Arc<ContextStore>,
     /// Messages held for a second-step confirmation.
     pub confirm: ConfirmStore,
+    /// The state edge nodes share (`shared:`), if configured.
+    pub shared: Option<Arc<Shared>>,
+    conversations: context::Conversations,
     bots: Arc<dyn BotClient>,
 }
 
@@ -99,8 +104,21 @@ impl Gateway {
         if let Some(max_bytes) = config.context.max_bytes {
             limits.max_bytes = max_bytes;
         }
+        let shared = match &config.shared {
+            Some(cfg) => Some(Arc::new(
+                Shared::connect(cfg, metrics.clone())
+                    .map_err(|e| FileError::at(&config.source, None, e.to_string()))?,
+            )),
+            None => None,
+        };
+        let context = Arc::new(ContextStore::with_limits(limits, metrics.clone()));
         Ok(Self {
-            context: Arc::new(ContextStore::with_limits(limits, metrics.clone())),
+            conversations: context::Conversations {
+                local: context.clone(),
+                shared: shared.clone(),
+            },
+            context,
+            shared,
             confirm: ConfirmStore::new(
                 config.context.confirm_ttl.0,
                 confirm_store::DEFAULT_MAX_PENDING,
@@ -125,9 +143,19 @@ impl Gateway {
         self.table.clusters.values()
     }
 
-    /// Ready: policies are loaded (always, once built) and every cluster
-    /// that a route uses has a healthy node.
+    /// Ready: policies are loaded (always, once built), every cluster
+    /// that a route uses has a healthy node, and the shared tier answers
+    /// or its failures are not refusals (`on_error` other than `deny`).
     pub fn is_ready(&self) -> bool {
+        let shared = self
+            .shared
+            .as_ref()
+            .is_none_or(|s| s.is_up() || s.on_error() != crate::config::OnError::Deny);
+        self.upstreams_ready() && shared
+    }
+
+    /// Every cluster that a route uses has a healthy node.
+    pub fn upstreams_ready(&self) -> bool {
         self.table.routes.values().all(|r| match &r.target {
             Target::Assistant(c) => c.is_healthy(),
             Target::Bot(_) => true,
@@ -163,29 +191,37 @@ impl Gateway {
 
     /// Ends a request that stopped before the path ran (unknown path, wrong
     /// method, oversized or slow body, refused address).
-    pub fn refuse(&self, ex: Exchange, stop: Stop) -> Response<Bytes> {
-        self.finish(ex, Err(stop))
+    pub async fn refuse(&self, ex: Exchange, stop: Stop) -> Response<Bytes> {
+        self.finish(ex, Err(stop)).await
     }
 
     /// Runs the path for a request whose body was read, and finishes it.
     pub async fn handle(&self, mut ex: Exchange, req: IncomingRequest) -> Response<Bytes> {
         let end = self.run(&mut ex, &req).await;
-        self.finish(ex, end)
+        self.finish(ex, end).await
     }
 
     /// The stack, top to bottom.
     async fn run(&self, ex: &mut Exchange, req: &IncomingRequest) -> Result<Done, Stop> {
         let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
         let policies = ex.policies.clone();
-        let msg = authenticate::authenticate(&route, req, &policies)
-            .map_err(|stop| rate::unverified(&policies, req.client_ip, stop))
-            .inspect_err(|stop| ex.record_stop(stop))?;
+        let shared = self.shared.as_ref();
+        let msg = match authenticate::authenticate(&route, req, &policies) {
+            Ok(msg) => msg,
+            Err(stop) => {
+                let stop = rate::unverified(&policies, shared, req.client_ip, stop).await;
+                ex.record_stop(&stop);
+                return Err(stop);
+            }
+        };
         ex.heard(&msg);
-        ex.claim = claim::claim(&route.dedupe, &msg)?;
+        let done_ttl = route.adapter.dedupe_ttl();
+        ex.claim = claim::claim(&route.dedupe, shared, &route.path, done_ttl, &msg).await?;
         let who = identity::identify(&policies, route.platform.as_str(), &msg);
-        rate::limit(&policies, &who, &msg, req.client_ip, &route)
+        rate::limit(&policies, shared, &who, &msg, req.client_ip, &route)
+            .await
             .inspect_err(|stop| ex.record_stop(stop))?;
-        if let Some((cluster, held)) = self.release_held(&route, &who, &msg)? {
+        if let Some((cluster, held)) = self.release_held(&route, &who, &msg).await? {
             return self.deliver_held(ex, &route, cluster, msg, held).await;
         }
         let access = authorize::access_request(
@@ -223,16 +259,16 @@ impl Gateway {
         let env = envelope_for(route, &msg, who, &grant, inspection.text_findings);
         ex.envelope_id = env.id.clone();
         if grant.confirm {
-            return Err(confirm::hold(&self.confirm, who, env));
+            return Err(confirm::hold(&self.confirm, self.shared.as_deref(), who, env).await);
         }
-        self.dispatch(ex, route, cluster, msg, with_context(&self.context, env))
-            .await
+        let env = self.conversations.attach(env).await;
+        self.dispatch(ex, route, cluster, msg, env).await
     }
 
     /// Stage confirm-reply: the Envelope a confirmation code releases, with
     /// the cluster that takes it. Only routes to the AI cluster hold
     /// messages, so a code sent to a bot's route is just a message for the bot.
-    fn release_held<'r>(
+    async fn release_held<'r>(
         &self,
         route: &'r Route,
         who: &Who,
@@ -241,7 +277,7 @@ impl Gateway {
         let Target::Assistant(cluster) = &route.target else {
             return Ok(None);
         };
-        let held = confirm::release(&self.confirm, who, &msg.text)?;
+        let held = confirm::release(&self.confirm, self.shared.as_deref(), who, &msg.text).await?;
         Ok(held.map(|env| (cluster.as_ref(), env)))
     }
 
@@ -263,8 +299,8 @@ impl Gateway {
             .unwrap_or_default();
         ex.envelope_id = held.id.clone();
         // Fresh context: the conversation may have moved on while it waited.
-        self.dispatch(ex, route, cluster, msg, with_context(&self.context, held))
-            .await
+        let env = self.conversations.attach(held).await;
+        self.dispatch(ex, route, cluster, msg, env).await
     }
 
     /// Sends `env` to the cluster and answers with its replies.
@@ -289,7 +325,7 @@ impl Gateway {
         let replier = reply::Replier {
             policies: &ex.policies,
             adapter: &route.adapter,
-            context: &self.context,
+            context: &self.conversations,
             writeback: &self.writeback,
             metrics: &self.metrics,
             inline_by: ex.started() + route.deadline.mul_f32(0.8),
@@ -372,11 +408,5 @@ fn envelope_for(
         dlp_findings: findings,
         matched_rules: grant.rules.clone(),
     });
-    env
-}
-
-/// `env` with its conversation's context attached.
-fn with_context(context: &ContextStore, mut env: Envelope) -> Envelope {
-    env.context = env.conversation.as_ref().map(|c| context.snapshot(&c.id));
     env
 }

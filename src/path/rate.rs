@@ -21,21 +21,51 @@
 //!   get the platform's verified messages refused. On the API, a spent
 //!   budget also refuses verified requests from that address (the rate stage
 //!   checks `per_ip` there), so a token guesser learns nothing once over it.
+//!
+//! With `shared:` the counters are in Redis (`crate::shared::limits`), so
+//! every node spends the same budgets. While Redis fails, `on_error`
+//! decides: `allow` admits, `deny` answers 503, `local` falls back to this
+//! node's own limiter (each node then enforces the limits on its own).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::identity::Who;
 use super::routes::Route;
 use super::stop::Stop;
+use crate::config::OnError;
 use crate::platform::{Channel, PlatformMessage};
-use crate::policy::rate::RateKeys;
+use crate::policy::rate::{Applicable, Limited, RateKeys};
 use crate::policy::PolicySet;
+use crate::shared::Shared;
+
+/// Decides `limits` on the shared tier when there is one, else (or when it
+/// fails and `on_error` is `local`) with `local`. `Err` is the stop that
+/// `on_error: deny` means.
+async fn decide(
+    shared: Option<&Arc<Shared>>,
+    limits: impl FnOnce() -> Vec<Applicable>,
+    local: impl FnOnce() -> Result<(), Limited>,
+) -> Result<Result<(), Limited>, Stop> {
+    let Some(shared) = shared else {
+        return Ok(local());
+    };
+    match shared.limit(&limits()).await {
+        Ok(verdict) => Ok(verdict),
+        Err(_) => match shared.on_error() {
+            OnError::Allow => Ok(Ok(())),
+            OnError::Deny => Err(Stop::SharedUnavailable),
+            OnError::Local => Ok(local()),
+        },
+    }
+}
 
 /// Consumes one unit of every limit that applies to a verified message on
 /// `route`, or stops the message.
-pub fn limit(
+pub async fn limit(
     policies: &PolicySet,
+    shared: Option<&Arc<Shared>>,
     who: &Who,
     msg: &PlatformMessage,
     ip: IpAddr,
@@ -48,7 +78,13 @@ pub fn limit(
         route: &route.path,
     };
     let now = Instant::now();
-    match policies.rate.check(&keys, now) {
+    let verdict = decide(
+        shared,
+        || policies.rate.applicable(&keys),
+        || policies.rate.check(&keys, now),
+    )
+    .await?;
+    match verdict {
         Ok(()) => Ok(()),
         Err(limited) => Err(Stop::RateLimited {
             scope: limited.scope,
@@ -62,13 +98,31 @@ pub fn limit(
 /// A request from `ip` that authentication stopped: a verification failure
 /// spends one unit of `per_ip`, and becomes a 429 once that is spent. Other
 /// stops (URL challenges, ignored events) pass unchanged.
-pub fn unverified(policies: &PolicySet, ip: IpAddr, stop: Stop) -> Stop {
+pub async fn unverified(
+    policies: &PolicySet,
+    shared: Option<&Arc<Shared>>,
+    ip: IpAddr,
+    stop: Stop,
+) -> Stop {
     if !matches!(stop, Stop::Rejected(_)) {
         return stop;
     }
-    match policies.rate.check_unverified(ip, Instant::now()) {
-        Ok(()) => stop,
-        Err(limited) => Stop::RateLimited {
+    let verdict = decide(
+        shared,
+        || {
+            policies
+                .rate
+                .applicable_unverified(ip)
+                .into_iter()
+                .collect()
+        },
+        || policies.rate.check_unverified(ip, Instant::now()),
+    )
+    .await;
+    match verdict {
+        // Redis failing under `deny` does not turn a forgery into a 503.
+        Err(_) | Ok(Ok(())) => stop,
+        Ok(Err(limited)) => Stop::RateLimited {
             scope: limited.scope,
             retry_after: limited.retry_after_secs(),
             // Nobody verified to tell: the answer is a plain 429.
@@ -82,6 +136,7 @@ mod tests {
     use super::*;
     use crate::path::testkit;
     use crate::platform::{Rejection, WebhookResponse};
+    use futures::executor::block_on;
 
     #[test]
     fn failed_verifications_spend_per_ip_then_get_429() {
@@ -93,11 +148,11 @@ mod tests {
         let forged = || Stop::Rejected(Rejection::BadSignature("test"));
         for _ in 0..2 {
             assert!(matches!(
-                unverified(&policies, ip, forged()),
+                block_on(unverified(&policies, None, ip, forged())),
                 Stop::Rejected(_)
             ));
         }
-        match unverified(&policies, ip, forged()) {
+        match block_on(unverified(&policies, None, ip, forged())) {
             Stop::RateLimited {
                 scope,
                 retry_after,
@@ -114,13 +169,13 @@ mod tests {
             reason: "bot_message",
         };
         assert!(matches!(
-            unverified(&policies, ip, ignored),
+            block_on(unverified(&policies, None, ip, ignored)),
             Stop::Ignored { .. }
         ));
         // Another address has its own budget.
         let other: IpAddr = "192.0.2.8".parse().expect("static");
         assert!(matches!(
-            unverified(&policies, other, forged()),
+            block_on(unverified(&policies, None, other, forged())),
             Stop::Rejected(_)
         ));
     }

@@ -11,10 +11,9 @@ use futures::StreamExt;
 use http::StatusCode;
 
 use super::answer::{self, Done};
+use super::context::Conversations;
 use super::egress;
 use super::exchange::Found;
-use crate::context::ContextStore;
-use crate::envelope;
 use crate::observe::Metrics;
 use crate::platform::{Channel, PlatformAdapter, PlatformMessage};
 use crate::policy::PolicySet;
@@ -29,7 +28,7 @@ pub struct Replier<'a> {
     /// The route's adapter.
     pub adapter: &'a Arc<dyn PlatformAdapter>,
     /// Where exchanges are recorded.
-    pub context: &'a Arc<ContextStore>,
+    pub context: &'a Conversations,
     /// Sends replies through platform APIs.
     pub writeback: &'a Writeback,
     /// For findings of deferred replies.
@@ -67,7 +66,9 @@ impl Replier<'_> {
             .iter()
             .map(|t| egress::scan_reply(self.policies, t, found))
             .collect();
-        record(self.context, &env, &msg.text, &replies, &collected.state);
+        self.context
+            .record(&env, &msg.text, &replies, &collected.state)
+            .await;
         let body = serde_json::json!({
             "envelope_id": env.id,
             "replies": replies.iter().map(|t| serde_json::json!({"text": t})).collect::<Vec<_>>(),
@@ -94,13 +95,9 @@ impl Replier<'_> {
             return (self.defer(msg, env, accepted), -1);
         };
         let text = egress::scan_reply(self.policies, &early.texts.join("\n"), found);
-        record(
-            self.context,
-            &env,
-            &msg.text,
-            std::slice::from_ref(&text),
-            &early.state,
-        );
+        self.context
+            .record(&env, &msg.text, std::slice::from_ref(&text), &early.state)
+            .await;
         let adapter = self.adapter.as_ref();
         if !text.is_empty() {
             if let Some(resp) = adapter.inline_reply(&msg, &text, SystemTime::now()) {
@@ -128,13 +125,9 @@ impl Replier<'_> {
             let mut found = Vec::new();
             let text = egress::scan_reply(&policies, &rest.texts.join("\n"), &mut found);
             egress::count(&metrics, &found);
-            record(
-                &context,
-                &env,
-                &msg.text,
-                std::slice::from_ref(&text),
-                &rest.state,
-            );
+            context
+                .record(&env, &msg.text, std::slice::from_ref(&text), &rest.state)
+                .await;
             if !text.is_empty() {
                 answer::send_reply(adapter.as_ref(), &msg, &text, &writeback);
             }
@@ -180,25 +173,4 @@ async fn read_until(accepted: &mut Accepted, by: Instant) -> Option<Collected> {
     }
     accepted.unread(early);
     None
-}
-
-/// Appends one exchange to the conversation's context: the user's text as
-/// the assistant saw it (masked) and the replies as the user saw them.
-pub fn record(
-    context: &ContextStore,
-    env: &Envelope,
-    user_text: &str,
-    replies: &[String],
-    state: &std::collections::HashMap<String, String>,
-) {
-    if let Some(conversation) = &env.conversation {
-        context.record_exchange(
-            &conversation.id,
-            user_text,
-            replies,
-            state.iter(),
-            &env.platform,
-            envelope::now_millis(),
-        );
-    }
 }

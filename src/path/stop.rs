@@ -106,6 +106,9 @@ pub enum Stop {
         /// The HTTP status: 503 for the AI cluster, 502 for a bot.
         status: StatusCode,
     },
+    /// The shared tier (Redis) failed and `shared.on_error` is `deny`: a
+    /// limit or dedupe check could not be made, so nothing was accepted.
+    SharedUnavailable,
 }
 
 /// What kind of end a stop is: decides the metric family and whether a
@@ -146,7 +149,7 @@ impl Stop {
             Stop::ConfirmExpired => "confirm_expired",
             Stop::CannotReseal => "refused",
             Stop::NoUpstream => "refused",
-            Stop::Unavailable { .. } => "unavailable",
+            Stop::Unavailable { .. } | Stop::SharedUnavailable => "unavailable",
         }
     }
 
@@ -185,6 +188,7 @@ impl Stop {
             Stop::CannotReseal => "cannot_reseal".into(),
             Stop::NoUpstream => "no_upstream".into(),
             Stop::Unavailable { .. } => "no_node_accepted".into(),
+            Stop::SharedUnavailable => "shared_state_unavailable".into(),
         }
     }
 
@@ -207,9 +211,10 @@ impl Stop {
             | Stop::ConfirmRejected
             | Stop::ConfirmExpired
             | Stop::CannotReseal => StopKind::Policy,
-            Stop::DuplicateInFlight | Stop::NoUpstream | Stop::Unavailable { .. } => {
-                StopKind::Retry
-            }
+            Stop::DuplicateInFlight
+            | Stop::NoUpstream
+            | Stop::Unavailable { .. }
+            | Stop::SharedUnavailable => StopKind::Retry,
         }
     }
 

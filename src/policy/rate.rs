@@ -180,6 +180,32 @@ pub struct RateKeys<'a> {
     pub route: &'a str,
 }
 
+/// One limit that applies to a request: its scope, the key it counts under
+/// (`global`, `route:<path>`, `tenant:<id>`, `user:<key>`, `ip:<address>`),
+/// and its budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applicable {
+    /// `global`, `per_route`, `per_tenant`, `per_user` or `per_ip`.
+    pub scope: &'static str,
+    /// What is counted, scope included.
+    pub key: String,
+    /// Requests admitted per window.
+    pub limit: u64,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Applicable {
+    fn of(scope: &Scope, key: String) -> Self {
+        Self {
+            scope: scope.name,
+            key,
+            limit: scope.limit,
+            window: scope.window,
+        }
+    }
+}
+
 /// A refusal: which scope ran out and when to come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
@@ -597,6 +623,36 @@ impl RateLimiter {
             g.record();
         }
         Ok(())
+    }
+
+    /// The limits that apply to a request with `keys`, in the order
+    /// [`RateLimiter::check`] takes them, for the shared tier (which keeps
+    /// the counters in Redis instead of in this limiter's windows).
+    pub fn applicable(&self, keys: &RateKeys<'_>) -> Vec<Applicable> {
+        let mut out = Vec::with_capacity(5);
+        if let Some(s) = &self.global {
+            out.push(Applicable::of(s, "global".into()));
+        }
+        if let Some(s) = self.per_route.get(keys.route) {
+            out.push(Applicable::of(s, format!("route:{}", keys.route)));
+        }
+        if let (Some(s), Some(tenant)) = (&self.per_tenant, keys.tenant) {
+            out.push(Applicable::of(s, format!("tenant:{tenant}")));
+        }
+        if let (Some(s), Some(user)) = (&self.per_user, keys.user) {
+            out.push(Applicable::of(s, format!("user:{user}")));
+        }
+        if let (Some(s), Some(ip)) = (&self.per_ip, keys.ip) {
+            out.push(Applicable::of(s, format!("ip:{}", ip_key(ip))));
+        }
+        out
+    }
+
+    /// The limit a request from `ip` that failed verification spends (see
+    /// [`RateLimiter::check_unverified`]), for the shared tier.
+    pub fn applicable_unverified(&self, ip: IpAddr) -> Option<Applicable> {
+        let s = self.per_ip.as_ref()?;
+        Some(Applicable::of(s, format!("ip:{}", ip_key(ip))))
     }
 
     /// Counts one request from `ip` that failed verification (a bad signature or token)

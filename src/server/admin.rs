@@ -194,17 +194,30 @@ impl AdminApp {
         }
     }
 
+    /// 200 when ready; the body says why not, and with `shared:` whether
+    /// Redis answers (`"shared":"up"|"down"`, with the live node count).
     fn readiness(&self) -> Response<Vec<u8>> {
-        let version = self.gateway.policies.current().version;
-        if self.gateway.is_ready() {
-            let body = format!(r#"{{"status":"ready","policy_version":{version}}}"#);
-            reply(StatusCode::OK, JSON, body)
-        } else {
-            let body = format!(
-                r#"{{"status":"not_ready","reason":"no healthy upstream node","policy_version":{version}}}"#
-            );
-            reply(StatusCode::SERVICE_UNAVAILABLE, JSON, body)
+        let gw = &self.gateway;
+        let mut body = serde_json::json!({
+            "status": "ready",
+            "policy_version": gw.policies.current().version,
+        });
+        if let Some(shared) = &gw.shared {
+            body["shared"] = if shared.is_up() { "up" } else { "down" }.into();
+            body["shared_on_error"] = shared.on_error().as_str().into();
+            body["shared_nodes"] = shared.nodes().into();
         }
+        if gw.is_ready() {
+            return reply(StatusCode::OK, JSON, body.to_string());
+        }
+        body["status"] = "not_ready".into();
+        body["reason"] = if gw.upstreams_ready() {
+            "shared state (Redis) unavailable and shared.on_error is deny"
+        } else {
+            "no healthy upstream node"
+        }
+        .into();
+        reply(StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string())
     }
 
     /// Lets a request to a guarded endpoint in, or says why not.

@@ -188,6 +188,9 @@ fn start_background(
     for cluster in gateway.clusters() {
         core.spawn(crate::upstream::health::run(cluster.clone()));
     }
+    if let Some(shared) = &gateway.shared {
+        core.spawn(shared.clone().run_probes());
+    }
     core.spawn(crate::policy::reload::reload_on_sighup(
         gateway.policies.clone(),
     ));

@@ -158,7 +158,7 @@ impl ProxyHttp for PublicProxy {
                     session.set_keepalive(None);
                     unread_body = true;
                 }
-                gw.refuse(ex, stop)
+                gw.refuse(ex, stop).await
             }
         };
         write_response(session, resp).await?;
