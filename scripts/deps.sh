@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing moltgate needs on a fresh Debian machine
 # with a Rust toolchain: cmake (Pingora's zlib-ng build) and, for the test
-# suite, the third-party platform clients used as independent implementations.
+# suite, the third-party platform clients used as independent implementations
+# and redis-server (the shared-state tests start their own instances on free
+# loopback ports; the package's system service is not needed).
 # Idempotent: skips what is already there.
 set -euo pipefail
 
@@ -10,6 +12,7 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 if [ "${1:-}" = "test" ]; then
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+  command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2

@@ -5,6 +5,7 @@
 
 pub mod fake_api;
 pub mod platforms;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
