@@ -398,3 +398,43 @@ async fn a_stopped_redis_costs_one_timeout_then_nothing_until_it_answers() {
     }
     assert!(shared.limit(&user).await.unwrap().is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_slides_on_redis_time_and_never_admits_more_than_the_limit() {
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis, 2, "").await;
+    // 640 ms window: 64 buckets of 10 ms.
+    let window = Duration::from_millis(640);
+    let user = [limit("per_user", "user:slide", 5, window)];
+    let mut admitted_at = Vec::new();
+    let started = Instant::now();
+    let mut i = 0;
+    // Steady pressure for 2.5 windows, bounded in count too.
+    while started.elapsed() < window * 5 / 2 && i < 20_000 {
+        if let Ok(()) = nodes[i % 2].0.limit(&user).await.unwrap() {
+            admitted_at.push(Instant::now());
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Every window of 640 ms (less 10 ms for the client's view of Redis's
+    // clock) holds at most 5 admissions; and the budget came back (the
+    // window slid): more than 5 in total.
+    for (j, t) in admitted_at.iter().enumerate() {
+        let within = admitted_at[j..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < window - Duration::from_millis(10))
+            .count();
+        assert!(within <= 5, "{within} admissions in one window");
+    }
+    assert!(admitted_at.len() >= 10, "only {} admitted in 2.5 windows", admitted_at.len());
+
+    // Huge budgets (leased or not) never refuse.
+    let huge = [
+        limit("global", "global:huge", 1_000_000_000, Duration::from_secs(60)),
+        limit("per_user", "user:huge", 1_000_000_000, Duration::from_secs(60)),
+    ];
+    for i in 0..2_000 {
+        assert!(nodes[i % 2].0.limit(&huge).await.unwrap().is_ok(), "request {i}");
+    }
+}

@@ -49,6 +49,12 @@
 #                same rustls TLS 1.3 listener, no policy, proxy to the bot) on
 #                the passthrough path: how much of the gap to nginx is Pingora
 #                and rustls themselves. Built with --features bench-floor.
+#   SHARED=1     also run a second moltgate with `shared:` (issue 12) on a
+#                redis-server of its own (loopback, no persistence), as the side
+#                "shared" of every path: same config otherwise. Its CPU includes
+#                redis-server's. The summary gives shared/moltgate throughput
+#                and the p99 that Redis adds; the run warns if any shared-tier
+#                operation failed or was skipped.
 #   PERF=1       profile moltgate with `perf record -g` over each timed run and
 #                print its top symbols (self time); profiles stay in the temp dir
 #
@@ -118,6 +124,7 @@ need nginx nginx
 need curl curl
 need openssl openssl
 need wrk wrk
+[[ ${SHARED:-0} == 1 ]] && need redis-server redis-server
 NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
 
 FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/pingora_floor}
@@ -171,6 +178,9 @@ pick_port; ASSISTANT=$PORT
 pick_port; NG_PUBLIC=$PORT
 pick_port; NG_UP=$PORT
 pick_port; FL_PUBLIC=$PORT
+pick_port; MS_PUBLIC=$PORT
+pick_port; MS_ADMIN=$PORT
+pick_port; RD_PORT=$PORT
 
 wait_port() { # wait_port PORT WHAT PID
     for _ in $(seq 150); do
@@ -291,6 +301,27 @@ for i in $(seq 100); do
     (( i == 100 )) && die "moltgate not ready (/readyz) within 20 s; see $WORK/moltgate.log (KEEP=1)"
     sleep 0.2
 done
+MS_PID= RD_PID=
+if [[ ${SHARED:-0} == 1 ]]; then
+    redis-server --port "$RD_PORT" --bind 127.0.0.1 --save '' --appendonly no --protected-mode no \
+        >"$WORK/redis.log" 2>&1 &
+    RD_PID=$!; PIDS+=("$RD_PID")
+    wait_port "$RD_PORT" "redis-server" "$RD_PID"
+    sed -e "s|127.0.0.1:$MG_PUBLIC|127.0.0.1:$MS_PUBLIC|" -e "s|127.0.0.1:$MG_ADMIN|127.0.0.1:$MS_ADMIN|" \
+        "$WORK/moltgate.yaml" >"$WORK/moltgate-shared.yaml"
+    printf 'shared:\n  redis: { url: "redis://127.0.0.1:%s/0", timeout: 50ms }\n  key_prefix: "bench:"\n  on_error: local\n' \
+        "$RD_PORT" >>"$WORK/moltgate-shared.yaml"
+    "$BIN" check -c "$WORK/moltgate-shared.yaml" >"$WORK/check-shared.out" 2>&1 \
+        || { cat "$WORK/check-shared.out" >&2; die "moltgate check failed on $WORK/moltgate-shared.yaml"; }
+    (cd "$WORK" && exec "$BIN" run -c "$WORK/moltgate-shared.yaml") >"$WORK/moltgate-shared.log" 2>&1 &
+    MS_PID=$!; PIDS+=("$MS_PID")
+    wait_port "$MS_PUBLIC" "moltgate run (shared)" "$MS_PID"
+    for i in $(seq 100); do
+        [[ $(curl -s --max-time 2 "http://127.0.0.1:$MS_ADMIN/readyz" || true) == *'"shared":"up"'* ]] && break
+        (( i == 100 )) && die "moltgate (shared) not ready with Redis up within 20 s; see $WORK/moltgate-shared.log (KEEP=1)"
+        sleep 0.2
+    done
+fi
 TOKEN=$("$BIN" token -c "$WORK/moltgate.yaml" --sub bench-user --claim roles=user --claim tenant=acme --ttl 2h)
 
 # ---------------------------------------------------------------- requests, samples
@@ -331,7 +362,7 @@ check_answer() { # check_answer PATH SIDE WHAT: dies unless $STATUS/$RESP came f
     if [[ $STATUS == 200 ]]; then
         if [[ $path == passthrough ]]; then
             want="the bot's body"; [[ $RESP == "$BOT_BODY" ]] && ok=1
-        elif [[ $side == moltgate ]]; then
+        elif [[ $side == moltgate || $side == shared ]]; then
             local text=${API_TEXT//@TAG@/$TAG}
             want="the assistant's echo: \"echo: $text\""; [[ $RESP == *"echo: $text"* ]] && ok=1
         else
@@ -414,17 +445,19 @@ cpu_ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
+# The admin port of a moltgate side.
+admin_of() { if [[ $1 == shared ]]; then echo "$MS_ADMIN"; else echo "$MG_ADMIN"; fi; }
 # moltgate's requests_total{route=ROUTE} by outcome, as "outcome=count" words.
-outcomes() {
-    curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
+outcomes() { # outcomes ROUTE [SIDE]
+    curl -s --max-time 5 "http://127.0.0.1:$(admin_of "${2:-moltgate}")/metrics" \
         | awk -v r="route=\"$1\"" '
             /^moltgate_requests_total\{/ && index($0, r) {
                 if (match($0, /outcome="[^"]*"/)) { o = substr($0, RSTART + 9, RLENGTH - 10); c[o] += $NF }
             }
             END { for (o in c) printf "%s=%d ", o, c[o] }'
 }
-dlp_findings() {
-    curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
+dlp_findings() { # dlp_findings [SIDE]
+    curl -s --max-time 5 "http://127.0.0.1:$(admin_of "${1:-moltgate}")/metrics" \
         | awk '/^moltgate_dlp_findings_total\{/ { s += $NF } END { printf "%d", s }'
 }
 # the difference AFTER - BEFORE of two outcomes() strings, without the expected outcome
@@ -456,14 +489,20 @@ groups_of() { # groups_of PATH SIDE
         translate:moltgate)   echo "gateway:$MG_PID assistant:$AS_PID |" ;;
         embedded:moltgate)    echo "gateway:$MG_PID |" ;;
         *:nginx)              echo "proxy:$NG_PID upstream:$UP_PID |" ;;
+        passthrough:shared)   echo "gateway:$MS_PID redis:$RD_PID | bot:$UP_PID" ;;
+        translate:shared)     echo "gateway:$MS_PID redis:$RD_PID assistant:$AS_PID |" ;;
+        embedded:shared)      echo "gateway:$MS_PID redis:$RD_PID |" ;;
     esac
 }
 
 declare -A R=()   # R[path:side:round:metric]
 SIDES=(nginx moltgate)
-declare -A PORT_OF=([nginx]=$NG_PUBLIC [moltgate]=$MG_PUBLIC [floor]=$FL_PUBLIC)
+declare -A PORT_OF=([nginx]=$NG_PUBLIC [moltgate]=$MG_PUBLIC [floor]=$FL_PUBLIC [shared]=$MS_PUBLIC)
 sides_of() { # sides_of PATH: the sides measured on PATH, in order
-    if [[ $1 == passthrough && -n $FL_PID ]]; then echo nginx floor moltgate; else echo "${SIDES[@]}"; fi
+    local sides="${SIDES[*]}"
+    [[ $1 == passthrough && -n $FL_PID ]] && sides="nginx floor moltgate"
+    [[ -n $MS_PID ]] && sides+=" shared"
+    echo "$sides"
 }
 declare -A EXPECTED_OUTCOME=([passthrough]=proxied [translate]=answered [embedded]=answered)
 WARNINGS=0
@@ -479,7 +518,7 @@ measure() { # measure PATH SIDE ROUND
     local groups g name counted=1 before=() after=() ob= oa= fb=0
     groups=$(groups_of "$path" "$side")
     for g in $groups; do [[ $g == '|' ]] && continue; before+=("$(cpu_ticks ${g#*:})"); done
-    [[ $side == moltgate ]] && ob=$(outcomes "${URLPATH[$path]}") && fb=$(dlp_findings)
+    [[ $side == moltgate || $side == shared ]] && ob=$(outcomes "${URLPATH[$path]}" "$side") && fb=$(dlp_findings "$side")
     local perf_pid=
     if [[ ${PERF:-0} == 1 && $side == moltgate ]]; then
         # Profile the gateway over the timed run (call graphs; report below).
@@ -534,8 +573,8 @@ measure() { # measure PATH SIDE ROUND
         WARNINGS=$(( WARNINGS + 1 ))
         say "WARNING: $path/$side round $round: $errs non-2xx or socket errors (status $((r[status_errors])), socket $((r[socket_errors])))"
     fi
-    if [[ $side == moltgate ]]; then
-        oa=$(outcomes "${URLPATH[$path]}")
+    if [[ $side == moltgate || $side == shared ]]; then
+        oa=$(outcomes "${URLPATH[$path]}" "$side")
         local d fwd other fa
         d=$(outcome_delta "$ob" "$oa" "${EXPECTED_OUTCOME[$path]}")
         fwd=${d%% *}; other=${d#* }
@@ -553,7 +592,7 @@ measure() { # measure PATH SIDE ROUND
             WARNINGS=$(( WARNINGS + 1 ))
             say "WARNING: $path/moltgate round $round: not every request reached the upstream: ${EXPECTED_OUTCOME[$path]}=$fwd, others: $other (moltgate_requests_total)"
         fi
-        fa=$(dlp_findings)
+        fa=$(dlp_findings "$side")
         if (( fa > fb )); then
             WARNINGS=$(( WARNINGS + 1 ))
             say "WARNING: $path/moltgate round $round: $(( fa - fb )) DLP findings during the run (the bodies should be clean)"
@@ -643,6 +682,40 @@ for path in "${PATH_LIST[@]}"; do
             "$path" "$(median "${fr[@]}")" "$(median "${fp[@]}")" "$(median "${fc[@]}")" "$ferr"
     fi
 done
+if [[ -n $MS_PID ]]; then
+    for path in "${PATH_LIST[@]}"; do
+        tr=() dp=() sc=() mc=() se=0
+        for ROUND in $(seq "$ROUNDS"); do
+            se=$(( se + ${R[$path:shared:$ROUND:errs]} ))
+            tr+=("$(awk -v s="${R[$path:shared:$ROUND:rps]}" -v m="${R[$path:moltgate:$ROUND:rps]}" 'BEGIN { print s / m }')")
+            dp+=("$(awk -v s="${R[$path:shared:$ROUND:p99]}" -v m="${R[$path:moltgate:$ROUND:p99]}" 'BEGIN { print s - m }')")
+            sc+=("${R[$path:shared:$ROUND:cpu]}"); mc+=("${R[$path:moltgate:$ROUND:cpu]}")
+        done
+        printf '%s shared (Redis): throughput shared/moltgate %.2f, p99 added by Redis %+.2f ms, CPU/req %.0f us (gateway + redis) vs %.0f us, non-2xx %d\n' \
+            "$path" "$(median "${tr[@]}")" "$(median "${dp[@]}")" "$(median "${sc[@]}")" "$(median "${mc[@]}")" "$se"
+    done
+    shared_ops=$(curl -s --max-time 5 "http://127.0.0.1:$MS_ADMIN/metrics" \
+        | awk '/^moltgate_shared_ops_total\{/ { if (match($0, /op="[^"]*"/)) op = substr($0, RSTART + 4, RLENGTH - 5);
+                 if (match($0, /result="[^"]*"/)) res = substr($0, RSTART + 8, RLENGTH - 9); c[op "=" res] += $NF }
+               END { for (k in c) printf "%s:%d ", k, c[k] }')
+    echo "shared-tier operations over the whole run: $shared_ops"
+    # Per operation, the histogram bucket that holds the median and the 99th
+    # percentile of moltgate_shared_seconds (the gateway's view of one round trip).
+    echo "shared-tier round trips (upper bounds of histogram buckets): $(curl -s --max-time 5 "http://127.0.0.1:$MS_ADMIN/metrics" \
+        | awk '/^moltgate_shared_seconds_bucket\{/ {
+                 match($0, /op="[^"]*"/); op = substr($0, RSTART + 4, RLENGTH - 5)
+                 match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+                 n[op]++; les[op, n[op]] = le; cnt[op, n[op]] = $NF }
+               END { for (op in n) { total = cnt[op, n[op]]; if (total == 0) continue; p50 = ""; p99 = ""
+                       for (i = 1; i <= n[op]; i++) {
+                         if (p50 == "" && cnt[op, i] >= total * 0.5) p50 = les[op, i]
+                         if (p99 == "" && cnt[op, i] >= total * 0.99) p99 = les[op, i] }
+                       printf "%s p50<=%ss p99<=%ss; ", op, p50, p99 } }')"
+    if [[ $shared_ops == *=timeout* || $shared_ops == *=error* || $shared_ops == *=skipped* ]]; then
+        WARNINGS=$(( WARNINGS + 1 ))
+        say "WARNING: shared-tier operations failed or were skipped during the run (see above): the shared side fell back to local state"
+    fi
+fi
 failures=$(curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
     | awk '/^moltgate_upstream_failures_total\{/ && $NF > 0 { sub(/^moltgate_upstream_failures_total/, ""); printf "%s%s", sep, $0; sep = ", " }')
 if [[ -n $failures ]]; then

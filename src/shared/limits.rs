@@ -11,14 +11,16 @@
 //! Two things keep round trips off the hot path, both in moka:
 //! - **Blocked until.** A refused key is refused here, without Redis, until
 //!   the time the script said it frees up. Abusive traffic costs nothing.
-//! - **Leases.** For large budgets (global, route, tenant) a node takes a
-//!   few units at once: `limit / 100 / nodes` (when that is at least 2),
-//!   spent locally within the bucket they were counted in. Units a node
-//!   holds but does not spend are never given to anyone else, so the error
-//!   is on the strict side and bounded by 1 % of the limit across all nodes.
+//! - **Leases.** For large budgets (global, route, tenant) a node takes
+//!   `limit / 100 / nodes` units at once (when that is at least 2) and
+//!   spends them locally, for at most one window; what is left then is
+//!   dropped. At any moment the units leased but not spent, on all nodes
+//!   together, are at most 1 % of the limit, and that bounds the error both
+//!   ways: a window can admit up to 1 % less (units held, not spent) or up
+//!   to 1 % more (units counted in an earlier window, spent in this one).
 //!
-//! Precision: within one bucket (1/64 of the window) of the in-memory
-//! limiter's guarantee, that no window admits more than `max_requests`.
+//! Without leases the promise is the in-memory limiter's: no window admits
+//! more than `max_requests` (time is Redis's, so node clocks do not matter).
 
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -163,11 +165,11 @@ impl Shared {
                 }))
             }
             Verdict::Admitted(grants) => {
-                for (entry, (granted, valid)) in entries.iter().zip(grants) {
+                for (entry, granted) in entries.iter().zip(grants) {
                     if let Some(lease) = &entry.lease {
                         let mut held = lock(lease);
                         held.units = granted.saturating_sub(1);
-                        held.until = Some(now + valid);
+                        held.until = Some(now + entry.limit.window);
                     }
                 }
                 Ok(Ok(()))
@@ -197,8 +199,8 @@ impl Shared {
 enum Verdict {
     /// Nothing counted; entry `index` frees up last, after `retry`.
     Refused { index: usize, retry: Duration },
-    /// Every entry counted: units granted and how long they stay valid.
-    Admitted(Vec<(u64, Duration)>),
+    /// Every entry counted: units granted to each.
+    Admitted(Vec<u64>),
 }
 
 fn parse(answer: &[i64], entries: usize) -> Result<Verdict, SharedError> {
@@ -216,10 +218,8 @@ fn parse(answer: &[i64], entries: usize) -> Result<Verdict, SharedError> {
                 retry: micros(*retry).max(Duration::from_millis(1)),
             })
         }
-        [1, rest @ ..] if rest.len() == entries * 2 => Ok(Verdict::Admitted(
-            rest.chunks(2)
-                .map(|c| (u64::try_from(c[0]).unwrap_or(0), micros(c[1])))
-                .collect(),
+        [1, rest @ ..] if rest.len() == entries => Ok(Verdict::Admitted(
+            rest.iter().map(|g| u64::try_from(*g).unwrap_or(0)).collect(),
         )),
         _ => Err(bad),
     }
@@ -260,15 +260,12 @@ mod tests {
             }
         );
         assert_eq!(
-            parse(&[1, 1, 10, 5, 20], 2).unwrap(),
-            Verdict::Admitted(vec![
-                (1, Duration::from_micros(10)),
-                (5, Duration::from_micros(20))
-            ])
+            parse(&[1, 1, 5], 2).unwrap(),
+            Verdict::Admitted(vec![1, 5])
         );
         assert!(parse(&[0, 3, 1], 2).is_err());
         assert!(parse(&[0, 0, 1], 2).is_err());
-        assert!(parse(&[1, 1, 10], 2).is_err());
+        assert!(parse(&[1, 1], 2).is_err());
         assert!(parse(&[], 1).is_err());
     }
 
