@@ -150,42 +150,75 @@ async fn a_claim_is_seen_by_every_node_and_settles_once() {
     let nodes = nodes(&redis, 2, "claim_ttl: 300ms\n").await;
     let (a, b) = (&nodes[0].0, &nodes[1].0);
     let day = Duration::from_secs(86_400);
+    async fn take(
+        node: &Shared,
+        route: &str,
+        id: &str,
+    ) -> (Seen, moltgate::shared::claims::RemoteClaim) {
+        let claim = node.new_claim(route, id);
+        (node.claim(&claim).await.unwrap(), claim)
+    }
 
-    let (seen, claim) = a.claim("/tg", "update-1").await.unwrap();
+    let (seen, claim) = take(a, "/tg", "update-1").await;
     assert_eq!(seen, Seen::New);
-    let claim = claim.unwrap();
-    assert_eq!(b.claim("/tg", "update-1").await.unwrap().0, Seen::InFlight);
+    // Sent twice (a retry after a dropped connection): still ours.
+    assert_eq!(a.claim(&claim).await.unwrap(), Seen::New);
+    assert_eq!(take(b, "/tg", "update-1").await.0, Seen::InFlight);
     a.commit(&claim, day).await.unwrap();
-    assert_eq!(b.claim("/tg", "update-1").await.unwrap().0, Seen::Done);
+    assert_eq!(take(b, "/tg", "update-1").await.0, Seen::Done);
     // Another route's id space is its own.
-    assert_eq!(b.claim("/other", "update-1").await.unwrap().0, Seen::New);
+    assert_eq!(take(b, "/other", "update-1").await.0, Seen::New);
 
     // Released: the redelivery is processed on any node.
-    let (_, claim) = a.claim("/tg", "update-2").await.unwrap();
-    a.release(&claim.unwrap()).await.unwrap();
-    let (seen, b_claim) = b.claim("/tg", "update-2").await.unwrap();
+    let (_, claim) = take(a, "/tg", "update-2").await;
+    a.release(&claim).await.unwrap();
+    let (seen, b_claim) = take(b, "/tg", "update-2").await;
     assert_eq!(seen, Seen::New);
     // A's stale release cannot drop B's claim (compare-and-delete).
-    let (_, stale) = a.claim("/tg", "update-3").await.unwrap();
-    a.release(&stale.clone().unwrap()).await.unwrap();
-    let (_, b3) = b.claim("/tg", "update-3").await.unwrap();
-    a.release(&stale.unwrap()).await.unwrap();
-    assert_eq!(a.claim("/tg", "update-3").await.unwrap().0, Seen::InFlight);
-    b.commit(&b3.unwrap(), day).await.unwrap();
-    b.commit(&b_claim.unwrap(), day).await.unwrap();
+    let (_, stale) = take(a, "/tg", "update-3").await;
+    a.release(&stale).await.unwrap();
+    let (_, b3) = take(b, "/tg", "update-3").await;
+    a.release(&stale).await.unwrap();
+    assert_eq!(take(a, "/tg", "update-3").await.0, Seen::InFlight);
+    b.commit(&b3, day).await.unwrap();
+    b.commit(&b_claim, day).await.unwrap();
 
     // A node that dies holding a claim blocks redeliveries until claim_ttl.
-    let (_, _abandoned) = a.claim("/tg", "update-4").await.unwrap();
-    assert_eq!(b.claim("/tg", "update-4").await.unwrap().0, Seen::InFlight);
+    let (_, _abandoned) = take(a, "/tg", "update-4").await;
+    assert_eq!(take(b, "/tg", "update-4").await.0, Seen::InFlight);
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (seen, _) = b.claim("/tg", "update-4").await.unwrap();
-        if seen == Seen::New {
-            break;
-        }
+    while take(b, "/tg", "update-4").await.0 != Seen::New {
         assert!(Instant::now() < deadline, "the claim never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_lands_after_its_timeout_is_released_once_redis_answers() {
+    let mut redis = RedisServer::start();
+    let nodes = nodes(&redis, 2, "").await;
+    let (a, b) = (&nodes[0].0, &nodes[1].0);
+    redis.pause();
+    let claim = a.new_claim("/tg", "update-9");
+    assert!(matches!(
+        a.claim(&claim).await,
+        Err(SharedError::Timeout(_))
+    ));
+    // The caller gives up (on_error) and releases; Redis is still stopped.
+    assert!(a.release(&claim).await.is_err());
+    redis.resume();
+    // The queued SET NX runs now; the release waits for a probe.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.probe().await.is_err() {
+        assert!(Instant::now() < deadline, "redis never answered again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retry = b.new_claim("/tg", "update-9");
+    assert_eq!(
+        b.claim(&retry).await.unwrap(),
+        Seen::New,
+        "the stray claim was released"
+    );
 }
 
 fn envelope(conversation: &str, id: &str, text: &str) -> Envelope {
@@ -354,7 +387,7 @@ async fn a_stopped_redis_costs_one_timeout_then_nothing_until_it_answers() {
     let started = Instant::now();
     assert!(matches!(shared.limit(&user).await, Err(SharedError::Open)));
     assert!(matches!(
-        shared.claim("/r", "m").await,
+        shared.claim(&shared.new_claim("/r", "m")).await,
         Err(SharedError::Open)
     ));
     assert!(
@@ -427,14 +460,31 @@ async fn the_window_slides_on_redis_time_and_never_admits_more_than_the_limit() 
             .count();
         assert!(within <= 5, "{within} admissions in one window");
     }
-    assert!(admitted_at.len() >= 10, "only {} admitted in 2.5 windows", admitted_at.len());
+    assert!(
+        admitted_at.len() >= 10,
+        "only {} admitted in 2.5 windows",
+        admitted_at.len()
+    );
 
     // Huge budgets (leased or not) never refuse.
     let huge = [
-        limit("global", "global:huge", 1_000_000_000, Duration::from_secs(60)),
-        limit("per_user", "user:huge", 1_000_000_000, Duration::from_secs(60)),
+        limit(
+            "global",
+            "global:huge",
+            1_000_000_000,
+            Duration::from_secs(60),
+        ),
+        limit(
+            "per_user",
+            "user:huge",
+            1_000_000_000,
+            Duration::from_secs(60),
+        ),
     ];
     for i in 0..2_000 {
-        assert!(nodes[i % 2].0.limit(&huge).await.unwrap().is_ok(), "request {i}");
+        assert!(
+            nodes[i % 2].0.limit(&huge).await.unwrap().is_ok(),
+            "request {i}"
+        );
     }
 }

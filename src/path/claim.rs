@@ -98,28 +98,37 @@ pub async fn claim(
             remote: None,
         }));
     };
-    match shared.claim(route_path, &msg.message_id).await {
-        Ok((Seen::New, claim)) => Ok(Some(Claimed {
+    let remote = shared.new_claim(route_path, &msg.message_id);
+    // Kept even when the claim fails: it may land later (see
+    // `crate::shared::claims`), so it is settled like one that succeeded.
+    let held = || {
+        Some(Remote {
+            shared: shared.clone(),
+            claim: remote.clone(),
+            done_ttl,
+        })
+    };
+    match shared.claim(&remote).await {
+        Ok(Seen::New) => Ok(Some(Claimed {
             local,
-            remote: claim.map(|claim| Remote {
-                shared: shared.clone(),
-                claim,
-                done_ttl,
-            }),
+            remote: held(),
         })),
-        Ok((Seen::Done, _)) => {
+        Ok(Seen::Done) => {
             // Settled on another node: remember it here too.
             if let Some(local) = local {
                 local.commit();
             }
             Err(Stop::Duplicate)
         }
-        Ok((Seen::InFlight, _)) => Err(Stop::DuplicateInFlight),
-        Err(_) if shared.on_error() == OnError::Deny => Err(Stop::SharedUnavailable),
-        // allow and local: this node's claim alone.
+        Ok(Seen::InFlight) => Err(Stop::DuplicateInFlight),
+        Err(_) if shared.on_error() == OnError::Deny => {
+            let _ = shared.release(&remote).await;
+            Err(Stop::SharedUnavailable)
+        }
+        // allow and local: this node's claim decides.
         Err(_) => Ok(Some(Claimed {
             local,
-            remote: None,
+            remote: held(),
         })),
     }
 }

@@ -107,6 +107,7 @@ impl Shared {
         let key = self.key("confirm", &key_text(who));
         let keep = millis(ttl.saturating_add(confirm::grace(ttl)));
         let ttl = millis(ttl);
+        let (key, record) = (&key, &record);
         let replaced: Option<String> = self
             .call("confirm_hold", |mut conn| async move {
                 HOLD.key(key)
@@ -128,6 +129,7 @@ impl Shared {
     pub async fn respond(&self, who: &str, text: &str) -> Result<ConfirmOutcome, SharedError> {
         let key = self.key("confirm", &key_text(who));
         let answer = digest(who, text);
+        let (key, answer) = (&key, &answer);
         let reply: Vec<String> = self
             .call("confirm_respond", |mut conn| async move {
                 RESPOND.key(key).arg(answer).invoke_async(&mut conn).await

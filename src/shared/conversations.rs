@@ -65,6 +65,7 @@ impl Shared {
     /// The context to attach to the next message of `conversation`.
     pub async fn snapshot(&self, conversation: &str) -> Result<Context, SharedError> {
         let [turns, state, _] = self.conversation_keys(conversation);
+        let (turns, state) = (&turns, &state);
         let (raw_turns, state): (Vec<String>, HashMap<String, String>) = self
             .call("context_read", |mut conn| async move {
                 redis::pipe()
@@ -136,6 +137,7 @@ impl Shared {
             .arg(turns.len())
             .arg(turns)
             .arg(updates);
+        let invocation = &invocation;
         let over: u64 = self
             .call("context_write", |mut conn| async move {
                 invocation.invoke_async(&mut conn).await

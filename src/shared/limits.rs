@@ -187,6 +187,7 @@ impl Shared {
                 .arg(width_us(e.limit.window))
                 .arg(e.want);
         }
+        let invocation = &invocation;
         self.call("rate", |mut conn| async move {
             invocation.invoke_async::<Vec<i64>>(&mut conn).await
         })
@@ -219,7 +220,9 @@ fn parse(answer: &[i64], entries: usize) -> Result<Verdict, SharedError> {
             })
         }
         [1, rest @ ..] if rest.len() == entries => Ok(Verdict::Admitted(
-            rest.iter().map(|g| u64::try_from(*g).unwrap_or(0)).collect(),
+            rest.iter()
+                .map(|g| u64::try_from(*g).unwrap_or(0))
+                .collect(),
         )),
         _ => Err(bad),
     }
@@ -259,10 +262,7 @@ mod tests {
                 retry: Duration::from_millis(1500)
             }
         );
-        assert_eq!(
-            parse(&[1, 1, 5], 2).unwrap(),
-            Verdict::Admitted(vec![1, 5])
-        );
+        assert_eq!(parse(&[1, 1, 5], 2).unwrap(), Verdict::Admitted(vec![1, 5]));
         assert!(parse(&[0, 3, 1], 2).is_err());
         assert!(parse(&[0, 0, 1], 2).is_err());
         assert!(parse(&[1, 1], 2).is_err());

@@ -86,6 +86,7 @@ pub struct Shared {
     nodes: AtomicU32,
     url: String,
     local_limits: limits::LocalLevel,
+    deferred: claims::Deferred,
 }
 
 impl std::fmt::Debug for Shared {
@@ -134,6 +135,7 @@ impl Shared {
             nodes: AtomicU32::new(0),
             url,
             local_limits: limits::LocalLevel::default(),
+            deferred: claims::Deferred::default(),
         })
     }
 
@@ -173,10 +175,12 @@ impl Shared {
     }
 
     /// Runs one command (or script, or pipeline) as operation `op`: skipped
-    /// while the breaker is open, bounded by the timeout, counted.
+    /// while the breaker is open, bounded by the timeout, counted. A
+    /// connection found dead (Redis restarted since the last command) is
+    /// replaced and the work sent once more, within the same timeout.
     pub async fn call<T, F, Fut>(&self, op: &'static str, work: F) -> Result<T, SharedError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.breaker.allows() {
@@ -184,7 +188,13 @@ impl Shared {
             return Err(SharedError::Open);
         }
         let started = Instant::now();
-        let result = self.bounded(work(self.conn.clone())).await;
+        let deadline = started + self.timeout;
+        let result = match self.bounded(deadline, work(self.conn.clone())).await {
+            Err(SharedError::Redis(e)) if e.is_connection_dropped() || e.is_io_error() => {
+                self.bounded(deadline, work(self.conn.clone())).await
+            }
+            other => other,
+        };
         let label = match &result {
             Ok(_) => "ok",
             Err(SharedError::Timeout(_)) => "timeout",
@@ -201,9 +211,10 @@ impl Shared {
     /// the same value, may fire first: both are a timeout).
     async fn bounded<T>(
         &self,
+        deadline: Instant,
         work: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SharedError> {
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if e.is_timeout() => Err(SharedError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(SharedError::Redis(e)),
@@ -247,7 +258,7 @@ impl Shared {
         let started = Instant::now();
         let mut conn = self.conn.clone();
         let result = self
-            .bounded(async move {
+            .bounded(started + self.timeout, async move {
                 HEARTBEAT
                     .key(key)
                     .arg(node)
@@ -265,6 +276,7 @@ impl Shared {
                     tracing::info!(url = %self.url, nodes = n, "shared state available again");
                 }
                 self.metrics.shared_up.set(1);
+                self.settle_deferred().await;
             }
             Err(e) => self.failed("probe", e),
         }
