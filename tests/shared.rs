@@ -307,42 +307,9 @@ fn start_nodes(setups: Vec<Setup>) -> Vec<Node> {
     })
 }
 
-/// Starts a node whose public port is really its own. `Setup::start`
-/// takes a port that accepts connections as a started gateway, but when
-/// another process (a gateway of a concurrent test, a redis-server) got the
-/// same free port first, the new gateway keeps retrying the bind (Pingora
-/// retries for 30 s) while the other process accepts; then every request
-/// fails the TLS handshake. So: a handshake that trusts only this node's own
-/// dev CA, else start again on new ports.
+/// Starts a node (`Setup::start` checks that the public port is its own).
 fn start_node(setup: &Setup) -> Node {
-    for attempt in 1..=3 {
-        let gw = setup.start();
-        if serves_own_port(&gw) {
-            return Node::new(gw);
-        }
-        eprintln!(
-            "start attempt {attempt}: port {} is another process's; starting again",
-            gw.public
-        );
-    }
-    panic!("no node serving its own public port in 3 attempts");
-}
-
-fn serves_own_port(gw: &Gateway) -> bool {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", gw.public)).await else {
-            return false;
-        };
-        let handshake = common::tls_over(gw, tcp);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), handshake).await,
-            Ok(Ok(_))
-        )
-    })
+    Node::new(setup.start())
 }
 
 /// A private-chat Telegram update from user `from`.

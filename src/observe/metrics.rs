@@ -65,19 +65,17 @@ impl Metrics {
         let r = Registry::new();
         let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut, shared_ops] =
             COUNTERS.map(|(name, help, labels)| counter(&r, name, help, labels));
-        let message_latency = register(
+        let [context_entries, connections_open, shared_up] =
+            GAUGES.map(|(name, help)| gauge(&r, name, help));
+        let message_latency = histogram(
             &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "moltgate_message_latency_seconds",
-                    "Time from request to answer for handled messages.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0,
-                ]),
-                &["platform"],
-            ),
+            "message_latency_seconds",
+            "Time from request to answer for handled messages.",
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ],
+            &["platform"],
         );
         let accept_latency = register(
             &r,
@@ -101,40 +99,14 @@ impl Metrics {
                 &["upstream", "node"],
             ),
         );
-        let context_entries = register(
+        let shared_seconds = histogram(
             &r,
-            IntGauge::new(
-                "moltgate_context_entries",
-                "Conversations held in the context cache.",
-            ),
-        );
-        let connections_open = register(
-            &r,
-            IntGauge::new(
-                "moltgate_connections_open",
-                "Connections open on the public listener.",
-            ),
-        );
-        let shared_up = register(
-            &r,
-            IntGauge::new(
-                "moltgate_shared_up",
-                "1 while the shared tier (Redis) answers, 0 while it is skipped.",
-            ),
-        );
-        let shared_seconds = register(
-            &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "moltgate_shared_seconds",
-                    "Time a shared-tier (Redis) operation took.",
-                )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5,
-                ]),
-                &["op"],
-            ),
+            "shared_seconds",
+            "Time a shared-tier (Redis) operation took.",
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+            ],
+            &["op"],
         );
         Self {
             registry: r,
@@ -265,6 +237,45 @@ where
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| unreachable!("registering a metric twice: {e}"));
     metric
+}
+
+/// Every plain gauge: name (after `moltgate_`) and help, in the order
+/// `Metrics::new` destructures them.
+const GAUGES: [(&str, &str); 3] = [
+    (
+        "context_entries",
+        "Conversations held in the context cache.",
+    ),
+    (
+        "connections_open",
+        "Connections open on the public listener.",
+    ),
+    (
+        "shared_up",
+        "1 while the shared tier (Redis) answers, 0 while it is skipped.",
+    ),
+];
+
+/// A `moltgate_<name>` gauge.
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(format!("moltgate_{name}"), help))
+}
+
+/// A `moltgate_<name>` histogram with `buckets` and `labels`.
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    register(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(format!("moltgate_{name}"), help).buckets(buckets.to_vec()),
+            labels,
+        ),
+    )
 }
 
 /// A `moltgate_<name>` counter with `labels`.

@@ -142,14 +142,37 @@ impl Gateway {
                 }
             }
             let admin_up = admin_get(self.admin, "/healthz").map(|(s, _)| s) == Some(200);
-            if admin_up && std::net::TcpStream::connect(("127.0.0.1", self.public)).is_ok() {
-                return true;
+            // `None`: the public port does not listen yet.
+            if let Some(own) = admin_up.then(|| self.serves_own_port()).flatten() {
+                return own;
             }
             if Instant::now() > deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the public port completes a TLS handshake that trusts only
+    /// this gateway's own dev CA: `None` while nothing listens. A port picked
+    /// free can be taken by another process first; the gateway then retries
+    /// its bind (Pingora does, for 30 s) while the other process accepts, and
+    /// a plain connect would take that process for this gateway.
+    fn serves_own_port(&self) -> Option<bool> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.public))
+                .await
+                .ok()?;
+            let handshake = tls_over(self, tcp);
+            Some(matches!(
+                tokio::time::timeout(Duration::from_secs(5), handshake).await,
+                Ok(Ok(_))
+            ))
+        })
     }
 
     /// Polls an admin path until it answers `status` (bounded: 15 s).
