@@ -139,3 +139,51 @@ fn bad_values_are_errors() {
         .unwrap_err();
     assert!(e.message.contains("did you mean 'signing_secret'"), "{e}");
 }
+
+#[test]
+fn shared_block_is_checked_with_positions() {
+    let with = |shared: &str| parse(&format!("{MIN}shared:\n{shared}"));
+    let ok = with("  redis: { url: \"redis://127.0.0.1:6379/0\" }\n").unwrap();
+    let s = ok.shared.unwrap();
+    assert_eq!(s.redis.timeout.0, Duration::from_millis(50));
+    assert_eq!(s.on_error, OnError::Local);
+    assert_eq!(s.key_prefix.0, "moltgate:");
+    assert_eq!(s.claim_ttl.0, Duration::from_secs(60));
+    for url in ["unix:///run/redis.sock", "rediss://cache.internal:6380/1"] {
+        assert!(
+            with(&format!("  redis: {{ url: \"{url}\" }}\n")).is_ok(),
+            "{url}"
+        );
+    }
+
+    let e = with("  redis: { url: \"http://:hunter2@cache:6379\", timeout: 0s }\n").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("shared.redis.url 'http://***@cache:6379' is not a Redis URL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shared.redis.timeout must be above zero"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+
+    let e = with("  redis: { url: \"redis://r:6379\" }\n  on_error: ignore\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unknown value 'ignore'; expected one of: allow, deny, local"),
+        "{e}"
+    );
+
+    // A claim must outlive every platform route's upstream call.
+    let text = format!(
+        "{MIN}upstreams:\n  bot: {{ kind: http, nodes: [\"127.0.0.1:3000\"], timeout: 30s }}\nroutes:\n  - {{ path: /tg, platform: telegram, mode: passthrough, upstream: bot, secrets: {{ secret_token: abcdefghijklmnop }} }}\nshared:\n  redis: {{ url: \"redis://r:6379\" }}\n  claim_ttl: 10s\n"
+    );
+    let e = parse(&text).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("shared.claim_ttl (10s) must be longer than upstream 'bot' timeout (30s)"),
+        "{e}"
+    );
+    assert_eq!(e.line, Some(10), "{e}");
+}

@@ -123,6 +123,12 @@ impl Shared {
             .set_number_of_retries(2);
         let conn = ConnectionManager::new_lazy_with_config(client, manager).map_err(fail)?;
         metrics.shared_up.set(1);
+        tracing::info!(
+            url = %url,
+            timeout_ms = timeout.as_millis() as u64,
+            on_error = cfg.on_error.as_str(),
+            "state shared with other nodes through Redis"
+        );
         Ok(Self {
             conn,
             prefix: cfg.key_prefix.0.clone(),
