@@ -6,6 +6,9 @@
 //! and reasons are fixed strings, and policy rule ids come from policy files.
 //! No label ever carries request content.
 
+use std::sync::Arc;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -51,6 +54,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections cut for missing a deadline (TLS handshake, request header), by phase.
     pub connections_cut: IntCounterVec,
+    /// Every metric family name registered (for dashboards' and alerts' tests).
+    names: Arc<Vec<String>>,
     /// 1 while the shared tier (Redis) answers; 0 while its breaker is open.
     pub shared_up: IntGauge,
     /// Shared-tier operations by operation and result (ok, error, timeout, skipped).
@@ -62,11 +67,16 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let r = Registry::new();
+        let r = Registrar {
+            registry: Registry::new(),
+            names: Default::default(),
+        };
         let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut, shared_ops] =
             COUNTERS.map(|(name, help, labels)| counter(&r, name, help, labels));
-        let [context_entries, connections_open, shared_up] =
+        let [context_entries, connections_open, shared_up, cpu_cores] =
             GAUGES.map(|(name, help)| gauge(&r, name, help));
+        cpu_cores.set(available_cpus());
+        register_process_metrics(&r);
         let message_latency = histogram(
             &r,
             "message_latency_seconds",
@@ -109,7 +119,8 @@ impl Metrics {
             &["op"],
         );
         Self {
-            registry: r,
+            registry: r.registry,
+            names: Arc::new(r.names.into_inner()),
             requests,
             message_latency,
             rejections,
@@ -132,6 +143,12 @@ impl Metrics {
             shared_ops,
             shared_seconds,
         }
+    }
+
+    /// The name of every metric family this gateway exports, whether or not
+    /// it has a value yet (`moltgate_requests_total`, `process_cpu_seconds_total`, …).
+    pub fn names(&self) -> Vec<String> {
+        self.names.as_ref().clone()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -228,20 +245,32 @@ const COUNTERS: [CounterDef; 14] = [
 
 /// Registers a metric whose definition is static: an error is a bug in this
 /// file, caught by the first test that builds `Metrics`.
-fn register<C>(registry: &Registry, metric: prometheus::Result<C>) -> C
+fn register<C>(registry: &Registrar, metric: prometheus::Result<C>) -> C
 where
     C: prometheus::core::Collector + Clone + 'static,
 {
     let metric = metric.unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
     registry
+        .names
+        .borrow_mut()
+        .extend(metric.desc().iter().map(|d| d.fq_name.clone()));
+    registry
+        .registry
         .register(Box::new(metric.clone()))
         .unwrap_or_else(|e| unreachable!("registering a metric twice: {e}"));
     metric
 }
 
+/// The registry being filled, and the names registered in it (a registry
+/// only lists families that have a value, so it cannot tell them itself).
+struct Registrar {
+    registry: Registry,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
 /// Every plain gauge: name (after `moltgate_`) and help, in the order
 /// `Metrics::new` destructures them.
-const GAUGES: [(&str, &str); 3] = [
+const GAUGES: [(&str, &str); 4] = [
     (
         "context_entries",
         "Conversations held in the context cache.",
@@ -254,16 +283,38 @@ const GAUGES: [(&str, &str); 3] = [
         "shared_up",
         "1 while the shared tier (Redis) answers, 0 while it is skipped.",
     ),
+    (
+        "cpu_cores",
+        "CPUs this process may use (cgroup quota aware): divides process_cpu_seconds_total into a utilisation.",
+    ),
 ];
 
+/// CPUs the process may use: the standard library reads the cgroup quota
+/// and the affinity mask, so a container limited to 1.5 CPUs reports 1.
+fn available_cpus() -> i64 {
+    std::thread::available_parallelism().map_or(1, |n| i64::try_from(n.get()).unwrap_or(i64::MAX))
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds` … (the prometheus crate's process collector, Linux).
+fn register_process_metrics(r: &Registrar) {
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    r.names
+        .borrow_mut()
+        .extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+    if let Err(e) = r.registry.register(Box::new(collector)) {
+        tracing::warn!(error = %e, "process metrics unavailable");
+    }
+}
+
 /// A `moltgate_<name>` gauge.
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(registry: &Registrar, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(format!("moltgate_{name}"), help))
 }
 
 /// A `moltgate_<name>` histogram with `buckets` and `labels`.
 fn histogram(
-    registry: &Registry,
+    registry: &Registrar,
     name: &str,
     help: &str,
     buckets: &[f64],
@@ -279,7 +330,7 @@ fn histogram(
 }
 
 /// A `moltgate_<name>` counter with `labels`.
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+fn counter(registry: &Registrar, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(
         registry,
         IntCounterVec::new(Opts::new(format!("moltgate_{name}"), help), labels),
@@ -309,7 +360,34 @@ mod tests {
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
         {
-            assert!(line.starts_with("moltgate_"), "{line}");
+            assert!(
+                line.starts_with("moltgate_") || line.starts_with("process_"),
+                "{line}"
+            );
         }
+    }
+
+    #[test]
+    fn names_cover_families_without_values_and_the_process() {
+        let m = Metrics::new();
+        let names = m.names();
+        for name in [
+            "moltgate_requests_total",
+            "moltgate_shared_ops_total",
+            "moltgate_shared_seconds",
+            "moltgate_cpu_cores",
+            "process_cpu_seconds_total",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
+        }
+        // A counter with no value yet is not in the exposition, but is named.
+        assert!(!m.render().contains("moltgate_shared_ops_total"));
+        let text = m.render();
+        let cores = text
+            .lines()
+            .find_map(|l| l.strip_prefix("moltgate_cpu_cores "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(cores.is_some_and(|c| c >= 1.0), "{text}");
+        assert!(text.contains("process_cpu_seconds_total"), "{text}");
     }
 }
