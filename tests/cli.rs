@@ -584,3 +584,74 @@ fn check_flags_globs_that_match_no_route() {
     assert!(ok && err.is_empty(), "{err}");
     assert!(!out.contains("warning"), "{out}");
 }
+
+/// `check` and `run` on a config whose certificate and key do not go
+/// together: (check's success and stderr, run's exit status and stderr).
+fn check_and_run_with_tls(edit: impl Fn(&Path, &str) -> String) -> (bool, String, Option<i32>, String) {
+    let (dir, _, _, config) = Setup::default().write();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, edit(dir.path(), &text)).unwrap();
+    let check = run(&["check", "-c", config.to_str().unwrap()], None, None);
+    // `run` must refuse to start, not serve: bounded wait for its exit.
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (
+        check.status.success(),
+        String::from_utf8_lossy(&check.stderr).into_owned(),
+        status,
+        err,
+    )
+}
+
+/// A typo in the certificate path with `dev_autogenerate: true` used to
+/// write a new certificate beside the old key; the listener thread then
+/// died while /healthz said 200. Now both commands refuse, by name.
+#[test]
+fn a_certificate_path_typo_never_pairs_a_new_certificate_with_the_old_key() {
+    let (checked, check_err, status, run_err) = check_and_run_with_tls(|_, text| {
+        text.replace(
+            "tls: { cert: certs/server.crt, key: certs/server.key }",
+            "tls: { cert: certs/sever.crt, key: certs/server.key, dev_autogenerate: true }",
+        )
+    });
+    assert!(!checked);
+    assert!(check_err.contains("sever.crt not found"), "{check_err}");
+    assert!(status.is_some_and(|c| c != 0), "run must exit non-zero: {status:?}\n{run_err}");
+    assert!(
+        run_err.contains("refusing to pair a new certificate or key with an old one"),
+        "{run_err}"
+    );
+}
+
+#[test]
+fn a_key_of_another_certificate_is_refused_by_check_and_run() {
+    let other = tempfile::tempdir().unwrap();
+    assert!(run(&["certs", "dev", other.path().to_str().unwrap()], None, None)
+        .status
+        .success());
+    let other_key = other.path().join("server.key");
+    let (checked, check_err, status, run_err) = check_and_run_with_tls(|_, text| {
+        text.replace("key: certs/server.key", &format!("key: {}", other_key.display()))
+    });
+    assert!(!checked);
+    assert!(check_err.contains("does not belong to the certificate"), "{check_err}");
+    assert!(status.is_some_and(|c| c != 0), "{status:?}\n{run_err}");
+    assert!(run_err.contains("does not belong to the certificate"), "{run_err}");
+}

@@ -152,30 +152,34 @@ fn tls_settings(
     Ok(tls)
 }
 
-/// The public listener's certificate and key, created for development when
-/// the config asks for it and they are missing.
+/// The public listener's certificate and key: created (or renewed) for
+/// development when the config asks for it, and checked to load and match,
+/// so a bad pair stops the start here instead of killing the listener
+/// thread after "listening" was logged.
 fn certificates(config: &Config) -> Result<(PathBuf, PathBuf), StartError> {
     let cert = config.resolve(&config.listen.public.tls.cert);
     let key = config.resolve(&config.listen.public.tls.key);
-    if config.listen.public.tls.dev_autogenerate && (!cert.exists() || !key.exists()) {
-        let dir = cert.parent().map(Path::to_path_buf).unwrap_or_default();
-        let made =
-            crate::tls::create_dev_certs(&dir).map_err(|e| StartError::Listener(e.to_string()))?;
-        tracing::warn!(
-            dir = %dir.display(),
-            ca = %made.ca_cert.display(),
-            "created DEVELOPMENT certificates (self-signed CA): for local use only, never in production"
-        );
+    let located = |msg: String| StartError::Listener(format!("{}: {msg}", config.source.display()));
+    if config.listen.public.tls.dev_autogenerate {
+        let action =
+            crate::tls::ensure_dev_certs(&cert, &key).map_err(|e| located(e.to_string()))?;
+        if action != crate::tls::DevCertAction::Kept {
+            tracing::warn!(
+                cert = %cert.display(),
+                ?action,
+                "DEVELOPMENT certificates (self-signed CA, 90 days): for local use only, never in production"
+            );
+        }
     }
     for (what, p) in [("certificate", &cert), ("key", &key)] {
         if !p.is_file() {
-            return Err(StartError::Listener(format!(
-                "{}: TLS {what} file {} not found (run `moltgate certs dev` for development certificates)",
-                config.source.display(),
+            return Err(located(format!(
+                "TLS {what} file {} not found (run `moltgate certs dev` for development certificates)",
                 p.display()
             )));
         }
     }
+    crate::tls::check_pair(&cert, &key).map_err(|e| located(e.to_string()))?;
     Ok((cert, key))
 }
 
