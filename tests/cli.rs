@@ -587,7 +587,9 @@ fn check_flags_globs_that_match_no_route() {
 
 /// `check` and `run` on a config whose certificate and key do not go
 /// together: (check's success and stderr, run's exit status and stderr).
-fn check_and_run_with_tls(edit: impl Fn(&Path, &str) -> String) -> (bool, String, Option<i32>, String) {
+fn check_and_run_with_tls(
+    edit: impl Fn(&Path, &str) -> String,
+) -> (bool, String, Option<i32>, String) {
     let (dir, _, _, config) = Setup::default().write();
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, edit(dir.path(), &text)).unwrap();
@@ -633,7 +635,10 @@ fn a_certificate_path_typo_never_pairs_a_new_certificate_with_the_old_key() {
     });
     assert!(!checked);
     assert!(check_err.contains("sever.crt not found"), "{check_err}");
-    assert!(status.is_some_and(|c| c != 0), "run must exit non-zero: {status:?}\n{run_err}");
+    assert!(
+        status.is_some_and(|c| c != 0),
+        "run must exit non-zero: {status:?}\n{run_err}"
+    );
     assert!(
         run_err.contains("refusing to pair a new certificate or key with an old one"),
         "{run_err}"
@@ -643,15 +648,28 @@ fn a_certificate_path_typo_never_pairs_a_new_certificate_with_the_old_key() {
 #[test]
 fn a_key_of_another_certificate_is_refused_by_check_and_run() {
     let other = tempfile::tempdir().unwrap();
-    assert!(run(&["certs", "dev", other.path().to_str().unwrap()], None, None)
-        .status
-        .success());
+    assert!(run(
+        &["certs", "dev", other.path().to_str().unwrap()],
+        None,
+        None
+    )
+    .status
+    .success());
     let other_key = other.path().join("server.key");
     let (checked, check_err, status, run_err) = check_and_run_with_tls(|_, text| {
-        text.replace("key: certs/server.key", &format!("key: {}", other_key.display()))
+        text.replace(
+            "key: certs/server.key",
+            &format!("key: {}", other_key.display()),
+        )
     });
     assert!(!checked);
-    assert!(check_err.contains("does not belong to the certificate"), "{check_err}");
+    assert!(
+        check_err.contains("does not belong to the certificate"),
+        "{check_err}"
+    );
     assert!(status.is_some_and(|c| c != 0), "{status:?}\n{run_err}");
-    assert!(run_err.contains("does not belong to the certificate"), "{run_err}");
+    assert!(
+        run_err.contains("does not belong to the certificate"),
+        "{run_err}"
+    );
 }
