@@ -23,6 +23,29 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   }
 fi
 
+# The validators of deploy/ (tests/deploy.rs): promtool (Debian's prometheus,
+# without its recommended exporters; its service is not started or needed) and
+# systemd-analyze. hadolint, kubernetes-validate and check-jsonschema come from
+# tests/requirements.txt below.
+if [ "${1:-}" = "test" ]; then
+  need_deploy=()
+  command -v promtool >/dev/null 2>&1 || need_deploy+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || need_deploy+=(systemd)
+  if [ ${#need_deploy[@]} -gt 0 ]; then
+    echo "installing: ${need_deploy[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "${need_deploy[@]}" >/dev/null 2>&1 || {
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq --no-install-recommends "${need_deploy[@]}" >/dev/null
+    }
+    # Only promtool is wanted: where systemd runs, do not leave a Prometheus
+    # server started by the package on port 9090.
+    if [ -d /run/systemd/system ] && [[ " ${need_deploy[*]} " == *" prometheus "* ]]; then
+      systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+  fi
+fi
+
 if [ "${1:-}" = "test" ] && [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then
   python3 -m pip install -q --disable-pip-version-check -r "$(dirname "$0")/../tests/requirements.txt"
 fi
