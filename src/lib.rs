@@ -24,4 +24,5 @@ pub mod server;
 pub mod shared;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 pub mod writeback;
