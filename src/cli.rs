@@ -29,7 +29,15 @@ struct ConfigArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the gateway.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Take the listening sockets over from the running instance (found
+        /// through the pid file beside `upgrade_socket`), which is sent SIGQUIT
+        /// and drains: a new binary replaces the old without dropping a request.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Validate the config and every policy file: print every error as file:line:col: message (exit 1), and warnings for policy rules that match no route.
     Check(ConfigArg),
     /// Run the reference demo Assistant (gRPC) on ADDR.
@@ -130,7 +138,7 @@ fn finish<T, E: std::fmt::Display>(result: Result<T, E>, print: impl FnOnce(T)) 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(c) => run(&c.config),
+        Command::Run { config, upgrade } => run(&config.config, upgrade),
         Command::Check(c) => {
             let report = check(&c.config);
             for line in &report.diagnostics {
@@ -173,13 +181,13 @@ pub fn main() -> ExitCode {
 }
 
 /// `moltgate run`: loads the config, starts logging, runs the gateway.
-fn run(path: &ConfigArgPath) -> ExitCode {
+fn run(path: &ConfigArgPath, upgrade: bool) -> ExitCode {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     crate::observe::init_logging(&config.log.format, &config.log.level);
-    match crate::server::run(config) {
+    match crate::server::run(config, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "moltgate cannot start");

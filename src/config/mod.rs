@@ -63,6 +63,12 @@ pub struct Config {
     /// Worker threads for the public listener (default: number of CPUs).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// The socket `moltgate run --upgrade` takes the listeners over through. Default:
+    /// `upgrade.sock` in the runtime directory, the same for every process of a user:
+    /// `$RUNTIME_DIRECTORY` (systemd), else `/run/moltgate` if writable (the container's
+    /// volume), else `$TMPDIR/moltgate-<uid>` (`server::upgrade::socket_path`).
+    #[serde(default)]
+    pub upgrade_socket: Option<EnvString>,
     /// The directory relative paths are resolved against (the config file's
     /// directory). Not read from YAML.
     #[serde(skip)]
@@ -498,10 +504,11 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// Time to keep serving in-flight requests after SIGTERM.
+    /// After SIGTERM or an upgrade's hand-over: still accepting and answering,
+    /// with `Connection: close` (h2: GOAWAY) and `/readyz` 503.
     #[serde(default = "default_grace")]
     pub grace_period: HumanDuration,
-    /// Time allowed for the runtimes to stop after the grace period.
+    /// Then, listeners closed: how long open connections have to finish.
     #[serde(default = "default_grace")]
     pub timeout: HumanDuration,
 }
@@ -621,6 +628,14 @@ impl Config {
             }
         }
         errors.extend(admin::check(&self.listen.admin, &self.source, text));
+        if let Some(p) = &self.upgrade_socket {
+            let n = self.resolve(p).as_os_str().len();
+            if p.is_empty() || p.ends_with('/') || n > 107 {
+                let msg = format!("upgrade_socket '{p}' must name a socket file of at most 107 bytes once resolved (a Unix socket path limit); it resolves to {n}");
+                let pos = yaml::locate_key(text, "upgrade_socket");
+                errors.push(FileError::at(&self.source, pos, msg));
+            }
+        }
         errors.extend(self.check_limits(text));
         if let Some(shared) = &self.shared {
             errors.extend(shared::check(

@@ -187,3 +187,42 @@ fn shared_block_is_checked_with_positions() {
     );
     assert_eq!(e.line, Some(10), "{e}");
 }
+
+/// `upgrade_socket:` is optional, resolved against the config's directory,
+/// and must fit a Unix socket address; a typo of the key is named.
+#[test]
+fn upgrade_socket_key() {
+    assert!(parse(MIN).unwrap().upgrade_socket.is_none());
+    let at = |v: &str| {
+        Config::from_str_at(
+            Path::new("/etc/moltgate/moltgate.yaml"),
+            &format!("{MIN}upgrade_socket: {v}\n"),
+            PathBuf::from("/etc/moltgate"),
+        )
+    };
+    let c = at("/run/moltgate/upgrade.sock").unwrap();
+    assert_eq!(
+        c.resolve(c.upgrade_socket.as_ref().unwrap()),
+        Path::new("/run/moltgate/upgrade.sock")
+    );
+    let c = at("run/up.sock").unwrap();
+    assert_eq!(
+        c.resolve(c.upgrade_socket.as_ref().unwrap()),
+        Path::new("/etc/moltgate/run/up.sock")
+    );
+    for bad in [
+        "\"\"",
+        "/run/moltgate/",
+        &format!("/run/{}", "x".repeat(110)),
+    ] {
+        let e = at(bad).unwrap_err();
+        assert!(
+            e.message
+                .contains("must name a socket file of at most 107 bytes"),
+            "{bad}: {e}"
+        );
+        assert_eq!(e.line, Some(4), "{bad}: {e}");
+    }
+    let e = parse(&format!("{MIN}upgrade_sock: /run/u.sock\n")).unwrap_err();
+    assert!(e.to_string().contains("upgrade_socket"), "{e}");
+}

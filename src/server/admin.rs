@@ -1,5 +1,6 @@
-//! The admin listener: plain HTTP. `GET /healthz` (the process is up) and
-//! `GET /readyz` (policies loaded and an upstream healthy) are open;
+//! The admin listener: plain HTTP. `GET /healthz` (both listeners listen:
+//! 503 while one is not yet, and once one failed) and `GET /readyz`
+//! (serving, not draining; policies loaded and an upstream healthy) are open;
 //! `GET /metrics` (Prometheus text) and `POST /reload` (reload policies) are
 //! guarded:
 //!
@@ -29,6 +30,7 @@ use pingora::protocols::http::ServerSession;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::lifecycle::{Health, Lifecycle};
 use crate::config::AdminToken;
 use crate::path::Gateway;
 
@@ -44,6 +46,8 @@ pub struct AdminApp {
     last_reload: Mutex<Option<Instant>>,
     /// Shortest time between two reloads.
     reload_interval: Duration,
+    /// Whether the process serves, drains or failed.
+    life: Arc<Lifecycle>,
 }
 
 /// How a guarded request was let in.
@@ -157,24 +161,44 @@ fn preflighted_content_type(headers: &HeaderMap) -> bool {
 
 impl AdminApp {
     /// The admin endpoints of `gateway`, guarded by `token` when one is set,
-    /// reloading at most once per `reload_interval`.
+    /// reloading at most once per `reload_interval`, reporting `life`.
     pub fn new(
         gateway: Arc<Gateway>,
         token: Option<&AdminToken>,
         reload_interval: Duration,
+        life: Arc<Lifecycle>,
     ) -> Self {
         Self {
             gateway,
             token: token.map(|t| sha256(t.as_bytes())),
             last_reload: Mutex::new(None),
             reload_interval,
+            life,
         }
+    }
+
+    /// 200 while both listeners listen (draining included: the process
+    /// still answers); 503 before, and once a listener failed.
+    fn health(&self) -> Response<Vec<u8>> {
+        let (status, body) = match self.life.health() {
+            Health::Serving => (StatusCode::OK, serde_json::json!({"status": "ok"})),
+            Health::Draining => (StatusCode::OK, serde_json::json!({"status": "draining"})),
+            Health::Starting => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "starting", "reason": "a listener does not listen yet"}),
+            ),
+            Health::Failed(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "failed", "reason": why}),
+            ),
+        };
+        reply(status, JSON, body.to_string())
     }
 
     /// The answer for one admin request (its body is not used).
     pub fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Vec<u8>> {
         match (method, path) {
-            (&Method::GET, "/healthz") => reply(StatusCode::OK, JSON, r#"{"status":"ok"}"#.into()),
+            (&Method::GET, "/healthz") => self.health(),
             (&Method::GET, "/readyz") => self.readiness(),
             (&Method::GET, "/metrics") => match self.guard(path, headers) {
                 Ok(_) => reply(
@@ -207,16 +231,20 @@ impl AdminApp {
             body["shared_on_error"] = shared.on_error().as_str().into();
             body["shared_nodes"] = shared.nodes().into();
         }
-        if gw.is_ready() {
-            return reply(StatusCode::OK, JSON, body.to_string());
-        }
+        let reason = match self.life.health() {
+            Health::Serving if gw.is_ready() => {
+                return reply(StatusCode::OK, JSON, body.to_string());
+            }
+            Health::Serving if gw.upstreams_ready() => {
+                "shared state (Redis) unavailable and shared.on_error is deny"
+            }
+            Health::Serving => "no healthy upstream node",
+            Health::Draining => "draining: the process is stopping or handing over to a new one",
+            Health::Starting => "starting: a listener does not listen yet",
+            Health::Failed(_) => "a listener failed",
+        };
         body["status"] = "not_ready".into();
-        body["reason"] = if gw.upstreams_ready() {
-            "shared state (Redis) unavailable and shared.on_error is deny"
-        } else {
-            "no healthy upstream node"
-        }
-        .into();
+        body["reason"] = reason.into();
         reply(StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string())
     }
 

@@ -63,6 +63,11 @@ impl ConnectionGuard {
         })
     }
 
+    /// The table of open connections (the drain waits for it to empty).
+    pub fn table(&self) -> Arc<ConnectionTable> {
+        self.table.clone()
+    }
+
     fn refuse(&self, ip: std::net::IpAddr, refusal: Refusal) {
         let m = &self.gateway.metrics;
         m.connections_refused

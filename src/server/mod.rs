@@ -4,23 +4,32 @@
 //! and the request lifecycle; everything else runs on the gateway's own
 //! "core" Tokio runtime (gRPC channels, health checks, the policy watcher),
 //! which outlives Pingora's per-service runtimes for the whole process.
+//! How the process starts, stops and hands its sockets to a new binary is
+//! in [`lifecycle`] (drain) and [`upgrade`] (`moltgate run --upgrade`); the
+//! listeners themselves are wrapped in [`listener`].
 
 pub mod admin;
 pub mod bot_client;
 pub mod guard;
+pub mod lifecycle;
+pub mod listener;
 pub mod proxy;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
-use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use crate::config::{Config, FileError};
 use crate::observe::Metrics;
 use crate::path::Gateway;
+use lifecycle::{Lifecycle, Signals};
+use listener::{DrainingApp, Listener};
+use upgrade::{Held, Paths, PidFile};
 
 /// Errors that stop the gateway from starting.
 #[derive(Debug, thiserror::Error)]
@@ -31,55 +40,36 @@ pub enum StartError {
     /// The TLS 1.3-only provider could not be installed.
     #[error("cannot enforce TLS 1.3 only: another rustls CryptoProvider was installed first")]
     Tls13,
-    /// A listener or TLS file problem.
+    /// A listener or TLS file problem, or a listener that failed.
     #[error("{0}")]
     Listener(String),
+    /// `--upgrade` found nothing to take over, or the hand-over failed.
+    #[error("{0}")]
+    Upgrade(String),
     /// The core runtime could not start.
     #[error("starting the runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
 
-/// Maps SIGTERM to a graceful stop and SIGINT to a fast one (SIGQUIT is
-/// Pingora's graceful upgrade).
-struct Signals;
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stopping");
-            return ShutdownSignal::FastShutdown;
-        };
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: graceful shutdown");
-                ShutdownSignal::GracefulTerminate
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: fast shutdown");
-                ShutdownSignal::FastShutdown
-            }
-            _ = quit.recv() => {
-                tracing::info!("SIGQUIT: graceful upgrade");
-                ShutdownSignal::GracefulUpgrade
-            }
-        }
-    }
-}
-
-/// Builds and runs the gateway until a signal stops it.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Builds and runs the gateway until a signal stops it. With `upgrade`, it
+/// first takes the listening sockets over from the running instance
+/// ([`upgrade`]). Fails (exit status 1) when a listener cannot listen or
+/// dies, even after the start.
+pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
     if !crate::tls::install_tls13_only_provider() {
         return Err(StartError::Tls13);
     }
     let (cert, key) = certificates(&config)?;
-    let public_addr = config.public_addr()?;
-    let admin_addr = config.admin_addr()?;
+    let addrs = Addrs {
+        public: config.public_addr()?.to_string(),
+        admin: config.admin_addr()?.to_string(),
+    };
+    let paths = Paths::of(&config);
+    // Before any slow work: an upgrade needs a running instance.
+    let old = match upgrade {
+        true => Some(upgrade::running_instance(&paths).map_err(StartError::Upgrade)?),
+        false => None,
+    };
 
     let core = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -92,39 +82,145 @@ pub fn run(config: Config) -> Result<(), StartError> {
         Arc::new(Gateway::build(&config, Metrics::new(), bots)?)
     };
     let _watcher = start_background(&core, &gateway);
+    let (life, events) = Lifecycle::new();
+    lifecycle::watch_signals(&core, &life)?;
 
-    let mut server = Server::new_with_opt_and_conf(Some(Opt::default()), server_conf(&config));
+    let mut server =
+        Server::new_with_opt_and_conf(Some(Opt::default()), server_conf(&config, &paths));
     server.bootstrap();
-    let mut public = pingora::proxy::http_proxy_service_with_name(
+    let guard = guard::ConnectionGuard::new(gateway.clone());
+    let connections = guard.table();
+    let tls = tls_settings(&cert, &key, &guard)?;
+    add_services(&mut server, &gateway, &config, &life, (guard, tls), &addrs);
+    // Last, so that an upgrade's old process stops accepting as late as
+    // possible: everything above is ready when its sockets arrive.
+    let can_hand_over = take_listeners(&life, &paths, old, &addrs)?;
+
+    tracing::info!(public = %addrs.public, admin = %addrs.admin, admin_token = config.admin_token().is_some(), policies = %gateway.policies.dir().display(), upgrade_socket = %paths.socket.display(), "moltgate starting (TLS 1.3 only on public)");
+    let timing = (config.shutdown.grace_period.0, config.shutdown.timeout.0);
+    let signals = Signals::new(
+        life.clone(),
+        events,
+        connections,
+        timing,
+        can_hand_over.then(|| paths.socket.clone()),
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    life.remove_pid_file();
+    core.shutdown_background();
+    match life.failure() {
+        Some(why) => Err(StartError::Listener(why)),
+        None => {
+            tracing::info!("moltgate stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The two listening addresses, as Pingora keys its socket table.
+struct Addrs {
+    public: String,
+    admin: String,
+}
+
+/// The public proxy (under the drain) and the admin app, each in a
+/// [`Listener`].
+fn add_services(
+    server: &mut Server,
+    gateway: &Arc<Gateway>,
+    config: &Config,
+    life: &Arc<Lifecycle>,
+    (guard, tls): (
+        Arc<guard::ConnectionGuard>,
+        pingora::listeners::tls::TlsSettings,
+    ),
+    addrs: &Addrs,
+) {
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         proxy::PublicProxy {
             gateway: gateway.clone(),
+            life: life.clone(),
         },
-        "moltgate public",
     );
-    let guard = guard::ConnectionGuard::new(gateway.clone());
-    let tls = tls_settings(&cert, &key, &guard)?;
+    let mut public = Service::new(
+        "moltgate public".to_string(),
+        DrainingApp::new(proxy, life.clone()),
+    );
     public.endpoints().set_pre_tls_callback(guard);
-    public.add_tls_with_settings(&public_addr.to_string(), None, tls);
+    public.add_tls_with_settings(&addrs.public, None, tls);
     let mut admin = Service::new(
         "moltgate admin".to_string(),
         admin::AdminApp::new(
             gateway.clone(),
             config.admin_token(),
             config.listen.admin.reload_interval.0,
+            life.clone(),
         ),
     );
-    admin.add_tcp(&admin_addr.to_string());
-    server.add_service(public);
-    server.add_service(admin);
+    admin.add_tcp(&addrs.admin);
+    server.add_service(Listener::new(
+        public,
+        addrs.public.clone(),
+        true,
+        life.clone(),
+    ));
+    server.add_service(Listener::new(
+        admin,
+        addrs.admin.clone(),
+        false,
+        life.clone(),
+    ));
+}
 
-    tracing::info!(public = %public_addr, admin = %admin_addr, admin_token = config.admin_token().is_some(), policies = %gateway.policies.dir().display(), "moltgate listening (TLS 1.3 only on public)");
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals),
+/// With `old` (an upgrade): receives its listening sockets, and takes the
+/// pid file once it lets go. Without: takes the pid file, so that a later
+/// `--upgrade` finds this process (a warning if it cannot: the gateway
+/// serves anyway). Returns whether this process may hand its sockets over
+/// on SIGQUIT: not when the upgrade socket's directory is not private.
+fn take_listeners(
+    life: &Arc<Lifecycle>,
+    paths: &Paths,
+    old: Option<u32>,
+    addrs: &Addrs,
+) -> Result<bool, StartError> {
+    let Some(pid) = old else {
+        if let Err(e) = paths.prepare() {
+            tracing::warn!(error = %e, "`moltgate run --upgrade` cannot replace this process, and SIGQUIT will not hand its sockets over");
+            return Ok(false);
+        }
+        match PidFile::try_claim(&paths.pid) {
+            Ok(pid_file) => life.hold_pid_file(pid_file),
+            Err(Held::By(pid)) => {
+                tracing::warn!(pid, pid_file = %paths.pid.display(), "another moltgate serves with this upgrade socket: `moltgate run --upgrade` would replace that one, not this one; give this one its own upgrade_socket")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "`moltgate run --upgrade` will not find this process")
+            }
+        }
+        return Ok(true);
+    };
+    paths.prepare().map_err(StartError::Upgrade)?;
+    let started = Instant::now();
+    tracing::info!(pid, socket = %paths.socket.display(), "--upgrade: taking the listening sockets over from the running instance");
+    let mut fds = upgrade::take_over(paths, pid).map_err(StartError::Upgrade)?;
+    upgrade::close_unclaimed(&mut fds, &[addrs.public.clone(), addrs.admin.clone()]);
+    life.inherit(&fds);
+    tracing::info!(
+        pid,
+        ms = started.elapsed().as_millis() as u64,
+        "--upgrade: listening sockets received; the old process drains"
+    );
+    let (life, pid_path) = (life.clone(), paths.pid.clone());
+    std::thread::spawn(move || match PidFile::claim_when_free(&pid_path) {
+        Ok(pid_file) => life.hold_pid_file(pid_file),
+        Err(e) => {
+            tracing::warn!(error = %e, pid_file = %pid_path.display(), "cannot take the pid file: a later --upgrade will not find this process")
+        }
     });
-    tracing::info!("moltgate stopped");
-    core.shutdown_background();
-    Ok(())
+    Ok(true)
 }
 
 /// TLS for the public listener: the certificate, HTTP/2 and HTTP/1.1, and the
@@ -217,20 +313,20 @@ fn start_background(
     }
 }
 
-/// Pingora's settings from `moltgate.yaml`.
-fn server_conf(config: &Config) -> ServerConf {
-    let mut conf = ServerConf {
+/// Pingora's settings from `moltgate.yaml`. The drain is moltgate's own
+/// ([`lifecycle`]): when Pingora is told to stop, it is over, so Pingora's
+/// grace period is zero and its runtimes get 1 s for blocking tasks.
+fn server_conf(config: &Config, paths: &Paths) -> ServerConf {
+    ServerConf {
         threads: config.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
         }),
-        grace_period_seconds: Some(config.shutdown.grace_period.0.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(config.shutdown.timeout.0.as_secs()),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: paths.pid.display().to_string(),
+        upgrade_sock: paths.socket.display().to_string(),
         ..ServerConf::default()
-    };
-    let run_dir = std::env::temp_dir().join(format!("moltgate-{}", std::process::id()));
-    conf.pid_file = run_dir.join("moltgate.pid").display().to_string();
-    conf.upgrade_sock = run_dir.join("upgrade.sock").display().to_string();
-    conf
+    }
 }

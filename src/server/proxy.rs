@@ -24,6 +24,8 @@ use crate::path::{Exchange, Gateway, IncomingRequest, Stop};
 pub struct PublicProxy {
     /// The gateway the requests go to.
     pub gateway: Arc<Gateway>,
+    /// Whether the process drains (answers then close their connection).
+    pub life: Arc<super::lifecycle::Lifecycle>,
 }
 
 /// Reads the whole body, refusing past `limit` bytes or after `deadline`.
@@ -161,6 +163,11 @@ impl ProxyHttp for PublicProxy {
                 gw.refuse(ex, stop).await
             }
         };
+        if self.life.draining() {
+            // Stopping or handing over: this answer is the connection's last
+            // (HTTP/1.1 `Connection: close`; HTTP/2 gets a GOAWAY: `lifecycle`).
+            session.set_keepalive(None);
+        }
         write_response(session, resp).await?;
         if unread_body {
             linger(session).await;
