@@ -9,7 +9,9 @@
 //! reported alone).
 
 pub mod admin;
+pub mod route;
 pub mod shared;
+pub mod websocket;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -20,7 +22,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use admin::{AdminListener, AdminToken, ADMIN_TOKEN_MIN_LEN};
+pub use route::{PlatformKind, RouteConfig, RouteMode, Secrets};
 pub use shared::{OnError, SharedConfig};
+pub use websocket::{WebSocketProfile, WebSocketSettings};
 pub use yaml::{EnvString, FileError, HumanDuration};
 
 /// The embedded demo config: what `moltgate run` uses with no `-c` and no
@@ -276,135 +280,6 @@ impl Default for HealthCheckConfig {
             unhealthy_after: default_unhealthy_after(),
         }
     }
-}
-
-/// How a route treats traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RouteMode {
-    /// Translate to an Envelope and forward to a gRPC cluster.
-    #[default]
-    Translate,
-    /// Verify and apply policy, then proxy the original request to an HTTP bot.
-    Passthrough,
-}
-
-/// The platforms a route can speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlatformKind {
-    /// The JWT-authenticated HTTP API.
-    Generic,
-    /// Feishu / Lark.
-    Feishu,
-    /// WeCom (WeChat Work).
-    Wecom,
-    /// DingTalk.
-    Dingtalk,
-    /// Slack.
-    Slack,
-    /// Discord.
-    Discord,
-    /// Telegram.
-    Telegram,
-}
-
-impl PlatformKind {
-    /// The lowercase name used in metrics, envelopes and identities.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlatformKind::Generic => "generic",
-            PlatformKind::Feishu => "feishu",
-            PlatformKind::Wecom => "wecom",
-            PlatformKind::Dingtalk => "dingtalk",
-            PlatformKind::Slack => "slack",
-            PlatformKind::Discord => "discord",
-            PlatformKind::Telegram => "telegram",
-        }
-    }
-}
-
-/// Secret names a route may carry, per DESIGN.md. A struct (not a map) so a
-/// misspelt secret is a located load error instead of a silent miss.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct Secrets {
-    pub verification_token: Option<EnvString>,
-    pub encrypt_key: Option<EnvString>,
-    pub app_id: Option<EnvString>,
-    pub app_secret: Option<EnvString>,
-    pub token: Option<EnvString>,
-    pub encoding_aes_key: Option<EnvString>,
-    pub corp_id: Option<EnvString>,
-    pub agent_id: Option<EnvString>,
-    pub corp_secret: Option<EnvString>,
-    pub aes_key: Option<EnvString>,
-    pub owner_key: Option<EnvString>,
-    pub signing_secret: Option<EnvString>,
-    pub bot_token: Option<EnvString>,
-    pub public_key: Option<EnvString>,
-    pub application_id: Option<EnvString>,
-    pub secret_token: Option<EnvString>,
-}
-
-impl Secrets {
-    /// The secrets that are set, by name, for the platform adapters.
-    pub fn to_map(&self) -> BTreeMap<String, String> {
-        let pairs = [
-            ("verification_token", &self.verification_token),
-            ("encrypt_key", &self.encrypt_key),
-            ("app_id", &self.app_id),
-            ("app_secret", &self.app_secret),
-            ("token", &self.token),
-            ("encoding_aes_key", &self.encoding_aes_key),
-            ("corp_id", &self.corp_id),
-            ("agent_id", &self.agent_id),
-            ("corp_secret", &self.corp_secret),
-            ("aes_key", &self.aes_key),
-            ("owner_key", &self.owner_key),
-            ("signing_secret", &self.signing_secret),
-            ("bot_token", &self.bot_token),
-            ("public_key", &self.public_key),
-            ("application_id", &self.application_id),
-            ("secret_token", &self.secret_token),
-        ];
-        pairs
-            .into_iter()
-            .filter_map(|(k, v)| {
-                v.as_ref()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| (k.to_string(), v.0.clone()))
-            })
-            .collect()
-    }
-}
-
-/// One route.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Exact request path.
-    pub path: EnvString,
-    /// The platform this route speaks.
-    pub platform: PlatformKind,
-    /// The upstream name.
-    pub upstream: EnvString,
-    /// `translate` (default) or `passthrough`.
-    #[serde(default)]
-    pub mode: RouteMode,
-    /// Platform secrets.
-    #[serde(default)]
-    pub secrets: Secrets,
-    /// Largest accepted body, in bytes (default `limits.body`).
-    #[serde(default)]
-    pub body_limit: Option<usize>,
-    /// How long to wait for the assistant before answering the webhook.
-    #[serde(default)]
-    pub deadline: Option<HumanDuration>,
-    /// Platform API base URL override (tests point it at a local fake).
-    #[serde(default)]
-    pub api_base: Option<EnvString>,
 }
 
 /// Limits against slow or greedy clients.
@@ -680,7 +555,7 @@ impl Config {
     fn longest_claimed_call(&self) -> Option<(Duration, String)> {
         self.routes
             .iter()
-            .filter(|r| r.platform != PlatformKind::Generic)
+            .filter(|r| !matches!(r.platform, PlatformKind::Generic | PlatformKind::Websocket))
             .filter_map(|r| {
                 let up = self.upstreams.get(&r.upstream.0)?;
                 Some((up.timeout.0, format!("upstream '{}' timeout", r.upstream)))
@@ -753,7 +628,7 @@ impl Config {
                 format!("route '{path}': passthrough needs a chat platform, not generic"),
             ));
         }
-        None
+        websocket::check_route(route).map(|msg| (path.clone(), msg))
     }
 }
 

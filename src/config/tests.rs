@@ -226,3 +226,34 @@ fn upgrade_socket_key() {
     let e = parse(&format!("{MIN}upgrade_sock: /run/u.sock\n")).unwrap_err();
     assert!(e.to_string().contains("upgrade_socket"), "{e}");
 }
+
+#[test]
+fn websocket_routes_are_checked() {
+    let with = |route: &str| {
+        parse(&format!(
+            "{MIN}upstreams:\n  a: {{ kind: grpc, nodes: [embedded] }}\n  bot: {{ kind: http, nodes: [\"127.0.0.1:3000\"] }}\nroutes:\n{route}"
+        ))
+    };
+    let ok = with("  - { path: /v1/ws, platform: websocket, upstream: a, websocket: { max_frame: 1024, idle: 30s } }\n").unwrap();
+    let ws = ok.routes[0].websocket.as_ref().unwrap();
+    assert_eq!((ws.max_frame, ws.idle.0), (1024, Duration::from_secs(30)));
+    let e = with(
+        "  - { path: /v1/chat, platform: generic, upstream: a, websocket: { max_frame: 1024 } }\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("apply to `platform: websocket` routes only"),
+        "{e}"
+    );
+    let e = with("  - { path: /ws, platform: websocket, mode: passthrough, upstream: bot }\n")
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("is not available in this version"),
+        "{e}"
+    );
+    let e =
+        with("  - { path: /ws, platform: websocket, upstream: a, websocket: { max_frame: 0 } }\n")
+            .unwrap_err();
+    assert!(e.to_string().contains("must be above zero"), "{e}");
+}

@@ -72,6 +72,8 @@ pub struct Route {
     pub adapter: Arc<dyn PlatformAdapter>,
     /// Redelivered message ids.
     pub dedupe: Dedupe,
+    /// WebSocket settings (defaults unless `platform: websocket`).
+    pub websocket: crate::config::WebSocketSettings,
 }
 
 impl Route {
@@ -165,6 +167,7 @@ fn resolve(
             .map_or_else(|| adapter.default_deadline(), |d| d.0),
         target,
         dedupe: Dedupe::new(config.limits.dedupe_capacity, adapter.dedupe_ttl()),
+        websocket: rc.websocket.clone().unwrap_or_default(),
         adapter,
     })
 }

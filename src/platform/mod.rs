@@ -35,7 +35,9 @@ pub fn build(
     api_base: Option<&str>,
 ) -> Result<Arc<dyn PlatformAdapter>, AdapterConfigError> {
     Ok(match kind {
-        PlatformKind::Generic => Arc::new(generic::GenericAdapter),
+        // A WebSocket route authenticates its upgrade and every message
+        // frame with the JWT API's adapter: a frame is an API message.
+        PlatformKind::Generic | PlatformKind::Websocket => Arc::new(generic::GenericAdapter),
         PlatformKind::Feishu => Arc::new(feishu::FeishuAdapter::new(secrets, api_base)?),
         PlatformKind::Wecom => Arc::new(wecom::WecomAdapter::new(secrets, api_base)?),
         PlatformKind::Dingtalk => Arc::new(dingtalk::DingtalkAdapter::new(secrets, api_base)?),

@@ -26,8 +26,15 @@ use crate::config::yaml::{did_you_mean, locate, parse_str};
 use crate::config::FileError;
 
 /// The platforms an account may name.
-pub const PLATFORMS: [&str; 7] = [
-    "generic", "feishu", "wecom", "dingtalk", "slack", "discord", "telegram",
+pub const PLATFORMS: [&str; 8] = [
+    "generic",
+    "feishu",
+    "wecom",
+    "dingtalk",
+    "slack",
+    "discord",
+    "telegram",
+    "websocket",
 ];
 
 /// The file as written.

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod proxy;
 pub mod upgrade;
+pub mod websocket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

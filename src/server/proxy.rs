@@ -18,6 +18,7 @@ use http::{header, Response};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
+use crate::config::PlatformKind;
 use crate::path::{Exchange, Gateway, IncomingRequest, Stop};
 
 /// The public listener's proxy logic.
@@ -87,6 +88,15 @@ pub async fn write_response(session: &mut Session, resp: Response<Bytes>) -> Res
     Ok(())
 }
 
+/// The TCP peer's address (the IP policy may then trust a proxy's header).
+fn peer_ip(session: &Session) -> IpAddr {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
 impl PublicProxy {
     /// Stages route, admit and read body: the request as the path takes it.
     async fn prepare(
@@ -95,11 +105,7 @@ impl PublicProxy {
         ex: &mut Exchange,
     ) -> Result<IncomingRequest, Stop> {
         let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let peer = peer_ip(session);
         // The IP policy runs before a byte of the body is read.
         let client_ip = self
             .gateway
@@ -151,6 +157,18 @@ impl ProxyHttp for PublicProxy {
         let _in_flight = super::guard::connection_of(session).map(|c| c.request_started());
         let gw = &self.gateway;
         let mut ex = gw.begin(session.req_header().uri.path());
+        if ex
+            .route
+            .as_ref()
+            .is_some_and(|r| r.platform == PlatformKind::Websocket)
+        {
+            // An upgrade, then a whole connection (`server::websocket`).
+            let peer = peer_ip(session);
+            if let Some(refused) = super::websocket::serve(gw, session, ex, peer).await? {
+                write_response(session, refused).await?;
+            }
+            return Ok(true);
+        }
         let mut unread_body = false;
         let resp = match self.prepare(session, &mut ex).await {
             Ok(req) => gw.handle(ex, req).await,
