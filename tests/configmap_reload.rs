@@ -9,11 +9,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{admin_get, Gateway, Setup, ALLOW_ALL_ABAC, BIN, SECURITY_POLICY};
+use common::{admin_get, Gateway, Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
 
 const DENY_ALL_ABAC: &str = "policies:\n  - id: deny_all\n    effect: Deny\n    resources: [\"/**\"]\n    actions: [\"*\"]\n";
 
@@ -49,33 +47,7 @@ fn kubelet_swap(dir: &Path, old: &str, new: &str, abac: &str) {
 
 /// Starts a gateway whose policies directory has the kubelet's layout.
 fn start_on_configmap(abac: &str) -> Gateway {
-    let (dir, public, admin, config) = Setup::default().write();
-    kubelet_layout(&dir.path().join("policies"), abac);
-    let mut child = Command::new(BIN)
-        .args(["run", "-c", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let gw = Gateway {
-        dir,
-        public,
-        admin,
-        child: Some(child),
-        logs,
-    };
+    let gw = Setup::default().start_prepared(|dir| kubelet_layout(&dir.join("policies"), abac));
     gw.wait_admin("/readyz", 200);
     gw
 }

@@ -95,8 +95,15 @@ impl Setup {
     /// port accepts connections. Ports are picked free then released, so
     /// another process can take one first: then start again on new ports.
     pub fn start(&self) -> Gateway {
+        self.start_prepared(|_| {})
+    }
+
+    /// [`Setup::start`], with `prepare` run on the written directory (its
+    /// files in place) before the gateway starts.
+    pub fn start_prepared(&self, prepare: impl Fn(&Path)) -> Gateway {
         for attempt in 1..=3 {
             let (dir, public, admin, path) = self.write();
+            prepare(dir.path());
             let mut child = Command::new(BIN)
                 .arg("run")
                 .arg("-c")
