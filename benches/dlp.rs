@@ -6,12 +6,18 @@
 //! Targets (issue 4): <= 1 us for a 200-byte message, >= 500 MB/s on 64 KiB.
 //! `chat_evasions` is a message written to evade (full-width digits and
 //! letters, zero-width characters inside numbers): the folded-copy path.
+//!
+//! `dlp_stream` (issues 14 and 15): the 64 KiB transcript streamed through
+//! a `StreamMasker` in 16-byte pieces (the size of a model's text deltas),
+//! against `whole_64k`, the same text masked at once; the ratio of the two
+//! is the cost of streaming-safe masking; the streamed time over the number
+//! of pieces (about 4,100) is the added latency per chunk.
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use moltgate::policy::dlp::{Direction, DlpPolicy};
+use moltgate::policy::dlp::{Direction, DlpPolicy, StreamMasker};
 
 const SHIPPED: &str = include_str!("../policies/dlp.yaml");
 
@@ -134,5 +140,46 @@ fn compile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, scan, compile);
+/// `text` cut into pieces of about `size` bytes, on character boundaries.
+fn pieces(text: &str, size: usize) -> Vec<&str> {
+    let mut out = Vec::with_capacity(text.len() / size + 1);
+    let mut from = 0;
+    while from < text.len() {
+        let mut to = (from + size).min(text.len());
+        while !text.is_char_boundary(to) {
+            to += 1;
+        }
+        out.push(&text[from..to]);
+        from = to;
+    }
+    out
+}
+
+fn stream(c: &mut Criterion) {
+    let text = policy_with_keywords(1_000);
+    let policy = match DlpPolicy::from_yaml(Path::new("policies/dlp.yaml"), &text) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    };
+    let big = big_message();
+    let deltas = pieces(&big, 16);
+    let mut g = c.benchmark_group("dlp_stream");
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("whole_64k", |b| {
+        b.iter(|| policy.scan(black_box(&big), Direction::Egress))
+    });
+    g.bench_function("pieces_16b_64k", |b| {
+        b.iter(|| {
+            let mut m = StreamMasker::new(&policy, Direction::Egress);
+            let mut out = 0;
+            for d in &deltas {
+                out += m.push(black_box(d)).text.len();
+            }
+            out + m.finish().text.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, scan, compile, stream);
 criterion_main!(benches);

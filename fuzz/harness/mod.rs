@@ -9,6 +9,7 @@ pub mod common;
 pub mod dingtalk_receive;
 pub mod discord_receive;
 pub mod dlp_mask;
+pub mod dlp_stream;
 pub mod feishu_decrypt;
 pub mod feishu_receive;
 pub mod generic_parse;
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("dingtalk_receive", dingtalk_receive::run),
     ("discord_receive", discord_receive::run),
     ("dlp_mask", dlp_mask::run),
+    ("dlp_stream", dlp_stream::run),
     ("feishu_decrypt", feishu_decrypt::run),
     ("feishu_receive", feishu_receive::run),
     ("generic_parse", generic_parse::run),

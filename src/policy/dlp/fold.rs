@@ -187,7 +187,7 @@ fn starts_segment(bmp: &Bmp, c: char) -> bool {
     c.is_ascii() || lookup(&bmp.starts, c).unwrap_or_else(|| compute_starts(c))
 }
 
-fn compute_starts(c: char) -> bool {
+pub(super) fn compute_starts(c: char) -> bool {
     let safe = |c: char| {
         canonical_combining_class(c) == 0
             && is_nfkc_quick(std::iter::once(c)) != IsNormalized::Maybe

@@ -41,6 +41,7 @@ mod file;
 mod fold;
 mod mask;
 mod search;
+pub mod stream;
 mod triggers;
 mod validators;
 
@@ -59,6 +60,7 @@ use triggers::{digit_positions, windows, Trigger};
 
 pub use fold::{fold, is_ignorable};
 pub use mask::MaskSpec;
+pub use stream::{Emitted, StreamMasker};
 pub use validators::Validator;
 
 /// Which way a message is travelling.
@@ -198,6 +200,8 @@ pub struct DlpPolicy {
     keep: Keep,
     /// Where digit runs break for every windowed numeric pattern.
     segmenter: Option<DigitSegments>,
+    /// What streaming masking derives from the rules, built on first use.
+    stream: std::sync::OnceLock<stream::Plan>,
 }
 
 /// The bytes any match of a windowed numeric pattern (card, phone, ID
@@ -293,12 +297,17 @@ impl DlpPolicy {
     /// to `4111111111111110 138****5678`, whose first 19 digits pass Luhn),
     /// which must not be forwarded either. Found by the `dlp_mask` fuzz target.
     fn scan_dirs(&self, text: &str, dirs: u8) -> DlpOutcome {
-        let mut outcome = self.scan_once(text, dirs);
+        let outcome = self.scan_once(text, dirs);
         if !masking_touches_digits(text, &outcome) {
             // Masking split no digit run, so the masked text holds no number
             // the text did not: no second scan (the common case).
             return outcome;
         }
+        self.rescan(text, dirs, outcome)
+    }
+
+    /// The re-scans of [`Self::scan_dirs`] after the first scan's `outcome`.
+    fn rescan(&self, text: &str, dirs: u8, mut outcome: DlpOutcome) -> DlpOutcome {
         for _ in 0..MAX_MASK_PASSES {
             let Some(masked) = outcome.masked.take() else {
                 break;
