@@ -12,4 +12,6 @@
 //! tungstenite.
 
 pub mod frames;
+pub mod inspect;
+pub mod openclaw;
 pub mod translate;
