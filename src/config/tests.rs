@@ -249,7 +249,23 @@ fn websocket_routes_are_checked() {
     let e = with("  - { path: /ws, platform: websocket, mode: passthrough, upstream: bot }\n")
         .unwrap_err();
     assert!(
-        e.to_string().contains("is not available in this version"),
+        e.to_string()
+            .contains("needs `websocket: { profile: openclaw }`"),
+        "{e}"
+    );
+    let ok = with("  - { path: /oc, platform: websocket, mode: passthrough, upstream: bot, websocket: { profile: openclaw, identity_header: X-Forwarded-User, upstream_path: / } }\n").unwrap();
+    let ws = ok.routes[0].websocket.as_ref().unwrap();
+    assert_eq!(ws.upstream_path.as_deref(), Some("/"));
+    let e = with("  - { path: /j, platform: websocket, mode: passthrough, upstream: bot, websocket: { profile: json } }\n").unwrap_err();
+    assert!(e.to_string().contains("needs `ingress_pointers`"), "{e}");
+    let e = with("  - { path: /j, platform: websocket, mode: passthrough, upstream: bot, websocket: { profile: json, ingress_pointers: [text] } }\n").unwrap_err();
+    assert!(
+        e.to_string().contains("'text' is not a JSON pointer"),
+        "{e}"
+    );
+    let e = with("  - { path: /v1/ws, platform: websocket, upstream: a, websocket: { profile: openclaw } }\n").unwrap_err();
+    assert!(
+        e.to_string().contains("apply to `mode: passthrough` only"),
         "{e}"
     );
     let e =

@@ -27,6 +27,17 @@ pub struct WebSocketSettings {
     /// upstream (set once, overwriting anything the client sent).
     #[serde(default)]
     pub identity_header: Option<EnvString>,
+    /// Passthrough: the path of the upstream upgrade request (default: the
+    /// route's own path; OpenClaw's gateway listens on `/`).
+    #[serde(default)]
+    pub upstream_path: Option<String>,
+    /// `profile: json`: JSON pointers (RFC 6901) to the user's text in
+    /// client frames; a frame with any of them is a message.
+    #[serde(default)]
+    pub ingress_pointers: Vec<String>,
+    /// `profile: json`: JSON pointers to the bot's text in upstream frames.
+    #[serde(default)]
+    pub egress_pointers: Vec<String>,
 }
 
 /// The frame shapes a passthrough route knows.
@@ -46,6 +57,9 @@ impl Default for WebSocketSettings {
             idle: default_idle(),
             profile: None,
             identity_header: None,
+            upstream_path: None,
+            ingress_pointers: Vec::new(),
+            egress_pointers: Vec::new(),
         }
     }
 }
@@ -65,12 +79,59 @@ pub fn check_route(route: &RouteConfig) -> Option<String> {
         (Some(_), p) if p != PlatformKind::Websocket => Some(format!(
             "route '{path}': `websocket:` settings apply to `platform: websocket` routes only"
         )),
-        (_, PlatformKind::Websocket) if route.mode == RouteMode::Passthrough => Some(format!(
-            "route '{path}': `platform: websocket` with `mode: passthrough` (an inspecting proxy for WebSocket bot gateways) is not available in this version; use `mode: translate` (moltgate's own WebSocket API)"
-        )),
         (Some(ws), _) if ws.max_frame == 0 || ws.idle.0.is_zero() => Some(format!(
             "route '{path}': websocket.max_frame and websocket.idle must be above zero"
         )),
+        (ws, PlatformKind::Websocket) => match route.mode {
+            RouteMode::Passthrough => check_passthrough(path, ws.as_ref()),
+            _ => check_translate(path, ws.as_ref()),
+        },
         _ => None,
     }
+}
+
+/// A passthrough route names whose frames it inspects; `json` names where.
+fn check_passthrough(path: &str, ws: Option<&WebSocketSettings>) -> Option<String> {
+    let Some(ws) = ws.filter(|ws| ws.profile.is_some()) else {
+        return Some(format!(
+            "route '{path}': a `platform: websocket` passthrough route needs `websocket: {{ profile: openclaw }}` (or `profile: json` with `ingress_pointers`), so that every frame can be inspected"
+        ));
+    };
+    if ws.profile == Some(WebSocketProfile::Json) && ws.ingress_pointers.is_empty() {
+        return Some(format!(
+            "route '{path}': `websocket.profile: json` needs `ingress_pointers` (JSON pointers to the user's text, e.g. [\"/text\"])"
+        ));
+    }
+    if ws.profile == Some(WebSocketProfile::Openclaw)
+        && !(ws.ingress_pointers.is_empty() && ws.egress_pointers.is_empty())
+    {
+        return Some(format!(
+            "route '{path}': `ingress_pointers`/`egress_pointers` belong to `profile: json`; `profile: openclaw` knows OpenClaw's frames"
+        ));
+    }
+    let pointers = ws.ingress_pointers.iter().chain(&ws.egress_pointers);
+    if let Some(bad) = pointers.into_iter().find(|p| !p.starts_with('/')) {
+        return Some(format!(
+            "route '{path}': websocket pointer '{bad}' is not a JSON pointer (it starts with '/', e.g. \"/message/text\")"
+        ));
+    }
+    match &ws.upstream_path {
+        Some(p) if !p.starts_with('/') => Some(format!(
+            "route '{path}': websocket.upstream_path '{p}' must start with '/'"
+        )),
+        _ => None,
+    }
+}
+
+/// Translate routes are moltgate's own API: nothing to say about an upstream's frames.
+fn check_translate(path: &str, ws: Option<&WebSocketSettings>) -> Option<String> {
+    let ws = ws?;
+    let passthrough_only = ws.profile.is_some()
+        || ws.identity_header.is_some()
+        || ws.upstream_path.is_some()
+        || !ws.ingress_pointers.is_empty()
+        || !ws.egress_pointers.is_empty();
+    passthrough_only.then(|| format!(
+        "route '{path}': websocket.profile, identity_header, upstream_path and the pointers apply to `mode: passthrough` only"
+    ))
 }

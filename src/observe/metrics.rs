@@ -62,6 +62,12 @@ pub struct Metrics {
     pub shared_ops: IntCounterVec,
     /// Seconds a shared-tier operation took, by operation.
     pub shared_seconds: HistogramVec,
+    /// WebSocket connections by route, mode and result.
+    pub websocket_connections: IntCounterVec,
+    /// WebSocket text frames by route, direction and verdict.
+    pub websocket_frames: IntCounterVec,
+    /// Upgraded WebSocket connections open now.
+    pub websocket_open: IntGauge,
 }
 
 impl Metrics {
@@ -71,9 +77,9 @@ impl Metrics {
             registry: Registry::new(),
             names: Default::default(),
         };
-        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut, shared_ops] =
+        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut, shared_ops, websocket_connections, websocket_frames] =
             COUNTERS.map(|(name, help, labels)| counter(&r, name, help, labels));
-        let [context_entries, connections_open, shared_up, cpu_cores] =
+        let [context_entries, connections_open, shared_up, cpu_cores, websocket_open] =
             GAUGES.map(|(name, help)| gauge(&r, name, help));
         cpu_cores.set(available_cpus());
         register_process_metrics(&r);
@@ -142,6 +148,9 @@ impl Metrics {
             shared_up,
             shared_ops,
             shared_seconds,
+            websocket_connections,
+            websocket_frames,
+            websocket_open,
         }
     }
 
@@ -170,7 +179,7 @@ impl Default for Metrics {
 /// Every counter: name (after `moltgate_`), help, labels; in the order
 /// `Metrics::new` destructures them.
 type CounterDef = (&'static str, &'static str, &'static [&'static str]);
-const COUNTERS: [CounterDef; 14] = [
+const COUNTERS: [CounterDef; 16] = [
     (
         "requests_total",
         "Requests by route, platform and outcome.",
@@ -241,6 +250,16 @@ const COUNTERS: [CounterDef; 14] = [
         "Shared-tier (Redis) operations by operation and result.",
         &["op", "result"],
     ),
+    (
+        "websocket_connections_total",
+        "WebSocket upgrades by route, mode and result (upgraded, upstream_refused, upstream_unreachable).",
+        &["route", "mode", "result"],
+    ),
+    (
+        "websocket_frames_total",
+        "WebSocket text frames by route, direction (ingress, egress) and verdict (forwarded, masked, refused).",
+        &["route", "direction", "verdict"],
+    ),
 ];
 
 /// Registers a metric whose definition is static: an error is a bug in this
@@ -270,7 +289,7 @@ struct Registrar {
 
 /// Every plain gauge: name (after `moltgate_`) and help, in the order
 /// `Metrics::new` destructures them.
-const GAUGES: [(&str, &str); 4] = [
+const GAUGES: [(&str, &str); 5] = [
     (
         "context_entries",
         "Conversations held in the context cache.",
@@ -286,6 +305,10 @@ const GAUGES: [(&str, &str); 4] = [
     (
         "cpu_cores",
         "CPUs this process may use (cgroup quota aware): divides process_cpu_seconds_total into a utilisation.",
+    ),
+    (
+        "websocket_connections_open",
+        "Upgraded WebSocket connections open now.",
     ),
 ];
 

@@ -24,6 +24,7 @@ pub mod context;
 pub mod egress;
 pub mod exchange;
 mod finish;
+mod frame;
 pub mod identity;
 pub mod inspect;
 pub mod passthrough;
@@ -42,6 +43,7 @@ use http::{HeaderMap, Response};
 
 pub use answer::Done;
 pub use exchange::{Exchange, IncomingRequest};
+pub use frame::Frame;
 pub use routes::{Route, Target, PASSTHROUGH_BODY_LIMIT};
 pub use stop::Stop;
 

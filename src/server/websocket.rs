@@ -27,9 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::observe::Audit;
-use crate::path::{Exchange, Gateway, Stop};
+use crate::path::routes::HttpUpstream;
+use crate::path::{Exchange, Gateway, Route, Stop, Target};
 use crate::platform::Rejection;
+use crate::websocket::passthrough::{self, Proxied};
 use crate::websocket::translate::{self, Upgraded};
+use crate::websocket::upstream;
 
 /// Bytes in flight between the session and the WebSocket, each way.
 const PIPE: usize = 64 * 1024;
@@ -43,28 +46,130 @@ pub async fn serve(
     peer: IpAddr,
 ) -> Result<Option<Response<Bytes>>> {
     let started = Instant::now();
-    let upgrade = match admit(gateway, session, &mut ex, peer).await {
+    let (up, key) = match admit(gateway, session, &mut ex, peer).await {
         Ok(upgrade) => upgrade,
         Err(stop) => {
             session.set_keepalive(None);
             return Ok(Some(gateway.refuse(ex, stop).await));
         }
     };
-    let (up, key) = upgrade;
-    let mut resp = ResponseHeader::build(StatusCode::SWITCHING_PROTOCOLS, Some(3))?;
+    let route = ex.route.clone();
+    let bot = route.as_ref().and_then(|r| match &r.target {
+        Target::Bot(bot) => Some((r.clone(), bot.clone())),
+        Target::Assistant(_) => None,
+    });
+    let Some((route, bot)) = bot else {
+        write_101(session, &key, None).await?;
+        count(gateway, &up.route, "translate", "upgraded");
+        audit_upgrade(ex, &up, started);
+        let run = |pipe| translate::serve(gateway.clone(), up, pipe);
+        return bridged(session, run).await;
+    };
+    let subject = ex.sender_id.clone();
+    let (upstream, protocol) = match dial(&route, &bot, &up, &subject).await {
+        Ok(dialed) => dialed,
+        Err(e) => {
+            tracing::warn!(error = %e, route = %up.route, "WebSocket passthrough: no upstream connection");
+            count(gateway, &up.route, "passthrough", e.label());
+            session.set_keepalive(None);
+            let stop = Stop::Unavailable {
+                retry_after: 1,
+                code: -1,
+                status: StatusCode::BAD_GATEWAY,
+            };
+            return Ok(Some(gateway.refuse(ex, stop).await));
+        }
+    };
+    write_101(session, &key, protocol).await?;
+    count(gateway, &up.route, "passthrough", "upgraded");
+    audit_upgrade(ex, &up, started);
+    let conn = Proxied {
+        route: up.route.clone(),
+        authorization: up
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        client_ip: up.client_ip,
+        subject,
+        settings: route.websocket.clone(),
+    };
+    let run = |pipe| passthrough::serve(gateway.clone(), conn, pipe, upstream);
+    bridged(session, run).await
+}
+
+/// Opens the upstream WebSocket of a passthrough route.
+async fn dial(
+    route: &Route,
+    bot: &HttpUpstream,
+    up: &Upgraded,
+    subject: &str,
+) -> std::result::Result<upstream::Dialed, upstream::DialError> {
+    let node = bot.pick().ok_or_else(|| upstream::DialError::Unreachable {
+        node: bot.name.clone(),
+        reason: "the upstream has no nodes".into(),
+    })?;
+    let path = route
+        .websocket
+        .upstream_path
+        .as_deref()
+        .unwrap_or(&route.path);
+    upstream::dial(upstream::Dial {
+        node,
+        path,
+        client_headers: &up.headers,
+        subject,
+        client_ip: up.client_ip,
+        settings: &route.websocket,
+        timeout: bot.timeout,
+    })
+    .await
+}
+
+/// Answers the upgrade: 101, no extension, the upstream's subprotocol if any.
+async fn write_101(
+    session: &mut Session,
+    key: &str,
+    protocol: Option<http::HeaderValue>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(StatusCode::SWITCHING_PROTOCOLS, Some(4))?;
     resp.insert_header(header::UPGRADE, "websocket")?;
     resp.insert_header(header::CONNECTION, "Upgrade")?;
     resp.insert_header(
         header::SEC_WEBSOCKET_ACCEPT,
         derive_accept_key(key.as_bytes()),
     )?;
-    session.write_response_header(Box::new(resp), false).await?;
-    audit_upgrade(ex, &up, started);
+    if let Some(protocol) = protocol {
+        resp.insert_header(header::SEC_WEBSOCKET_PROTOCOL, protocol)?;
+    }
+    session.write_response_header(Box::new(resp), false).await
+}
+
+/// Runs `connection` on one end of a pipe bridged to the upgraded session,
+/// until either ends.
+async fn bridged<F, Fut>(session: &mut Session, connection: F) -> Result<Option<Response<Bytes>>>
+where
+    F: FnOnce(tokio::io::DuplexStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (ours, theirs) = tokio::io::duplex(PIPE);
-    let connection = tokio::spawn(translate::serve(gateway.clone(), up, theirs));
+    let mut connection = tokio::spawn(connection(theirs));
     let bridged = bridge(session, ours).await;
-    connection.abort();
+    // The connection ends once its pipe closes (it says goodbye to the
+    // upstream first); wait for that, bounded, so its audit line is written.
+    let wait = std::time::Duration::from_secs(3);
+    if tokio::time::timeout(wait, &mut connection).await.is_err() {
+        connection.abort();
+    }
     bridged.map(|()| None)
+}
+
+fn count(gateway: &Gateway, route: &str, mode: &str, result: &str) {
+    gateway
+        .metrics
+        .websocket_connections
+        .with_label_values(&[route, mode, result])
+        .inc();
 }
 
 /// The checks before the 101: IP, method, headers, token.

@@ -14,4 +14,6 @@
 pub mod frames;
 pub mod inspect;
 pub mod openclaw;
+pub mod passthrough;
 pub mod translate;
+pub mod upstream;
