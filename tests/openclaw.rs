@@ -1,7 +1,9 @@
 //! The real OpenClaw gateway (npm `openclaw` 2026.9.6, installed by
-//! scripts/openclaw.sh) with a real WebSocket client, directly (no moltgate
-//! in between): the ground truth that the passthrough tests stand on. Its
-//! model is the fake OpenAI-compatible server of tests/common/fake_openai.rs.
+//! scripts/openclaw.sh) with a real WebSocket client: directly (the ground
+//! truth), then through moltgate's passthrough (`platform: websocket`,
+//! `profile: openclaw`) over TLS 1.3. Its model is the fake
+//! OpenAI-compatible server of tests/common/fake_openai.rs, which streams a
+//! phone number split across chunks and records what reached it.
 //!
 //! One gateway takes about 1.3 GiB and 8-25 s to start, so this binary runs
 //! one, in one test, in steps: token mode first, then the same process
@@ -15,6 +17,10 @@ use serde_json::Value;
 
 use common::fake_openai::{FakeOpenAi, PHONE_TEXT};
 use common::openclaw::{self as oc, Auth, Client, Connect, Device, OpenClaw, Refused, USER_HEADER};
+use common::{Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
+
+/// The phone number as the shipped DLP rules show it.
+const PHONE_MASKED: &str = "call me at 138****8000";
 
 /// The address a trusted proxy reports for its client (TEST-NET-3).
 const CLIENT_IP: &str = "203.0.113.7";
@@ -35,6 +41,9 @@ fn real_openclaw_token_and_trusted_proxy_modes() {
     rt.block_on(forwarded_headers_refused_in_token_mode(&gw));
     rt.block_on(compression_not_negotiated(&gw));
     step("token-mode checks done");
+    let mg = moltgate_in_front(gw.port);
+    rt.block_on(through_moltgate_token_mode(&mg, &gw, &model));
+    step("token mode through moltgate done");
 
     gw.set_auth(Auth::TrustedProxy {
         users: vec!["alice".into()],
@@ -43,6 +52,8 @@ fn real_openclaw_token_and_trusted_proxy_modes() {
     rt.block_on(trusted_proxy_turn(&gw, &model));
     rt.block_on(trusted_proxy_needs_attribution_and_identity(&gw));
     step("trusted-proxy checks done");
+    rt.block_on(through_moltgate_trusted_proxy(&mg, &gw));
+    step("trusted-proxy mode through moltgate done");
 
     // The identity header decides who the client is: granting a second user
     // (hot-reloaded, no restart) lets that user chat.
@@ -266,5 +277,152 @@ async fn trusted_proxy_needs_attribution_and_identity(gw: &OpenClaw) {
         }
         other => panic!("a user without scopes chatted: {other:?}"),
     }
+    c.close().await;
+}
+
+/// moltgate in front of the gateway: `/openclaw` for token mode (no
+/// forwarded headers), `/openclaw-tp` for trusted-proxy mode (the identity
+/// header from the JWT). The test client stands behind a proxy of its own
+/// (moltgate trusts 127.0.0.1 for `X-Forwarded-For`), so the address
+/// moltgate admits and forwards is a non-loopback one, as OpenClaw requires.
+fn moltgate_in_front(openclaw_port: u16) -> common::Gateway {
+    let route = "platform: websocket, mode: passthrough, upstream: openclaw";
+    let ws = "profile: openclaw, max_frame: 1048576";
+    Setup {
+        upstreams: format!(
+            "  openclaw: {{ kind: http, nodes: [\"127.0.0.1:{openclaw_port}\"], timeout: 10s }}\n"
+        ),
+        routes: format!(
+            "  - {{ path: /openclaw, {route}, websocket: {{ {ws} }} }}\n  - {{ path: /openclaw-tp, {route}, websocket: {{ {ws}, identity_header: {USER_HEADER} }} }}\n"
+        ),
+        policies: vec![
+            (
+                "security_policy.yaml",
+                format!("{SECURITY_POLICY}trusted_proxies: [127.0.0.1/32]\n"),
+            ),
+            ("abac.yaml", ALLOW_ALL_ABAC.into()),
+            ("dlp.yaml", include_str!("../policies/dlp.yaml").into()),
+        ],
+        ..Default::default()
+    }
+    .start()
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A WebSocket to moltgate over TLS, with a JWT for `sub` and `extra`
+/// headers; the 101 negotiates no extension.
+async fn open_moltgate(
+    mg: &common::Gateway,
+    path: &str,
+    sub: &str,
+    extra: &[(&'static str, &str)],
+) -> tokio_tungstenite::WebSocketStream<Tls> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("wss://localhost:{}{path}", mg.public)
+        .into_client_request()
+        .unwrap();
+    let token = mg.token(sub, &[]);
+    let headers = req.headers_mut();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    for (k, v) in extra {
+        headers.insert(*k, v.parse().unwrap());
+    }
+    let tls = common::raw_tls(mg).await;
+    let (ws, resp) = tokio_tungstenite::client_async(req, tls)
+        .await
+        .unwrap_or_else(|e| panic!("upgrade through moltgate: {e}\n{}", mg.log_text()));
+    assert_eq!(resp.status(), 101);
+    assert!(
+        resp.headers().get("sec-websocket-extensions").is_none(),
+        "compression negotiated: {:?}",
+        resp.headers()
+    );
+    ws
+}
+
+/// No frame of the turn shows the phone number or a part of it that the
+/// mask hides, and every field of the end shows it masked.
+fn assert_masked_everywhere(turn: &oc::Turn) {
+    for frame in &turn.frames {
+        assert!(
+            !frame.contains("13800138000") && !frame.contains("0013"),
+            "unmasked in {frame}"
+        );
+    }
+    assert_eq!(turn.final_text().as_deref(), Some(PHONE_MASKED));
+    assert_eq!(turn.terminal_reply().as_deref(), Some(PHONE_MASKED));
+    let shown = turn.chat_messages();
+    assert!(!shown.is_empty(), "no chat message: {:?}", turn.frames);
+    for text in shown {
+        assert!(PHONE_MASKED.starts_with(&text), "{text:?}");
+    }
+}
+
+/// Token mode through moltgate: the challenge and the signed `connect` pass
+/// untouched (OpenClaw checks the device signature over them), the client's
+/// forwarded headers and compression offer are not passed on, a card in
+/// `chat.send` never reaches the model, and the streamed phone number
+/// reaches the client masked in every frame and field.
+async fn through_moltgate_token_mode(mg: &common::Gateway, gw: &OpenClaw, model: &FakeOpenAi) {
+    let extra = [
+        (
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        ),
+        ("x-forwarded-for", CLIENT_IP),
+        (USER_HEADER, "mallory"),
+    ];
+    let ws = open_moltgate(mg, "/openclaw", "alice", &extra).await;
+    let mut c = Client::handshake(ws, &Connect::token())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "connect through moltgate: {e}\n{}\n{}",
+                gw.log_text(),
+                mg.log_text()
+            )
+        });
+    assert_eq!(c.hello["type"], "hello-ok");
+    assert_eq!(c.hello["auth"]["method"], "token");
+    let card = "5500 0000 0000 0004";
+    let turn = c
+        .chat_send("through-moltgate", &format!("my card is {card}"))
+        .await
+        .unwrap_or_else(|e| panic!("chat.send: {e}\n{}", mg.log_text()));
+    show("token mode through moltgate", &c.sent, &turn.frames);
+    assert!(
+        model.saw("my card is "),
+        "the masked message reached the model"
+    );
+    assert!(!model.saw(card), "the card reached the model");
+    assert_masked_everywhere(&turn);
+    c.close().await;
+    mg.wait_audit(|a| {
+        a["route"] == "/openclaw" && a["decision"] == "proxied" && a["sender_id"] == "alice"
+    });
+    assert!(!mg.log_text().contains(card));
+}
+
+/// Trusted-proxy mode through moltgate: the identity comes from the JWT
+/// (`alice`, who has scopes), not from the client's spoofed header
+/// (`mallory`, who has none at this point: a turn as mallory would fail).
+async fn through_moltgate_trusted_proxy(mg: &common::Gateway, gw: &OpenClaw) {
+    let extra = [(USER_HEADER, "mallory"), ("x-forwarded-for", CLIENT_IP)];
+    let ws = open_moltgate(mg, "/openclaw-tp", "alice", &extra).await;
+    let mut c = Client::handshake(ws, &Connect::trusted_proxy())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "trusted-proxy connect through moltgate: {e}\n{}",
+                gw.log_text()
+            )
+        });
+    assert_eq!(c.hello["auth"]["method"], "trusted-proxy");
+    let turn = c
+        .chat_send("through-moltgate-tp", "hello from alice")
+        .await
+        .unwrap_or_else(|e| panic!("chat.send as alice: {e}\n{}", gw.log_text()));
+    assert_masked_everywhere(&turn);
     c.close().await;
 }
