@@ -20,6 +20,7 @@ pub mod slack_receive;
 pub mod telegram_receive;
 pub mod wecom_receive;
 pub mod wecom_xml;
+pub mod ws_frames;
 pub mod wxcrypt_decrypt;
 
 /// Every target: its name (the directory under `seeds/` and `corpora/`) and
@@ -39,5 +40,6 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("telegram_receive", telegram_receive::run),
     ("wecom_receive", wecom_receive::run),
     ("wecom_xml", wecom_xml::run),
+    ("ws_frames", ws_frames::run),
     ("wxcrypt_decrypt", wxcrypt_decrypt::run),
 ];
