@@ -36,9 +36,11 @@ use crate::path::exchange::Found;
 use crate::policy::dlp::{Direction, Emitted, Finding, StreamMasker};
 use crate::policy::PolicySet;
 
-/// The `req` methods whose `params.message` is the user's text for the
-/// assistant: each such frame is a message.
-pub const MESSAGE_METHODS: &[&str] = &["chat.send", "agent", "send", "sessions.send"];
+/// The `req` methods whose `params.message` is text for the assistant or a
+/// session's transcript (OpenClaw 2026.9.6's schemas: `chat.inject` writes
+/// into a transcript the model reads later): each such frame is a message.
+pub const MESSAGE_METHODS: &[&str] =
+    &["chat.send", "chat.inject", "agent", "send", "sessions.send"];
 
 /// Runs whose streamed answers one connection tracks at once; the oldest is
 /// forgotten first (its next frame starts a new stream).
