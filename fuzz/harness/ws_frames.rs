@@ -128,7 +128,9 @@ fn client(inspector: &mut FrameInspector, text: &str) {
     match (&ins.verdict, &parsed) {
         (Verdict::Refuse(Refusal::Malformed(_)), None) => {}
         (_, None) => panic!("non-JSON not refused: {text:?} -> {:?}", ins.verdict),
-        (Verdict::Refuse(Refusal::Malformed(_)), Some(_)) => panic!("JSON refused as malformed: {text:?}"),
+        (Verdict::Refuse(Refusal::Malformed(_)), Some(_)) => {
+            panic!("JSON refused as malformed: {text:?}")
+        }
         (Verdict::Rewrite(out), Some(before)) => same_kind(before, out),
         _ => {}
     }
