@@ -16,6 +16,7 @@ pub mod context;
 pub mod dedupe;
 pub mod envelope;
 pub mod observe;
+pub mod openai;
 pub mod path;
 pub mod platform;
 pub mod policy;

@@ -60,13 +60,55 @@ pub fn scan_answer(
 
 /// Scans `text` for egress, noting each finding in `found`.
 fn scan(policies: &PolicySet, text: &str, found: &mut Vec<Found>) -> DlpOutcome {
-    let scan = policies.dlp.scan(text, Direction::Egress);
+    scan_noting(policies, text, Direction::Egress, found)
+}
+
+/// Scans `text` in `direction`, noting each finding (rule and action,
+/// never the value) in `found`.
+pub fn scan_noting(
+    policies: &PolicySet,
+    text: &str,
+    direction: Direction,
+    found: &mut Vec<Found>,
+) -> DlpOutcome {
+    let scan = policies.dlp.scan(text, direction);
+    let direction = match direction {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    };
     found.extend(scan.findings.iter().map(|f| Found {
         rule: f.rule.clone(),
         action: f.action.as_str(),
-        direction: "egress",
+        direction,
     }));
     scan
+}
+
+/// Scans one whole text: the text to show instead (masked, or the withheld
+/// notice when a `block` rule matched), or `None` when it may pass as it is.
+pub fn mask_text(
+    policies: &PolicySet,
+    text: &str,
+    direction: Direction,
+    found: &mut Vec<Found>,
+) -> Option<String> {
+    let scan = scan_noting(policies, text, direction, found);
+    if scan.is_blocked() {
+        return Some(WITHHELD_REPLY.to_string());
+    }
+    scan.masked
+}
+
+/// Calls `f` on every string inside a JSON value (the texts of a frame or
+/// a chunk that DLP reads).
+pub fn for_each_string(value: &mut serde_json::Value, f: &mut dyn FnMut(&mut String)) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter_mut().for_each(|v| for_each_string(v, f)),
+        Value::Object(map) => map.values_mut().for_each(|v| for_each_string(v, f)),
+        _ => {}
+    }
 }
 
 /// Counts DLP findings made outside a request's record (deferred replies).

@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use super::openclaw;
 use crate::config::{WebSocketProfile, WebSocketSettings};
+use crate::path::egress::{for_each_string, scan_noting};
 use crate::path::exchange::Found;
-use crate::policy::dlp::{Direction, DlpOutcome};
+use crate::policy::dlp::Direction;
 use crate::policy::PolicySet;
 
 /// What to do with one frame.
@@ -150,10 +151,12 @@ impl FrameInspector {
         // Not JSON: nothing the profile knows is in it (OpenClaw sends only
         // JSON), but it may still be text for a person: scan it whole.
         let Ok(mut frame) = serde_json::from_str::<Value>(text) else {
-            let verdict = match scan_text(policies, text, Direction::Egress, &mut found) {
-                Some(masked) => Verdict::Rewrite(masked),
-                None => Verdict::Forward,
-            };
+            let verdict =
+                match crate::path::egress::mask_text(policies, text, Direction::Egress, &mut found)
+                {
+                    Some(masked) => Verdict::Rewrite(masked),
+                    None => Verdict::Forward,
+                };
             return Egress { verdict, found };
         };
         let changed = match &self.profile {
@@ -247,7 +250,7 @@ fn scan_fields(
     };
     for field in fields {
         for_each_string(field, &mut |s| {
-            let scan = scan(policies, s, direction, found);
+            let scan = scan_noting(policies, s, direction, found);
             if out.blocked_by.is_none() {
                 out.blocked_by = scan.blocked_by.clone();
             }
@@ -264,54 +267,6 @@ fn scan_fields(
         });
     }
     out
-}
-
-/// Calls `f` on every string in `value`.
-pub(super) fn for_each_string(value: &mut Value, f: &mut dyn FnMut(&mut String)) {
-    match value {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter_mut().for_each(|v| for_each_string(v, f)),
-        Value::Object(map) => map.values_mut().for_each(|v| for_each_string(v, f)),
-        _ => {}
-    }
-}
-
-/// Scans one text, noting the findings; the masked text if anything was
-/// masked, the withheld notice if a `block` rule matched (egress).
-pub(super) fn scan_text(
-    policies: &PolicySet,
-    text: &str,
-    direction: Direction,
-    found: &mut Vec<Found>,
-) -> Option<String> {
-    let scan = scan(policies, text, direction, found);
-    if scan.is_blocked() {
-        return Some(crate::path::egress::WITHHELD_REPLY.to_string());
-    }
-    scan.masked
-}
-
-fn scan(
-    policies: &PolicySet,
-    text: &str,
-    direction: Direction,
-    found: &mut Vec<Found>,
-) -> DlpOutcome {
-    let scan = policies.dlp.scan(text, direction);
-    found.extend(scan.findings.iter().map(|f| Found {
-        rule: f.rule.clone(),
-        action: f.action.as_str(),
-        direction: direction_label(direction),
-    }));
-    scan
-}
-
-/// The `direction` label of a finding.
-pub(super) fn direction_label(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
 }
 
 #[cfg(test)]

@@ -30,8 +30,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::inspect::{for_each_string, scan_text};
-use crate::path::egress::WITHHELD_REPLY;
+use crate::path::egress::{for_each_string, mask_text, WITHHELD_REPLY};
 use crate::path::exchange::Found;
 use crate::policy::dlp::{Direction, Emitted, Finding, StreamMasker};
 use crate::policy::PolicySet;
@@ -243,7 +242,7 @@ fn scan_whole(
     for pointer in pointers {
         if let Some(field) = value.pointer_mut(pointer) {
             for_each_string(field, &mut |s| {
-                if let Some(masked) = scan_text(policies, s, Direction::Egress, found) {
+                if let Some(masked) = mask_text(policies, s, Direction::Egress, found) {
                     *s = masked;
                     changed = true;
                 }
