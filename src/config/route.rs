@@ -40,6 +40,8 @@ pub enum PlatformKind {
     /// WebSocket: moltgate's own streaming API (translate) or an inspecting
     /// proxy for a WebSocket bot gateway (passthrough).
     Websocket,
+    /// OpenAI-compatible chat completions (`POST`, streamed or not).
+    Openai,
 }
 
 impl PlatformKind {
@@ -54,6 +56,7 @@ impl PlatformKind {
             PlatformKind::Discord => "discord",
             PlatformKind::Telegram => "telegram",
             PlatformKind::Websocket => "websocket",
+            PlatformKind::Openai => "openai",
         }
     }
 }

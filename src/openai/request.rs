@@ -46,6 +46,11 @@ pub fn texts_mut(body: &mut Value) -> Result<Vec<&mut String>, RequestError> {
     Ok(out)
 }
 
+/// Whether a request body asks for a streamed answer (`"stream": true`).
+pub fn is_streamed_body(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| is_streamed(&v))
+}
+
 /// Whether the request asks for a streamed answer.
 pub fn is_streamed(body: &Value) -> bool {
     body.get("stream").and_then(Value::as_bool) == Some(true)

@@ -32,6 +32,7 @@ pub mod rate;
 pub mod reply;
 pub mod routes;
 pub mod stop;
+pub mod streamed;
 #[cfg(test)]
 mod testkit;
 

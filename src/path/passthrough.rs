@@ -5,6 +5,7 @@
 //! (replaced by the platform's plain acknowledgement) when it cannot be
 //! scanned or a `block` rule matches.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -15,10 +16,12 @@ use super::egress::{self, AnswerScan};
 use super::exchange::{Found, IncomingRequest};
 use super::routes::HttpUpstream;
 use super::stop::Stop;
+use super::streamed::{StreamedBody, StreamingAnswer};
+use crate::openai::{self, chunks::ChunkMasker};
 use crate::platform::adapter::Resealed;
 use crate::platform::{PlatformAdapter, PlatformMessage};
 use crate::policy::PolicySet;
-use crate::upstream::bot::{BotAnswer, BotClient, BotRequest};
+use crate::upstream::bot::{BotAnswer, BotClient, BotError, BotRequest, BotStream, ANSWER_LIMIT};
 
 /// What the passthrough call needs from the earlier stages.
 pub struct Forward<'a> {
@@ -38,23 +41,19 @@ pub struct Forward<'a> {
 pub async fn forward(
     client: &dyn BotClient,
     bot: &HttpUpstream,
-    policies: &PolicySet,
+    policies: &Arc<PolicySet>,
     f: Forward<'_>,
     found: &mut Vec<Found>,
 ) -> Result<(String, Done), Stop> {
     let peer = bot.pick().ok_or(Stop::NoUpstream)?.to_string();
     let request = bot_request(&f);
+    if f.adapter.platform() == "openai" && openai::request::is_streamed_body(&request.body) {
+        return forward_stream(client, bot, policies, f, request, peer, found).await;
+    }
     let answer = client
         .call(&peer, request, bot.timeout)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, upstream = %bot.name, "passthrough bot call failed");
-            Stop::Unavailable {
-                retry_after: 1,
-                code: -1,
-                status: StatusCode::BAD_GATEWAY,
-            }
-        })?;
+        .map_err(|e| unavailable(bot, e))?;
     let status = answer.status;
     let (response, note) = inspect_answer(policies, f.adapter, f.msg, answer, found);
     Ok((
@@ -68,8 +67,104 @@ pub async fn forward(
     ))
 }
 
+/// The bot could not be reached: the sender may retry.
+fn unavailable(bot: &HttpUpstream, e: BotError) -> Stop {
+    tracing::warn!(error = %e, upstream = %bot.name, "passthrough bot call failed");
+    Stop::Unavailable {
+        retry_after: 1,
+        code: -1,
+        status: StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// A streamed (`stream: true`) OpenAI-compatible call: an SSE answer goes
+/// back as it arrives, through streaming-safe DLP; any other answer (an
+/// error) is read whole and scanned like every answer.
+async fn forward_stream(
+    client: &dyn BotClient,
+    bot: &HttpUpstream,
+    policies: &Arc<PolicySet>,
+    f: Forward<'_>,
+    request: BotRequest,
+    peer: String,
+    found: &mut Vec<Found>,
+) -> Result<(String, Done), Stop> {
+    let answer = client
+        .stream(&peer, request, bot.timeout)
+        .await
+        .map_err(|e| unavailable(bot, e))?;
+    let is_sse = answer
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let status = answer.status;
+    if !is_sse {
+        let whole = read_whole(answer).await.map_err(|e| unavailable(bot, e))?;
+        let (response, note) = inspect_answer(policies, f.adapter, f.msg, whole, found);
+        let done = Done {
+            response,
+            decision: "proxied",
+            note,
+            settles: status.is_success(),
+        };
+        return Ok((peer, done));
+    }
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = status;
+    let mut headers = answer.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    *response.headers_mut() = headers;
+    let masker = ChunkMasker::new(policies.clone());
+    let streamed = StreamingAnswer::new(answer.body, masker);
+    response
+        .extensions_mut()
+        .insert(StreamedBody::new(streamed));
+    let done = Done {
+        response,
+        decision: "proxied",
+        note: "streamed",
+        settles: status.is_success(),
+    };
+    Ok((peer, done))
+}
+
+/// A streamed answer read whole (bounded by [`ANSWER_LIMIT`]).
+async fn read_whole(mut answer: BotStream) -> Result<BotAnswer, BotError> {
+    use futures::StreamExt;
+    let mut body = bytes::BytesMut::new();
+    while let Some(piece) = answer.body.next().await {
+        let piece = piece?;
+        if body.len() + piece.len() > ANSWER_LIMIT {
+            return Err(BotError::TooLarge {
+                peer: String::new(),
+            });
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(BotAnswer {
+        status: answer.status,
+        headers: answer.headers,
+        body: body.freeze(),
+    })
+}
+
 fn bot_request(f: &Forward<'_>) -> BotRequest {
     let mut headers = f.req.headers.clone();
+    match f.adapter.upstream_authorization() {
+        None => {}
+        Some(None) => {
+            headers.remove(header::AUTHORIZATION);
+        }
+        Some(Some(value)) => match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            Err(_) => {
+                headers.remove(header::AUTHORIZATION);
+            }
+        },
+    }
     let (body, query) = match &f.resealed {
         Some(sealed) => {
             for (name, value) in &sealed.headers {

@@ -439,6 +439,14 @@ pub trait PlatformAdapter: Send + Sync {
         answer.to_bytes().ok()
     }
 
+    /// The `Authorization` a passthrough request carries to the bot:
+    /// `None` forwards the client's as it came (a webhook's own scheme);
+    /// `Some(None)` removes it (the client's credential is moltgate's);
+    /// `Some(Some(value))` replaces it.
+    fn upstream_authorization(&self) -> Option<Option<String>> {
+        None
+    }
+
     /// How long redeliveries of one message id must be recognised: at least
     /// the platform's retry window.
     fn dedupe_ttl(&self) -> Duration {

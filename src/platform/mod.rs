@@ -8,6 +8,7 @@ pub mod dingtalk;
 pub mod discord;
 pub mod feishu;
 pub mod generic;
+pub mod openai;
 pub mod payload;
 pub mod rejection;
 pub mod slack;
@@ -44,6 +45,9 @@ pub fn build(
         PlatformKind::Slack => Arc::new(slack::SlackAdapter::new(secrets, api_base)?),
         PlatformKind::Discord => Arc::new(discord::DiscordAdapter::new(secrets, api_base)?),
         PlatformKind::Telegram => Arc::new(telegram::TelegramAdapter::new(secrets, api_base)?),
+        PlatformKind::Openai => Arc::new(openai::OpenAiAdapter::new(adapter::optional_secret(
+            secrets, "token",
+        ))),
     })
 }
 

@@ -26,7 +26,7 @@ use crate::config::yaml::{did_you_mean, locate, parse_str};
 use crate::config::FileError;
 
 /// The platforms an account may name.
-pub const PLATFORMS: [&str; 8] = [
+pub const PLATFORMS: [&str; 9] = [
     "generic",
     "feishu",
     "wecom",
@@ -35,6 +35,7 @@ pub const PLATFORMS: [&str; 8] = [
     "discord",
     "telegram",
     "websocket",
+    "openai",
 ];
 
 /// The file as written.

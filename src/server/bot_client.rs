@@ -23,8 +23,11 @@ use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession}
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use tokio::io::AsyncWriteExt;
 
+use bytes::Bytes;
+
 use crate::upstream::bot::{
-    end_to_end, is_hop_by_hop, BotAnswer, BotClient, BotError, BotRequest, ANSWER_LIMIT,
+    end_to_end, is_hop_by_hop, BotAnswer, BotClient, BotError, BotRequest, BotStream, ANSWER_LIMIT,
+    STREAM_LIMIT,
 };
 
 /// How long an idle pooled connection to a bot is kept.
@@ -241,4 +244,85 @@ impl BotClient for PingoraBotClient {
                 })
             })
     }
+
+    /// One fresh connection (a stream is long; it is not returned to the
+    /// pool), the header within `timeout`, then the body piece by piece.
+    async fn stream(
+        &self,
+        peer: &str,
+        req: BotRequest,
+        timeout: Duration,
+    ) -> Result<BotStream, BotError> {
+        let timed_out = || BotError::Timeout {
+            peer: peer.to_string(),
+            timeout,
+        };
+        let open = async {
+            let wire = request_wire(&req, peer)?;
+            let target = self.peer(peer).await?;
+            let stream = self
+                .connector
+                .new_stream(&target)
+                .await
+                .map_err(|e| unreachable(peer, e.etype().as_str()))?;
+            let mut stream = stream;
+            stream
+                .write_all(&wire)
+                .await
+                .map_err(|e| unreachable(peer, &e.kind().to_string()))?;
+            stream
+                .flush()
+                .await
+                .map_err(|e| unreachable(peer, &e.kind().to_string()))?;
+            let mut session = HttpSession::new_with_options(stream, &target);
+            read_answer_header(&mut session)
+                .await
+                .map_err(|e| unreachable(peer, e.etype().as_str()))?;
+            Ok::<_, BotError>(session)
+        };
+        let session = tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| timed_out())??;
+        let (status, headers) = match session.resp_header() {
+            Some(h) => (h.status, end_to_end(&h.headers)),
+            None => (StatusCode::BAD_GATEWAY, http::HeaderMap::new()),
+        };
+        Ok(BotStream {
+            status,
+            headers,
+            body: body_stream(session, peer.to_string(), timeout),
+        })
+    }
+}
+
+/// A streamed answer's body: each piece within `idle` of the last, at most
+/// [`STREAM_LIMIT`] bytes; an error ends it.
+fn body_stream(
+    session: HttpSession,
+    peer: String,
+    idle: Duration,
+) -> futures::stream::BoxStream<'static, Result<Bytes, BotError>> {
+    let state = Some((session, 0usize));
+    Box::pin(futures::stream::unfold(state, move |state| {
+        let peer = peer.clone();
+        async move {
+            let (mut session, read) = state?;
+            let piece = match tokio::time::timeout(idle, session.read_body_bytes()).await {
+                Err(_) => Err(BotError::Timeout {
+                    peer,
+                    timeout: idle,
+                }),
+                Ok(Err(e)) => Err(unreachable(&peer, e.etype().as_str())),
+                Ok(Ok(None)) => return None,
+                Ok(Ok(Some(piece))) if read + piece.len() > STREAM_LIMIT => {
+                    Err(BotError::TooLarge { peer })
+                }
+                Ok(Ok(Some(piece))) => {
+                    let read = read + piece.len();
+                    return Some((Ok(piece), Some((session, read))));
+                }
+            };
+            Some((piece, None))
+        }
+    }))
 }

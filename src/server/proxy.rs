@@ -19,7 +19,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use crate::config::PlatformKind;
-use crate::path::{Exchange, Gateway, IncomingRequest, Stop};
+use crate::path::streamed::{StreamedBody, StreamingAnswer};
+use crate::path::{egress, Exchange, Gateway, IncomingRequest, Stop};
 
 /// The public listener's proxy logic.
 pub struct PublicProxy {
@@ -86,6 +87,36 @@ pub async fn write_response(session: &mut Session, resp: Response<Bytes>) -> Res
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// Writes a streamed answer: its header now, then each piece as the path
+/// produces it (no `Content-Length`: HTTP/1.1 chunks it, HTTP/2 frames it);
+/// its egress findings are counted when it ends.
+async fn write_streamed(
+    session: &mut Session,
+    resp: Response<Bytes>,
+    mut answer: StreamingAnswer,
+    metrics: &crate::observe::Metrics,
+) -> Result<()> {
+    let (parts, _) = resp.into_parts();
+    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
+    for (name, value) in &parts.headers {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    let written = async {
+        while let Some(piece) = answer.next_piece().await {
+            if !piece.is_empty() {
+                session.write_response_body(Some(piece), false).await?;
+            }
+        }
+        session.write_response_body(None, true).await
+    }
+    .await;
+    egress::count(metrics, &answer.take_found());
+    written
 }
 
 /// The TCP peer's address (the IP policy may then trust a proxy's header).
@@ -186,7 +217,14 @@ impl ProxyHttp for PublicProxy {
             // (HTTP/1.1 `Connection: close`; HTTP/2 gets a GOAWAY: `lifecycle`).
             session.set_keepalive(None);
         }
-        write_response(session, resp).await?;
+        let streamed = resp
+            .extensions()
+            .get::<StreamedBody>()
+            .and_then(|s| s.take());
+        match streamed {
+            Some(answer) => write_streamed(session, resp, answer, &gw.metrics).await?,
+            None => write_response(session, resp).await?,
+        }
         if unread_body {
             linger(session).await;
         }

@@ -83,6 +83,19 @@ pub enum BotError {
     },
 }
 
+/// The most bytes of a streamed answer (an SSE stream) read from a bot.
+pub const STREAM_LIMIT: usize = 16 * ANSWER_LIMIT;
+
+/// The bot's answer, its body read as it arrives.
+pub struct BotStream {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers, without hop-by-hop ones.
+    pub headers: HeaderMap,
+    /// Its body, piece by piece; ends after [`STREAM_LIMIT`] bytes with an error.
+    pub body: futures::stream::BoxStream<'static, Result<Bytes, BotError>>,
+}
+
 /// Calls a bot. A trait so that the passthrough stage is testable without sockets.
 #[async_trait]
 pub trait BotClient: Send + Sync {
@@ -93,6 +106,24 @@ pub trait BotClient: Send + Sync {
         req: BotRequest,
         timeout: Duration,
     ) -> Result<BotAnswer, BotError>;
+
+    /// Sends `req` and returns the answer with its body still arriving
+    /// (`timeout` bounds the header, then each wait for a piece). By
+    /// default the whole answer, as one piece.
+    async fn stream(
+        &self,
+        peer: &str,
+        req: BotRequest,
+        timeout: Duration,
+    ) -> Result<BotStream, BotError> {
+        let answer = self.call(peer, req, timeout).await?;
+        let body = answer.body;
+        Ok(BotStream {
+            status: answer.status,
+            headers: answer.headers,
+            body: Box::pin(futures::stream::once(async move { Ok(body) })),
+        })
+    }
 }
 
 /// Copies `from` without hop-by-hop headers.

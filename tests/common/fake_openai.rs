@@ -49,6 +49,8 @@ struct Script {
     queue: VecDeque<Vec<String>>,
     /// The answer once the queue is empty.
     default: Vec<String>,
+    /// When set, a streamed answer waits for it before its last piece.
+    gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The running fake; stops with its runtime when dropped.
@@ -70,6 +72,7 @@ impl FakeOpenAi {
         let script = Arc::new(Mutex::new(Script {
             queue: VecDeque::new(),
             default: PHONE_CHUNKS.iter().map(|s| s.to_string()).collect(),
+            gate: None,
         }));
         let (reqs, scr) = (requests.clone(), script.clone());
         rt.spawn(async move {
@@ -100,6 +103,15 @@ impl FakeOpenAi {
             .unwrap()
             .queue
             .push_back(pieces.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// From now on a streamed answer sends its last piece only after the
+    /// returned gate is notified (`notify_one`), so a test knows the upstream
+    /// has not finished while it reads the first chunks.
+    pub fn hold_last_piece(&self) -> Arc<tokio::sync::Notify> {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        self.script.lock().unwrap().gate = Some(gate.clone());
+        gate
     }
 
     /// Every model call without a queued answer answers `pieces`.
@@ -250,12 +262,13 @@ async fn serve(
         let keep_open = match (method.as_str(), path.as_str()) {
             ("POST", p) if p.ends_with("/chat/completions") => {
                 let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let pieces = {
+                let (pieces, gate) = {
                     let mut s = script.lock().unwrap();
-                    s.queue.pop_front().unwrap_or_else(|| s.default.clone())
+                    let pieces = s.queue.pop_front().unwrap_or_else(|| s.default.clone());
+                    (pieces, s.gate.clone())
                 };
                 if req["stream"].as_bool() == Some(true) {
-                    stream_answer(&mut w, &req, &pieces).await;
+                    stream_answer(&mut w, &req, &pieces, gate).await;
                     false
                 } else {
                     whole_answer(&mut w, &req, &pieces).await
@@ -312,6 +325,7 @@ async fn stream_answer(
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     req: &serde_json::Value,
     pieces: &[String],
+    gate: Option<Arc<tokio::sync::Notify>>,
 ) {
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
     if w.write_all(head.as_bytes()).await.is_err() {
@@ -352,6 +366,11 @@ async fn stream_answer(
         // arrives in its own read on OpenClaw's side.
         if i > 1 && i <= pieces.len() {
             tokio::time::sleep(CHUNK_PAUSE).await;
+        }
+        if i == pieces.len() {
+            if let Some(gate) = &gate {
+                gate.notified().await;
+            }
         }
         let frame = format!("data: {event}\n\n");
         if w.write_all(frame.as_bytes()).await.is_err() {
