@@ -12,12 +12,22 @@
 //! against `whole_64k`, the same text masked at once; the ratio of the two
 //! is the cost of streaming-safe masking; the streamed time over the number
 //! of pieces (about 4,100) is the added latency per chunk.
+//!
+//! `openai_sse` (issue 15): the same transcript as an OpenAI-compatible SSE
+//! answer (`data: {chat.completion.chunk}` with a 16-byte `delta.content`
+//! each, then `[DONE]`) through `ChunkMasker` (SSE parsing, one JSON parse
+//! per chunk, streaming-safe masking, the chunk written again), against
+//! `sse_parse_only` (the parsing and JSON alone, what any inspecting proxy
+//! pays): per chunk, the difference is what masking adds.
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use moltgate::openai::chunks::ChunkMasker;
+use moltgate::openai::sse::{data_event, SseParser};
 use moltgate::policy::dlp::{Direction, DlpPolicy, StreamMasker};
+use moltgate::policy::PolicySet;
 
 const SHIPPED: &str = include_str!("../policies/dlp.yaml");
 
@@ -181,5 +191,49 @@ fn stream(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, scan, compile, stream);
+fn openai_sse(c: &mut Criterion) {
+    let policies = match PolicySet::load(Path::new("policies"), 1, None) {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => panic!("{e}"),
+    };
+    let big = big_message();
+    let mut sse = Vec::new();
+    let deltas = pieces(&big, 16);
+    for d in &deltas {
+        let chunk = serde_json::json!({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",
+            "choices":[{"index":0,"delta":{"content":d},"finish_reason":null}]});
+        sse.extend(data_event(&chunk.to_string()));
+    }
+    sse.extend_from_slice(b"data: [DONE]\n\n");
+    let mut g = c.benchmark_group("openai_sse");
+    g.throughput(Throughput::Elements(deltas.len() as u64));
+    g.bench_function("sse_parse_only", |b| {
+        b.iter(|| {
+            let mut p = SseParser::default();
+            let mut n = 0;
+            for part in sse.chunks(4096) {
+                for e in p.push(black_box(part)).unwrap_or_default() {
+                    if let Some(d) = e.data {
+                        n += serde_json::from_str::<serde_json::Value>(&d)
+                            .map_or(0, |v| v.as_object().map_or(0, |o| o.len()));
+                    }
+                }
+            }
+            n
+        })
+    });
+    g.bench_function("chunk_masker", |b| {
+        b.iter(|| {
+            let mut m = ChunkMasker::new(policies.clone());
+            let mut out = 0;
+            for part in sse.chunks(4096) {
+                out += m.push(black_box(part)).len();
+            }
+            out + m.finish().len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, scan, compile, stream, openai_sse);
 criterion_main!(benches);
