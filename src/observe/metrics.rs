@@ -105,16 +105,7 @@ impl Metrics {
                 ]),
             ),
         );
-        let node_healthy = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "moltgate_upstream_node_healthy",
-                    "1 when the upstream node passes health checks.",
-                ),
-                &["upstream", "node"],
-            ),
-        );
+        let node_healthy = node_healthy(&r);
         let shared_seconds = histogram(
             &r,
             "shared_seconds",
@@ -261,6 +252,20 @@ const COUNTERS: [CounterDef; 16] = [
         &["route", "direction", "verdict"],
     ),
 ];
+
+/// `moltgate_upstream_node_healthy{upstream,node}`.
+fn node_healthy(r: &Registrar) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(
+            Opts::new(
+                "moltgate_upstream_node_healthy",
+                "1 when the upstream node passes health checks.",
+            ),
+            &["upstream", "node"],
+        ),
+    )
+}
 
 /// Registers a metric whose definition is static: an error is a bug in this
 /// file, caught by the first test that builds `Metrics`.
