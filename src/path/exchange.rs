@@ -101,6 +101,10 @@ pub struct Exchange {
     pub claim: Option<Claimed>,
     /// The client address the IP policy judged (stage `admit`).
     pub client_ip: Option<std::net::IpAddr>,
+    /// Set by a caller that streams the answer (the WebSocket API): each
+    /// reply part goes here as it arrives, through egress DLP. Bounded, so
+    /// a slow reader holds back the AI cluster's stream, not memory.
+    pub reply_parts: Option<tokio::sync::mpsc::Sender<String>>,
 }
 
 impl Exchange {
@@ -122,6 +126,7 @@ impl Exchange {
             note: "",
             claim: None,
             client_ip: None,
+            reply_parts: None,
         }
     }
 

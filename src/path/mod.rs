@@ -332,6 +332,7 @@ impl Gateway {
             writeback: &self.writeback,
             metrics: &self.metrics,
             inline_by: ex.started() + route.deadline.mul_f32(0.8),
+            parts: ex.reply_parts.as_ref(),
         };
         let mut found = Vec::new();
         let (done, code) = replier.answer(msg, env, accepted, &mut found).await;

@@ -2,13 +2,15 @@
 //! recorded in the conversation's context. A JSON API waits for every
 //! reply; a platform webhook is answered inline when the whole reply came
 //! within the platform's deadline, else acknowledged now, with the reply
-//! following through the platform's API.
+//! following through the platform's API. A caller that streams (the
+//! WebSocket API) also gets each part as it arrives, already through
+//! egress DLP, over the request's bounded `reply_parts` channel.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use futures::StreamExt;
 use http::StatusCode;
+use tokio::sync::mpsc;
 
 use super::answer::{self, Done};
 use super::context::Conversations;
@@ -17,8 +19,8 @@ use super::exchange::Found;
 use crate::observe::Metrics;
 use crate::platform::{Channel, PlatformAdapter, PlatformMessage};
 use crate::policy::PolicySet;
-use crate::proto::v1::{reply, Envelope};
-use crate::upstream::{Accepted, Collected};
+use crate::proto::v1::Envelope;
+use crate::upstream::{Accepted, Collected, Part};
 use crate::writeback::Writeback;
 
 /// Everything answering needs, borrowed from the gateway and the request.
@@ -35,6 +37,9 @@ pub struct Replier<'a> {
     pub metrics: &'a Metrics,
     /// When the platform gives up on the webhook (80 % of its deadline).
     pub inline_by: Instant,
+    /// Where a streaming caller takes each reply part as it arrives (the
+    /// request's [`super::Exchange::reply_parts`]).
+    pub parts: Option<&'a mpsc::Sender<String>>,
 }
 
 impl Replier<'_> {
@@ -53,26 +58,37 @@ impl Replier<'_> {
         }
     }
 
+    /// Every reply in one JSON body. Each part is scanned as it arrives and,
+    /// for a streaming caller, handed on before the next one is read: the
+    /// channel is bounded, so a slow reader slows reading the cluster's
+    /// stream instead of filling a buffer. A caller that went away (its
+    /// receiver dropped) stops getting parts; the message is still
+    /// answered, recorded and audited as a whole.
     async fn collect_all(
         &self,
         msg: PlatformMessage,
         env: Envelope,
-        accepted: Accepted,
+        mut accepted: Accepted,
         found: &mut Vec<Found>,
     ) -> (Done, i32) {
-        let collected = accepted.collect().await;
-        let replies: Vec<String> = collected
-            .texts
-            .iter()
-            .map(|t| egress::scan_reply(self.policies, t, found))
-            .collect();
-        self.context
-            .record(&env, &msg.text, &replies, &collected.state)
-            .await;
+        let mut replies = Vec::new();
+        let (state, code) = loop {
+            match accepted.next_part().await {
+                Part::Text(text) => {
+                    let text = egress::scan_reply(self.policies, &text, found);
+                    if let Some(parts) = self.parts {
+                        let _ = parts.send(text.clone()).await;
+                    }
+                    replies.push(text);
+                }
+                Part::End { state, code } => break (state, code),
+            }
+        };
+        self.context.record(&env, &msg.text, &replies, &state).await;
         let body = serde_json::json!({
             "envelope_id": env.id,
             "replies": replies.iter().map(|t| serde_json::json!({"text": t})).collect::<Vec<_>>(),
-            "complete": collected.code == 0,
+            "complete": code == 0,
         });
         let done = Done {
             response: answer::json_response(StatusCode::OK, &body),
@@ -80,7 +96,7 @@ impl Replier<'_> {
             note: "",
             settles: true,
         };
-        (done, collected.code)
+        (done, code)
     }
 
     async fn within_deadline(
@@ -154,23 +170,154 @@ async fn read_until(accepted: &mut Accepted, by: Instant) -> Option<Collected> {
         if Instant::now() >= by {
             break;
         }
-        match tokio::time::timeout_at(by.into(), accepted.replies.next()).await {
+        // `next_part` is cancel safe: a part is never lost to the timeout.
+        match tokio::time::timeout_at(by.into(), accepted.next_part()).await {
             Err(_) => break,
-            Ok(None) => return Some(early),
-            Ok(Some(Err(status))) => {
-                early.code = status.code() as i32;
+            Ok(Part::Text(text)) => early.texts.push(text),
+            Ok(Part::End { state, code }) => {
+                early.state = state;
+                early.code = code;
                 return Some(early);
             }
-            Ok(Some(Ok(r))) => match r.kind {
-                Some(reply::Kind::Text(t)) => early.texts.push(t.text),
-                Some(reply::Kind::Final(f)) => {
-                    early.state = f.state;
-                    return Some(early);
-                }
-                _ => {}
-            },
         }
     }
     accepted.unread(early);
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::assistant::ReplyStream;
+    use crate::context::ContextStore;
+    use crate::path::testkit::{self, JsonAdapter, CARD};
+    use crate::proto::v1::{reply, Final, Reply, TextPart};
+
+    /// A cluster's stream of `texts` then `final`; `read` counts the replies
+    /// taken from it.
+    fn replies(texts: &[&str], read: Arc<AtomicUsize>) -> ReplyStream {
+        let mut kinds: Vec<reply::Kind> = texts
+            .iter()
+            .map(|t| {
+                reply::Kind::Text(TextPart {
+                    text: t.to_string(),
+                })
+            })
+            .collect();
+        kinds.push(reply::Kind::Final(Final::default()));
+        Box::pin(futures::stream::iter(kinds).map(move |kind| {
+            read.fetch_add(1, Ordering::SeqCst);
+            Ok(Reply {
+                envelope_id: "e".into(),
+                kind: Some(kind),
+            })
+        }))
+    }
+
+    #[tokio::test]
+    async fn parts_stream_scanned_with_back_pressure_and_the_body_has_them_all() {
+        let policies = testkit::policies(&[("dlp.yaml", testkit::DLP)]);
+        let adapter: Arc<dyn PlatformAdapter> = Arc::new(JsonAdapter { reseal: false });
+        let metrics = Metrics::new();
+        let context = Conversations {
+            local: Arc::new(ContextStore::new(&Default::default(), metrics.clone())),
+            shared: None,
+        };
+        let writeback = Writeback::new(metrics.clone(), Default::default());
+        let (tx, mut rx) = mpsc::channel(1);
+        let replier = Replier {
+            policies: &policies,
+            adapter: &adapter,
+            context: &context,
+            writeback: &writeback,
+            metrics: &metrics,
+            inline_by: Instant::now(),
+            parts: Some(&tx),
+        };
+        let read = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let texts = ["one", CARD, "three", "four"];
+        let accepted = Accepted::new("n".into(), replies(&texts, read.clone()), deadline);
+        let mut found = Vec::new();
+        let mut answering = Box::pin(replier.collect_all(
+            PlatformMessage::default(),
+            Envelope::default(),
+            accepted,
+            &mut found,
+        ));
+
+        // Nobody takes the parts: one waits in the channel, the next in
+        // `send`, and the cluster's stream is read no further.
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut answering).await;
+        assert!(waited.is_err(), "the answer waits for its reader");
+        assert_eq!(read.load(Ordering::SeqCst), 2);
+
+        // Taken one by one, each part comes as it was scanned (the card masked).
+        let mut streamed = Vec::new();
+        let (done, code) = loop {
+            tokio::select! {
+                done = &mut answering => break done,
+                Some(part) = rx.recv() => streamed.push(part),
+            }
+        };
+        drop(answering);
+        while let Ok(part) = rx.try_recv() {
+            streamed.push(part);
+        }
+        let masked = format!("************{}", &CARD[12..]);
+        assert_eq!(streamed, ["one", masked.as_str(), "three", "four"]);
+        assert_eq!(found.len(), 1, "each part is scanned once");
+        assert_eq!(code, 0);
+        let body: serde_json::Value = serde_json::from_slice(done.response.body()).unwrap();
+        let in_body: Vec<&str> = body["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(in_body, streamed, "the JSON answer is unchanged");
+        assert_eq!(body["complete"], true);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_went_away_does_not_stop_the_answer() {
+        let policies = testkit::policies(&[]);
+        let adapter: Arc<dyn PlatformAdapter> = Arc::new(JsonAdapter { reseal: false });
+        let metrics = Metrics::new();
+        let context = Conversations {
+            local: Arc::new(ContextStore::new(&Default::default(), metrics.clone())),
+            shared: None,
+        };
+        let writeback = Writeback::new(metrics.clone(), Default::default());
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let replier = Replier {
+            policies: &policies,
+            adapter: &adapter,
+            context: &context,
+            writeback: &writeback,
+            metrics: &metrics,
+            inline_by: Instant::now(),
+            parts: Some(&tx),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = replies(&["a", "b", "c"], Arc::new(AtomicUsize::new(0)));
+        let accepted = Accepted::new("n".into(), stream, deadline);
+        let (done, code) = replier
+            .collect_all(
+                PlatformMessage::default(),
+                Envelope::default(),
+                accepted,
+                &mut Vec::new(),
+            )
+            .await;
+        assert_eq!(code, 0);
+        let body: serde_json::Value = serde_json::from_slice(done.response.body()).unwrap();
+        assert_eq!(body["replies"].as_array().map(Vec::len), Some(3));
+    }
 }

@@ -105,11 +105,14 @@ pub struct Accepted {
     /// The node that accepted.
     pub node: String,
     /// The remaining replies (text parts, final).
-    pub replies: ReplyStream,
+    replies: ReplyStream,
     /// When the whole call must be finished.
     pub deadline: Instant,
-    /// Replies already read from `replies` (see [`Accepted::unread`]).
+    /// Text parts put back in front of `replies` (see [`Accepted::unread`]),
+    /// and the state and code once the call ended.
     early: Collected,
+    /// Whether the call ended (so a later step repeats the end).
+    ended: bool,
 }
 
 /// What an accepted call finally produced.
@@ -123,6 +126,21 @@ pub struct Collected {
     pub code: i32,
 }
 
+/// One step of an accepted call, as [`Accepted::next_part`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    /// A text part of the reply, in order.
+    Text(String),
+    /// The call ended: `final` arrived, the stream ended, failed, or the
+    /// deadline passed. The last step.
+    End {
+        /// State from the `final` part (empty without one).
+        state: std::collections::HashMap<String, String>,
+        /// 0 if the stream ended cleanly, else the gRPC code (4 = deadline).
+        code: i32,
+    },
+}
+
 impl Accepted {
     /// A node's acceptance, with its replies to come.
     pub fn new(node: String, replies: ReplyStream, deadline: Instant) -> Self {
@@ -131,39 +149,65 @@ impl Accepted {
             replies,
             deadline,
             early: Collected::default(),
+            ended: false,
         }
     }
 
-    /// Puts replies that were read from the stream back in front of it, so
-    /// [`Accepted::collect`] returns them too.
+    /// Puts text parts that were read back in front of the stream, so the
+    /// next steps (and [`Accepted::collect`]) return them again.
     pub fn unread(&mut self, early: Collected) {
-        self.early.texts.extend(early.texts);
+        let mut texts = early.texts;
+        texts.append(&mut self.early.texts);
+        self.early.texts = texts;
         self.early.state.extend(early.state);
+    }
+
+    /// The next text part, or the end of the call. One reply is read per
+    /// step, so a caller that is slow to take parts (a WebSocket client that
+    /// reads slowly) slows reading the gRPC stream, and HTTP/2 flow control
+    /// holds the node back once the stream's window is full; nothing grows
+    /// here. Cancel safe (a step dropped while it waits loses no part), so
+    /// a caller may race it against its own deadline.
+    pub async fn next_part(&mut self) -> Part {
+        if !self.early.texts.is_empty() {
+            return Part::Text(self.early.texts.remove(0));
+        }
+        while !self.ended {
+            let code =
+                match tokio::time::timeout_at(self.deadline.into(), self.replies.next()).await {
+                    Err(_) => tonic::Code::DeadlineExceeded as i32,
+                    Ok(None) => 0,
+                    Ok(Some(Err(status))) => status.code() as i32,
+                    Ok(Some(Ok(r))) => match r.kind {
+                        Some(reply::Kind::Text(t)) => return Part::Text(t.text),
+                        Some(reply::Kind::Final(f)) => {
+                            self.early.state.extend(f.state);
+                            let rest = std::mem::replace(
+                                &mut self.replies,
+                                Box::pin(futures::stream::empty()),
+                            );
+                            finish_stream(rest);
+                            0
+                        }
+                        Some(reply::Kind::Accepted(_)) | None => continue,
+                    },
+                };
+            self.early.code = code;
+            self.ended = true;
+        }
+        Part::End {
+            state: std::mem::take(&mut self.early.state),
+            code: self.early.code,
+        }
     }
 
     /// Reads replies until the stream ends, `final` arrives, or the deadline.
     pub async fn collect(mut self) -> Collected {
-        let mut out = std::mem::take(&mut self.early);
+        let mut texts = Vec::new();
         loop {
-            match tokio::time::timeout_at(self.deadline.into(), self.replies.next()).await {
-                Err(_) => {
-                    out.code = tonic::Code::DeadlineExceeded as i32;
-                    return out;
-                }
-                Ok(None) => return out,
-                Ok(Some(Err(status))) => {
-                    out.code = status.code() as i32;
-                    return out;
-                }
-                Ok(Some(Ok(r))) => match r.kind {
-                    Some(reply::Kind::Text(t)) => out.texts.push(t.text),
-                    Some(reply::Kind::Final(f)) => {
-                        out.state = f.state;
-                        finish_stream(self.replies);
-                        return out;
-                    }
-                    Some(reply::Kind::Accepted(_)) | None => {}
-                },
+            match self.next_part().await {
+                Part::Text(text) => texts.push(text),
+                Part::End { state, code } => return Collected { texts, state, code },
             }
         }
     }
@@ -432,5 +476,87 @@ fn status_reason(s: &tonic::Status) -> &'static str {
         Code::Unimplemented => "unimplemented",
         Code::Internal => "internal",
         _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::v1::{Accepted as AcceptedReply, Final, Reply, TextPart};
+
+    fn text(t: &str) -> Result<Reply, tonic::Status> {
+        Ok(Reply {
+            envelope_id: "e".into(),
+            kind: Some(reply::Kind::Text(TextPart { text: t.into() })),
+        })
+    }
+
+    fn kind(kind: reply::Kind) -> Result<Reply, tonic::Status> {
+        Ok(Reply {
+            envelope_id: "e".into(),
+            kind: Some(kind),
+        })
+    }
+
+    fn accepted(replies: Vec<Result<Reply, tonic::Status>>) -> Accepted {
+        let stream: ReplyStream = Box::pin(futures::stream::iter(replies));
+        Accepted::new("n".into(), stream, Instant::now() + Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn steps_are_the_text_parts_then_the_end() {
+        let state = std::collections::HashMap::from([("k".to_string(), "v".to_string())]);
+        let mut a = accepted(vec![
+            kind(reply::Kind::Accepted(AcceptedReply {})),
+            text("one"),
+            text("two"),
+            kind(reply::Kind::Final(Final {
+                state: state.clone(),
+            })),
+            text("after final: never read"),
+        ]);
+        assert_eq!(a.next_part().await, Part::Text("one".into()));
+        assert_eq!(a.next_part().await, Part::Text("two".into()));
+        assert_eq!(a.next_part().await, Part::End { state, code: 0 });
+        // The end is the last step, however often it is asked for.
+        assert!(matches!(a.next_part().await, Part::End { code: 0, .. }));
+    }
+
+    #[tokio::test]
+    async fn unread_parts_come_first_and_collect_takes_every_step() {
+        let mut a = accepted(vec![
+            text("two"),
+            Err(tonic::Status::internal("node failed")),
+        ]);
+        a.unread(Collected {
+            texts: vec!["zero".into(), "one".into()],
+            ..Default::default()
+        });
+        assert_eq!(a.next_part().await, Part::Text("zero".into()));
+        // What was stepped through can be put back in front again.
+        a.unread(Collected {
+            texts: vec!["zero".into()],
+            ..Default::default()
+        });
+        let c = a.collect().await;
+        assert_eq!(c.texts, ["zero", "one", "two"]);
+        assert_eq!(c.code, tonic::Code::Internal as i32);
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_ends_at_the_deadline() {
+        let stream: ReplyStream = Box::pin(futures::stream::pending());
+        let mut a = Accepted::new(
+            "n".into(),
+            stream,
+            Instant::now() + Duration::from_millis(20),
+        );
+        assert_eq!(
+            a.next_part().await,
+            Part::End {
+                state: Default::default(),
+                code: tonic::Code::DeadlineExceeded as i32
+            }
+        );
     }
 }

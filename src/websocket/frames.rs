@@ -3,9 +3,20 @@
 //!
 //! ```text
 //! client:  {"type":"message","id":"c1","content":{"text":"…"},"context":{…}}
-//! gateway: {"type":"reply","id":"c1","text":"…","final":false|true}
+//! gateway: {"type":"reply","id":"c1","text":"…","final":false}   one per reply part, as it arrives
+//!          {"type":"reply","id":"c1","text":"","final":true}     the answer is complete
 //!          {"type":"error","id":"c1","error":"forbidden|blocked|rate_limited|…","message":"…"}
 //! ```
+//!
+//! An answer streams: every part of the assistant's reply is a `reply`
+//! frame with `final: false`, sent as soon as the part has come from the AI
+//! cluster and passed egress DLP, and the answer ends with one empty `reply`
+//! frame with `final: true` (the only frame when the reply had no parts).
+//! The parts are, in order, the `replies` that `POST /v1/messages` answers
+//! with. A message that is not answered gets one `error` frame and no
+//! `reply` frame (every refusal comes before the cluster's first part). A
+//! client that reads slowly slows the reply's stream from the cluster
+//! (back-pressure); the gateway does not buffer the reply for it.
 //!
 //! A message frame carries the same `content` and `context` as a body of
 //! `POST /v1/messages`, so it becomes exactly that request for the message
@@ -97,13 +108,14 @@ impl ClientFrame {
 #[derive(Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame {
-    /// One part of the assistant's reply (through egress DLP).
+    /// One part of the assistant's reply (through egress DLP), or with
+    /// `final: true` and no text, the end of the answer.
     Reply {
         /// The client's message id.
         id: String,
         /// The text.
         text: String,
-        /// Whether this is the last part.
+        /// Whether the answer is complete (then `text` is empty).
         #[serde(rename = "final")]
         last: bool,
     },
