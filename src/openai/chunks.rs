@@ -23,9 +23,9 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::sse::{self, Event, SseParser};
-use crate::path::egress::{for_each_string, mask_text, WITHHELD_REPLY};
-use crate::path::exchange::Found;
 use crate::policy::dlp::{Direction, Emitted, StreamMasker};
+use crate::policy::findings::Found;
+use crate::policy::findings::{for_each_string, mask_text, WITHHELD_REPLY};
 use crate::policy::PolicySet;
 
 /// Which text of which choice.

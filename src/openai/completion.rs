@@ -5,9 +5,9 @@
 
 use serde_json::Value;
 
-use crate::path::egress::{for_each_string, mask_text};
-use crate::path::exchange::Found;
 use crate::policy::dlp::Direction;
+use crate::policy::findings::Found;
+use crate::policy::findings::{for_each_string, mask_text};
 use crate::policy::PolicySet;
 
 /// An answer that cannot be inspected, so it must not be sent.

@@ -8,10 +8,6 @@ use crate::platform::Payload;
 use crate::policy::dlp::{Direction, DlpOutcome};
 use crate::policy::PolicySet;
 
-/// What the user is told when a reply is withheld by egress DLP.
-pub const WITHHELD_REPLY: &str =
-    "[reply withheld: it contained data the policy does not allow to leave]";
-
 /// The text the user may see: masked, or the withheld notice.
 pub fn scan_reply(policies: &PolicySet, text: &str, found: &mut Vec<Found>) -> String {
     let scan = scan(policies, text, found);
@@ -63,53 +59,7 @@ fn scan(policies: &PolicySet, text: &str, found: &mut Vec<Found>) -> DlpOutcome 
     scan_noting(policies, text, Direction::Egress, found)
 }
 
-/// Scans `text` in `direction`, noting each finding (rule and action,
-/// never the value) in `found`.
-pub fn scan_noting(
-    policies: &PolicySet,
-    text: &str,
-    direction: Direction,
-    found: &mut Vec<Found>,
-) -> DlpOutcome {
-    let scan = policies.dlp.scan(text, direction);
-    let direction = match direction {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    };
-    found.extend(scan.findings.iter().map(|f| Found {
-        rule: f.rule.clone(),
-        action: f.action.as_str(),
-        direction,
-    }));
-    scan
-}
-
-/// Scans one whole text: the text to show instead (masked, or the withheld
-/// notice when a `block` rule matched), or `None` when it may pass as it is.
-pub fn mask_text(
-    policies: &PolicySet,
-    text: &str,
-    direction: Direction,
-    found: &mut Vec<Found>,
-) -> Option<String> {
-    let scan = scan_noting(policies, text, direction, found);
-    if scan.is_blocked() {
-        return Some(WITHHELD_REPLY.to_string());
-    }
-    scan.masked
-}
-
-/// Calls `f` on every string inside a JSON value (the texts of a frame or
-/// a chunk that DLP reads).
-pub fn for_each_string(value: &mut serde_json::Value, f: &mut dyn FnMut(&mut String)) {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter_mut().for_each(|v| for_each_string(v, f)),
-        Value::Object(map) => map.values_mut().for_each(|v| for_each_string(v, f)),
-        _ => {}
-    }
-}
+pub use crate::policy::findings::{for_each_string, mask_text, scan_noting, WITHHELD_REPLY};
 
 /// Counts DLP findings made outside a request's record (deferred replies).
 pub fn count(metrics: &Metrics, found: &[Found]) {

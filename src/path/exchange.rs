@@ -59,16 +59,7 @@ pub struct Decided {
     pub label: String,
 }
 
-/// A DLP finding to count (rule and action are policy names, never values).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    /// The DLP rule.
-    pub rule: Arc<str>,
-    /// `block`, `mask` or `alert`.
-    pub action: &'static str,
-    /// `ingress` or `egress`.
-    pub direction: &'static str,
-}
+pub use crate::policy::findings::Found;
 
 /// Everything one request collects on its way.
 pub struct Exchange {

@@ -11,6 +11,7 @@
 //! is forwarded by the caller.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -20,7 +21,16 @@ use super::authenticate::JwtBearer;
 use super::stop::Stop;
 use super::{authorize, identity, rate, Exchange, Gateway};
 use crate::platform::{BearerVerifier, PlatformMessage, Rejection};
-use crate::websocket::inspect::{Ingress, Refusal, Verdict};
+use crate::policy::findings::Found;
+
+/// Why inspection refused a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameRefusal {
+    /// A DLP `block` rule matched the user's text.
+    Blocked(Arc<str>),
+    /// Not a frame of the profile's shape (not JSON).
+    Malformed(&'static str),
+}
 
 /// One inspected client frame, with what its connection proved at the upgrade.
 pub struct Frame<'a> {
@@ -30,8 +40,16 @@ pub struct Frame<'a> {
     pub authorization: Option<&'a str>,
     /// The client address the upgrade was admitted from.
     pub client_ip: IpAddr,
-    /// What inspection made of the frame.
-    pub inspected: &'a Ingress,
+    /// The frame's own id, if it has one.
+    pub id: Option<&'a str>,
+    /// The user's text (masked), when the frame is a message.
+    pub message: Option<&'a str>,
+    /// What inspection found (rules, never values).
+    pub found: &'a [Found],
+    /// Inspection refused it.
+    pub refusal: Option<&'a FrameRefusal>,
+    /// Inspection masked something in it.
+    pub masked: bool,
 }
 
 impl Gateway {
@@ -53,12 +71,11 @@ impl Gateway {
     async fn run_frame(&self, ex: &mut Exchange, frame: &Frame<'_>) -> Result<Done, Stop> {
         let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
         let policies = ex.policies.clone();
-        let inspected = frame.inspected;
-        for f in &inspected.found {
+        for f in frame.found {
             ex.rules.push(format!("dlp:{}:{}", f.rule, f.action));
         }
-        ex.found.extend(inspected.found.iter().cloned());
-        if let Verdict::Refuse(Refusal::Malformed(why)) = &inspected.verdict {
+        ex.found.extend(frame.found.iter().cloned());
+        if let Some(FrameRefusal::Malformed(why)) = frame.refusal {
             let stop = Stop::Rejected(Rejection::Malformed((*why).into()));
             ex.record_stop(&stop);
             return Err(stop);
@@ -68,10 +85,10 @@ impl Gateway {
             .map_err(Stop::Rejected)
             .inspect_err(|stop| ex.record_stop(stop))?;
         let msg = PlatformMessage {
-            message_id: inspected.id.clone().unwrap_or_default(),
+            message_id: frame.id.unwrap_or_default().to_owned(),
             tenant: principal.tenant.clone(),
             sender_id: principal.id.clone(),
-            text: inspected.message.clone().unwrap_or_default(),
+            text: frame.message.unwrap_or_default().to_owned(),
             principal: Some(principal),
             ..Default::default()
         };
@@ -101,15 +118,16 @@ impl Gateway {
                 rule: "confirm_unsupported_in_passthrough".into(),
             });
         }
-        if let Verdict::Refuse(Refusal::Blocked(rule)) = &inspected.verdict {
+        if let Some(FrameRefusal::Blocked(rule)) = frame.refusal {
             return Err(Stop::Blocked { rule: rule.clone() });
         }
         Ok(Done {
             response: json_response(StatusCode::OK, &serde_json::json!({})),
             decision: "proxied",
-            note: match inspected.verdict {
-                Verdict::Rewrite(_) => "frame_masked",
-                _ => "frame",
+            note: if frame.masked {
+                "frame_masked"
+            } else {
+                "frame"
             },
             settles: true,
         })

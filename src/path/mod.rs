@@ -44,7 +44,7 @@ use http::{HeaderMap, Response};
 
 pub use answer::Done;
 pub use exchange::{Exchange, IncomingRequest};
-pub use frame::Frame;
+pub use frame::{Frame, FrameRefusal};
 pub use routes::{Route, Target, PASSTHROUGH_BODY_LIMIT};
 pub use stop::Stop;
 

@@ -17,6 +17,7 @@ pub mod abac;
 pub mod authorize;
 pub mod dlp;
 pub mod explain;
+pub mod findings;
 pub mod glob;
 pub mod identities;
 pub mod ip;

@@ -20,9 +20,9 @@ use serde_json::Value;
 
 use super::openclaw;
 use crate::config::{WebSocketProfile, WebSocketSettings};
-use crate::path::egress::{for_each_string, scan_noting};
-use crate::path::exchange::Found;
 use crate::policy::dlp::Direction;
+use crate::policy::findings::Found;
+use crate::policy::findings::{for_each_string, scan_noting};
 use crate::policy::PolicySet;
 
 /// What to do with one frame.
@@ -36,14 +36,8 @@ pub enum Verdict {
     Refuse(Refusal),
 }
 
-/// Why a client frame is not forwarded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// A DLP `block` rule matched the user's text.
-    Blocked(Arc<str>),
-    /// Not a JSON text frame of the profile's shape.
-    Malformed(&'static str),
-}
+/// Why a client frame is not forwarded (the message path's refusal kinds).
+pub use crate::path::FrameRefusal as Refusal;
 
 /// A client frame, inspected.
 #[derive(Debug)]
@@ -151,12 +145,15 @@ impl FrameInspector {
         // Not JSON: nothing the profile knows is in it (OpenClaw sends only
         // JSON), but it may still be text for a person: scan it whole.
         let Ok(mut frame) = serde_json::from_str::<Value>(text) else {
-            let verdict =
-                match crate::path::egress::mask_text(policies, text, Direction::Egress, &mut found)
-                {
-                    Some(masked) => Verdict::Rewrite(masked),
-                    None => Verdict::Forward,
-                };
+            let verdict = match crate::policy::findings::mask_text(
+                policies,
+                text,
+                Direction::Egress,
+                &mut found,
+            ) {
+                Some(masked) => Verdict::Rewrite(masked),
+                None => Verdict::Forward,
+            };
             return Egress { verdict, found };
         };
         let changed = match &self.profile {
@@ -255,7 +252,7 @@ fn scan_fields(
                 out.blocked_by = scan.blocked_by.clone();
             }
             if scan.is_blocked() && direction == Direction::Egress {
-                *s = crate::path::egress::WITHHELD_REPLY.to_string();
+                *s = crate::policy::findings::WITHHELD_REPLY.to_string();
             } else if let Some(m) = scan.masked {
                 *s = m;
                 out.masked = true;

@@ -30,9 +30,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::path::egress::{for_each_string, mask_text, WITHHELD_REPLY};
-use crate::path::exchange::Found;
 use crate::policy::dlp::{Direction, Emitted, Finding, StreamMasker};
+use crate::policy::findings::Found;
+use crate::policy::findings::{for_each_string, mask_text, WITHHELD_REPLY};
 use crate::policy::PolicySet;
 
 /// The `req` methods whose `params.message` is text for the assistant or a

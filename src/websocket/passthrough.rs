@@ -184,7 +184,14 @@ where
                 route: &self.conn.route,
                 authorization: self.conn.authorization.as_deref(),
                 client_ip: self.conn.client_ip,
-                inspected: &inspected,
+                id: inspected.id.as_deref(),
+                message: inspected.message.as_deref(),
+                found: &inspected.found,
+                refusal: match &inspected.verdict {
+                    Verdict::Refuse(r) => Some(r),
+                    _ => None,
+                },
+                masked: matches!(inspected.verdict, Verdict::Rewrite(_)),
             };
             self.gateway.frame(frame).await
         } else {
