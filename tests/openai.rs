@@ -180,3 +180,77 @@ fn requests_and_whole_answers_are_masked_and_tokens_are_required() {
     });
     assert!(!gw.log_text().contains("4111 1111") && !gw.log_text().contains("13800138000"));
 }
+
+/// `mode: translate`: the same front with the AI cluster behind it (the
+/// embedded demo assistant, which echoes what reached it).
+#[test]
+fn the_ai_cluster_answers_in_openai_shapes_streamed_or_not() {
+    let gw = Setup {
+        routes: "  - { path: /v1/ai/chat/completions, platform: openai, upstream: assistant }\n"
+            .into(),
+        policies: vec![
+            ("security_policy.yaml", SECURITY_POLICY.into()),
+            ("abac.yaml", ALLOW_ALL_ABAC.into()),
+            ("dlp.yaml", include_str!("../policies/dlp.yaml").into()),
+        ],
+        ..Default::default()
+    }
+    .start();
+    let token = gw.token("alice", &[]);
+    let client = gw.client(false);
+    let rt = common::rt();
+    let ask = |stream: bool| {
+        client
+            .post(gw.url("/v1/ai/chat/completions"))
+            .bearer_auth(&token)
+            .json(&json!({"model": "house", "stream": stream, "messages": [
+                {"role": "user", "content": "my card is 4111 1111 1111 1111"},
+            ]}))
+            .send()
+    };
+    let (whole, streamed, refused) = rt.block_on(async {
+        let whole: Value = ask(false).await.unwrap().json().await.unwrap();
+        let resp = ask(true).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let streamed = resp.text().await.unwrap();
+        let refused = client
+            .post(gw.url("/v1/ai/chat/completions"))
+            .json(&json!({"model": "house", "stream": true, "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        let status = refused.status();
+        (
+            whole,
+            streamed,
+            (status, refused.json::<Value>().await.unwrap()),
+        )
+    });
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["model"], "house");
+    let text = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        text.starts_with("echo: my card is ") && !text.contains("4111 1111 1111 1111"),
+        "{whole}"
+    );
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop");
+    let (pieces, done) = deltas(&streamed);
+    assert!(done, "{streamed}");
+    let streamed_text = pieces.concat();
+    assert!(
+        streamed_text.starts_with("echo: my card is ") && streamed_text.contains("(turn 2)"),
+        "{streamed}"
+    );
+    assert!(!streamed.contains("4111 1111 1111 1111"));
+    assert!(
+        streamed.contains("\"finish_reason\":\"stop\""),
+        "{streamed}"
+    );
+    // A refusal is an OpenAI error object with the path's status, not a stream.
+    assert_eq!(refused.0, 401);
+    assert!(refused.1["error"]["code"].is_string(), "{}", refused.1);
+}

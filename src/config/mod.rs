@@ -628,12 +628,6 @@ impl Config {
                 format!("route '{path}': passthrough needs a chat platform, not generic"),
             ));
         }
-        if route.platform == PlatformKind::Openai && route.mode != RouteMode::Passthrough {
-            return Some((
-                path.clone(),
-                format!("route '{path}': `platform: openai` proxies to an OpenAI-compatible server (`mode: passthrough` with a `kind: http` upstream); translating it to the AI cluster (`mode: translate`) is not available in this version"),
-            ));
-        }
         websocket::check_route(route).map(|msg| (path.clone(), msg))
     }
 }

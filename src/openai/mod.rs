@@ -11,4 +11,5 @@
 pub mod chunks;
 pub mod completion;
 pub mod request;
+pub mod shape;
 pub mod sse;

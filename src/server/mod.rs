@@ -13,6 +13,7 @@ pub mod bot_client;
 pub mod guard;
 pub mod lifecycle;
 pub mod listener;
+pub mod openai;
 pub mod proxy;
 pub mod upgrade;
 pub mod websocket;

@@ -119,6 +119,14 @@ async fn write_streamed(
     written
 }
 
+/// An OpenAI-compatible route in front of the AI cluster: its answers are
+/// shaped (and streamed) by `server::openai`.
+fn is_openai_translate(ex: &Exchange) -> bool {
+    ex.route
+        .as_ref()
+        .is_some_and(|r| r.platform == PlatformKind::Openai && !r.is_passthrough())
+}
+
 /// The TCP peer's address (the IP policy may then trust a proxy's header).
 fn peer_ip(session: &Session) -> IpAddr {
     session
@@ -202,6 +210,13 @@ impl ProxyHttp for PublicProxy {
         }
         let mut unread_body = false;
         let resp = match self.prepare(session, &mut ex).await {
+            Ok(req) if is_openai_translate(&ex) => {
+                if self.life.draining() {
+                    session.set_keepalive(None);
+                }
+                super::openai::serve(gw, session, ex, req).await?;
+                return Ok(true);
+            }
             Ok(req) => gw.handle(ex, req).await,
             Err(stop) => {
                 if stop.closes_connection() {
