@@ -248,7 +248,7 @@ const COUNTERS: [CounterDef; 16] = [
     ),
     (
         "websocket_frames_total",
-        "WebSocket text frames by route, direction (ingress, egress) and verdict (forwarded, masked, refused).",
+        "WebSocket text frames by route, direction (ingress, egress) and verdict (forwarded, masked, refused; held: a streamed text's tail held back, no finding).",
         &["route", "direction", "verdict"],
     ),
 ];

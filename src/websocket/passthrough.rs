@@ -248,7 +248,10 @@ where
         egress::count(&self.gateway.metrics, &inspected.found);
         let out = match inspected.verdict {
             Verdict::Rewrite(masked) => {
-                self.count("egress", "masked");
+                // Rewritten without a finding: a streamed text's tail held
+                // back until it is settled (not DLP acting on a value).
+                let why = if inspected.found.is_empty() { "held" } else { "masked" };
+                self.count("egress", why);
                 Message::text(masked)
             }
             Verdict::Forward | Verdict::Refuse(_) => {
