@@ -250,7 +250,11 @@ where
             Verdict::Rewrite(masked) => {
                 // Rewritten without a finding: a streamed text's tail held
                 // back until it is settled (not DLP acting on a value).
-                let why = if inspected.found.is_empty() { "held" } else { "masked" };
+                let why = if inspected.found.is_empty() {
+                    "held"
+                } else {
+                    "masked"
+                };
                 self.count("egress", why);
                 Message::text(masked)
             }
