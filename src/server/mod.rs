@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod openai;
 pub mod proxy;
+pub mod respond;
 pub mod upgrade;
 pub mod websocket;
 

@@ -24,7 +24,7 @@ use pingora::proxy::Session;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::proxy::write_response;
+use super::respond::write_response;
 use crate::openai::shape::{self, Completion};
 use crate::openai::sse::data_event;
 use crate::path::{Exchange, Gateway, IncomingRequest};

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::{header, Response};
-use pingora::http::ResponseHeader;
+use http::header;
 use pingora::prelude::*;
 
+use super::respond::{write_response, write_streamed};
 use crate::config::PlatformKind;
-use crate::path::streamed::{StreamedBody, StreamingAnswer};
-use crate::path::{egress, Exchange, Gateway, IncomingRequest, Stop};
+use crate::path::streamed::StreamedBody;
+use crate::path::{Exchange, Gateway, IncomingRequest, Stop};
 
 /// The public listener's proxy logic.
 pub struct PublicProxy {
@@ -70,53 +70,6 @@ async fn linger(session: &mut Session) {
             _ => return,
         }
     }
-}
-
-/// Writes `resp` to the client.
-pub async fn write_response(session: &mut Session, resp: Response<Bytes>) -> Result<()> {
-    let (parts, body) = resp.into_parts();
-    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 2))?;
-    for (name, value) in &parts.headers {
-        header.append_header(name.clone(), value.clone())?;
-    }
-    header.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    session
-        .write_response_header(Box::new(header), body.is_empty())
-        .await?;
-    if !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
-}
-
-/// Writes a streamed answer: its header now, then each piece as the path
-/// produces it (no `Content-Length`: HTTP/1.1 chunks it, HTTP/2 frames it);
-/// its egress findings are counted when it ends.
-async fn write_streamed(
-    session: &mut Session,
-    resp: Response<Bytes>,
-    mut answer: StreamingAnswer,
-    metrics: &crate::observe::Metrics,
-) -> Result<()> {
-    let (parts, _) = resp.into_parts();
-    let mut header = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
-    for (name, value) in &parts.headers {
-        header.append_header(name.clone(), value.clone())?;
-    }
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    let written = async {
-        while let Some(piece) = answer.next_piece().await {
-            if !piece.is_empty() {
-                session.write_response_body(Some(piece), false).await?;
-            }
-        }
-        session.write_response_body(None, true).await
-    }
-    .await;
-    egress::count(metrics, &answer.take_found());
-    written
 }
 
 /// An OpenAI-compatible route in front of the AI cluster: its answers are
