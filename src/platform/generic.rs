@@ -193,15 +193,7 @@ impl PlatformAdapter for GenericAdapter {
     /// verifier is refused (401, `missing_verifier`): failing closed is the
     /// only safe answer to a message path that forgot to pass one.
     fn receive(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
-        if req.method != http::Method::POST {
-            return Err(Rejection::Method);
-        }
-        let bearer = req.bearer.ok_or_else(|| Rejection::Unauthorized {
-            kind: "missing_verifier",
-            message: "this route cannot verify bearer tokens".into(),
-            challenge: "Bearer".into(),
-        })?;
-        let principal = bearer.verify(req.header("authorization"))?;
+        let principal = bearer_principal(req)?;
         let body = parse(req.body).map_err(|e| Rejection::MalformedJson(e.0))?;
         Ok(Inbound::Message(Box::new(to_message(body, &principal))))
     }
@@ -216,23 +208,49 @@ impl PlatformAdapter for GenericAdapter {
     }
 
     fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
-        serde_json::from_slice(req.body)
-            .map(Payload::Json)
-            .map_err(|e| Rejection::MalformedJson(e.to_string()))
+        json_payload(req)
     }
 
     fn opaque_keys(&self) -> &'static [&'static str] {
         OPAQUE_KEYS
     }
 
-    /// The re-serialised body; the API signs nothing, so no headers change.
     fn reseal_payload(&self, _req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
-        Some(Resealed {
-            body: payload.to_bytes().ok()?,
-            headers: Vec::new(),
-            query: None,
-        })
+        reseal_json(payload)
     }
+}
+
+/// A JSON API's caller: `POST` with a bearer token that the request's
+/// verifier accepts. A request without a verifier is refused (401,
+/// `missing_verifier`): failing closed is the only safe answer to a message
+/// path that forgot to pass one.
+pub fn bearer_principal(req: &WebhookRequest<'_>) -> Result<Principal, Rejection> {
+    if req.method != http::Method::POST {
+        return Err(Rejection::Method);
+    }
+    let bearer = req.bearer.ok_or_else(|| Rejection::Unauthorized {
+        kind: "missing_verifier",
+        message: "this route cannot verify bearer tokens".into(),
+        challenge: "Bearer".into(),
+    })?;
+    bearer.verify(req.header("authorization"))
+}
+
+/// A JSON API's body, for DLP to walk.
+pub fn json_payload(req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
+    serde_json::from_slice(req.body)
+        .map(Payload::Json)
+        .map_err(|e| Rejection::MalformedJson(e.to_string()))
+}
+
+/// A JSON API's body after DLP masked it: re-serialised; nothing is signed,
+/// so no header changes.
+pub fn reseal_json(payload: &Payload) -> Option<Resealed> {
+    Some(Resealed {
+        body: payload.to_bytes().ok()?,
+        headers: Vec::new(),
+        query: None,
+    })
 }
 
 #[cfg(test)]

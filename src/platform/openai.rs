@@ -16,6 +16,7 @@ use super::adapter::{
     ApiCall, Channel, Inbound, Payload, PlatformAdapter, PlatformMessage, Rejection, Resealed,
     WebhookRequest, WebhookResponse,
 };
+use super::generic::{bearer_principal, json_payload, reseal_json};
 use crate::openai::request;
 
 /// Keys of a chat-completions request or answer that are ids, names of
@@ -58,15 +59,7 @@ impl PlatformAdapter for OpenAiAdapter {
 
     /// The bearer token first, then the body's shape.
     fn receive(&self, req: &WebhookRequest<'_>) -> Result<Inbound, Rejection> {
-        if req.method != http::Method::POST {
-            return Err(Rejection::Method);
-        }
-        let bearer = req.bearer.ok_or_else(|| Rejection::Unauthorized {
-            kind: "missing_verifier",
-            message: "this route cannot verify bearer tokens".into(),
-            challenge: "Bearer".into(),
-        })?;
-        let principal = bearer.verify(req.header("authorization"))?;
+        let principal = bearer_principal(req)?;
         let mut body: Value = serde_json::from_slice(req.body)
             .map_err(|e| Rejection::MalformedJson(e.to_string()))?;
         let text = last_user_text(&mut body)?;
@@ -95,22 +88,15 @@ impl PlatformAdapter for OpenAiAdapter {
     }
 
     fn payload(&self, req: &WebhookRequest<'_>) -> Result<Payload, Rejection> {
-        serde_json::from_slice(req.body)
-            .map(Payload::Json)
-            .map_err(|e| Rejection::MalformedJson(e.to_string()))
+        json_payload(req)
     }
 
     fn opaque_keys(&self) -> &'static [&'static str] {
         OPAQUE_KEYS
     }
 
-    /// The re-serialised body; nothing is signed.
     fn reseal_payload(&self, _req: &WebhookRequest<'_>, payload: &Payload) -> Option<Resealed> {
-        Some(Resealed {
-            body: payload.to_bytes().ok()?,
-            headers: Vec::new(),
-            query: None,
-        })
+        reseal_json(payload)
     }
 
     fn upstream_authorization(&self) -> Option<Option<String>> {
