@@ -161,6 +161,20 @@ fn requests_and_whole_answers_are_masked_and_tokens_are_required() {
         "the card reached the upstream"
     );
     assert!(model.saw("my card is "));
+    // A long conversation is not a webhook: past passthrough's 64 KiB.
+    model.push_reply(&["ok"]);
+    let long = "be brief and kind. ".repeat(6_000);
+    let status = rt.block_on(async {
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .json(&json!({"model": "m", "messages": [{"role": "system", "content": long}, {"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200, "a {} KiB request", long.len() / 1024);
     rt.block_on(async {
         let resp = client
             .post(gw.url("/v1/chat/completions"))

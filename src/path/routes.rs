@@ -155,6 +155,10 @@ fn resolve(
         ))
     })?;
     let body_limit = match target {
+        // A chat-completions request carries the whole conversation (an
+        // OpenClaw turn's system prompt alone is about 50 KB): the route's
+        // own limit, not a webhook's.
+        Target::Bot(_) if rc.platform == PlatformKind::Openai => config.body_limit(rc),
         Target::Bot(_) => config.body_limit(rc).min(PASSTHROUGH_BODY_LIMIT),
         Target::Assistant(_) => config.body_limit(rc),
     };
