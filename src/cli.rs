@@ -93,6 +93,17 @@ enum DlpCommand {
         /// Input file, or `-` (default) for standard input.
         #[arg(default_value = "-")]
         input: String,
+        /// Show `action: tokenize` findings as the tokens the tenant's model
+        /// would see (key: `tokenize.key` of the `-c` config, else
+        /// `$MOLTGATE_TOKEN_KEY`). Nothing is stored.
+        #[arg(long, requires = "tenant")]
+        tokenize: bool,
+        /// The tenant whose tokens to show (with `--tokenize`).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Config file whose `tokenize:` key to use (with `--tokenize`).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -152,8 +163,24 @@ pub fn main() -> ExitCode {
         }
         Command::Assistant { listen } => assistant(listen),
         Command::Dlp {
-            command: DlpCommand::Scan { policies, input },
-        } => finish(dlp_scan(&policies, &input), |()| {}),
+            command:
+                DlpCommand::Scan {
+                    policies,
+                    input,
+                    tokenize,
+                    tenant,
+                    config,
+                },
+        } => {
+            let tokens = match (tokenize, tenant) {
+                (true, Some(tenant)) => match scan_tokenizer(&config) {
+                    Ok(t) => Some((t, tenant)),
+                    Err(e) => return fail(e),
+                },
+                _ => None,
+            };
+            finish(dlp_scan_with(&policies, &input, tokens.as_ref()), |()| {})
+        }
         Command::Explain {
             policies,
             json,
@@ -267,6 +294,7 @@ pub fn check(path: &ConfigArgPath) -> CheckReport {
     let policies_loaded = match crate::policy::PolicySet::load(&config.policies_dir(), 1, None) {
         Ok(set) => {
             report.lints(&set.lint(&routes));
+            check_tokenize(&config, &set.dlp, &mut report);
             let tenants = crate::policy::tenant_lint::multi_tenant_platforms(&config);
             let dir = config.policies_dir();
             report.lints(&crate::policy::tenant_lint::bare_accounts(&dir, &tenants));
@@ -307,6 +335,19 @@ pub fn check(path: &ConfigArgPath) -> CheckReport {
         }
     }
     report
+}
+
+/// A DLP rule with `action: tokenize` needs a `tokenize:` block.
+fn check_tokenize(config: &Config, dlp: &crate::policy::dlp::DlpPolicy, report: &mut CheckReport) {
+    if let Err(msg) = crate::tokenize::check_policy(config.tokenize.is_some(), dlp) {
+        let path = config.policies_dir().join(crate::policy::DLP_FILE);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let pos = dlp
+            .tokenize_rules()
+            .next()
+            .and_then(|rule| crate::config::yaml::locate_key(&text, rule));
+        report.errors(crate::config::FileError::at(&path, pos, msg));
+    }
 }
 
 /// Builds the gateway as `run` would (in a throwaway runtime): the policies
@@ -364,6 +405,40 @@ fn load_policy<T>(
 
 /// `moltgate dlp scan`: one JSON line per input line, streamed.
 pub fn dlp_scan(dir: &Path, input: &str) -> Result<(), String> {
+    dlp_scan_with(dir, input, None)
+}
+
+/// The tokenizer of `moltgate dlp scan --tokenize`: the key of the
+/// `tokenize:` block of `config`, else `$MOLTGATE_TOKEN_KEY`; checked as
+/// `moltgate check` checks it. Its vault is never written.
+pub fn scan_tokenizer(config: &ConfigArgPath) -> Result<crate::tokenize::Tokenizer, String> {
+    use crate::config::tokenize::KEY_ENV;
+    let key = match config {
+        Some(_) => {
+            let config = load_config(config).map_err(|e| e.to_string())?;
+            let block = config
+                .tokenize
+                .as_ref()
+                .ok_or_else(|| format!("{} has no 'tokenize:' block", config.source.display()))?;
+            block.master_key()
+        }
+        None => crate::tokenize::MasterKey::parse(&std::env::var(KEY_ENV).unwrap_or_default()),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(crate::tokenize::Tokenizer::in_memory(
+        &key,
+        std::time::Duration::from_secs(1),
+        1,
+    ))
+}
+
+/// `moltgate dlp scan`, with `tokens` (a tokenizer and a tenant) for
+/// `--tokenize`: `masked` then shows the tokens instead of masks.
+pub fn dlp_scan_with(
+    dir: &Path,
+    input: &str,
+    tokens: Option<&(crate::tokenize::Tokenizer, String)>,
+) -> Result<(), String> {
     use std::io::{BufRead, Write};
     let policy = load_policy(
         dir,
@@ -381,12 +456,10 @@ pub fn dlp_scan(dir: &Path, input: &str) -> Result<(), String> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| format!("{input}: line {}: {e}", i + 1))?;
-        writeln!(
-            out,
-            "{}",
-            crate::policy::dlp::scan_line_json(&policy, i + 1, &line)
-        )
-        .map_err(|e| e.to_string())?;
+        let json = crate::policy::dlp::scan_line_json_with(&policy, i + 1, &line, |s, v| {
+            tokens.map(|(t, tenant)| t.token_for(tenant, &s.rule, v).to_string())
+        });
+        writeln!(out, "{json}").map_err(|e| e.to_string())?;
     }
     out.flush().map_err(|e| e.to_string())
 }

@@ -24,6 +24,7 @@ pub mod proto;
 pub mod server;
 pub mod shared;
 pub mod tls;
+pub mod tokenize;
 pub mod upstream;
 pub mod websocket;
 pub mod writeback;

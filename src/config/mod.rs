@@ -11,6 +11,8 @@
 pub mod admin;
 pub mod route;
 pub mod shared;
+pub mod token_key;
+pub mod tokenize;
 pub mod websocket;
 pub mod yaml;
 
@@ -24,6 +26,7 @@ use serde::Deserialize;
 pub use admin::{AdminListener, AdminToken, ADMIN_TOKEN_MIN_LEN};
 pub use route::{PlatformKind, RouteConfig, RouteMode, Secrets};
 pub use shared::{OnError, SharedConfig};
+pub use tokenize::TokenizeConfig;
 pub use websocket::{WebSocketProfile, WebSocketSettings};
 pub use yaml::{EnvString, FileError, HumanDuration};
 
@@ -64,6 +67,10 @@ pub struct Config {
     /// The Redis that edge nodes share state through; absent: in memory.
     #[serde(default)]
     pub shared: Option<SharedConfig>,
+    /// Reversible tokenisation (DLP `action: tokenize`): the SM4 key and
+    /// TTL; absent: a `tokenize` rule is refused by `moltgate check`.
+    #[serde(default)]
+    pub tokenize: Option<TokenizeConfig>,
     /// Worker threads for the public listener (default: number of CPUs).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -519,6 +526,9 @@ impl Config {
                 &self.source,
                 text,
             ));
+        }
+        if let Some(tokenize) = &self.tokenize {
+            errors.extend(tokenize::check(tokenize, &self.source, text));
         }
         for (name, up) in &self.upstreams {
             errors.extend(check_upstream(name, up).into_iter().map(|(node, msg)| {

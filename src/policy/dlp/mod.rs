@@ -42,6 +42,7 @@ mod fold;
 mod mask;
 mod search;
 pub mod stream;
+mod tokens;
 mod triggers;
 mod validators;
 
@@ -61,6 +62,7 @@ use triggers::{digit_positions, windows, Trigger};
 pub use fold::{fold, is_ignorable};
 pub use mask::MaskSpec;
 pub use stream::{Emitted, StreamMasker};
+pub use tokens::{scan_line_json_with, TokenSpan};
 pub use validators::Validator;
 
 /// Which way a message is travelling.
@@ -95,6 +97,11 @@ pub enum Action {
     Mask,
     /// Forward unchanged, but record the finding.
     Alert,
+    /// Replace the value with a reversible token (`⟨PHONE:…⟩`, see
+    /// [`crate::tokenize`]). [`DlpOutcome::masked`] masks it whole (what
+    /// is forwarded when no tokenizer is there: fail closed);
+    /// [`DlpOutcome::render`] puts the tokens in.
+    Tokenize,
 }
 
 impl Action {
@@ -104,7 +111,15 @@ impl Action {
             Action::Block => "block",
             Action::Mask => "mask",
             Action::Alert => "alert",
+            Action::Tokenize => "tokenize",
         }
+    }
+
+    /// Whether the finding's characters are rewritten in the forwarded
+    /// text (`mask` and `tokenize`): what masking, re-scans and streaming
+    /// hold-back treat alike.
+    pub fn rewrites(self) -> bool {
+        matches!(self, Action::Mask | Action::Tokenize)
     }
 }
 
@@ -132,7 +147,10 @@ pub struct Finding {
 pub struct DlpOutcome {
     /// Every finding, ordered by position (then by rule order in the file).
     pub findings: Vec<Finding>,
-    /// The text with every `mask` finding applied; `None` when nothing was masked.
+    /// The text with every `mask` finding applied, and every `tokenize`
+    /// finding masked whole (see [`DlpOutcome::render`] for the text with
+    /// tokens); `None` when nothing was masked. One character per character
+    /// of the scanned text.
     pub masked: Option<String>,
     /// The rule of the first `block` finding, if any: the message must be refused.
     pub blocked_by: Option<Arc<str>>,
@@ -281,6 +299,14 @@ impl DlpPolicy {
         self.rules.iter().map(|r| &*r.name)
     }
 
+    /// The names of the `action: tokenize` rules, in file order.
+    pub fn tokenize_rules(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .filter(|r| r.action == Action::Tokenize)
+            .map(|r| &*r.name)
+    }
+
     /// Whether the policy has no rules at all.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
@@ -327,7 +353,7 @@ impl DlpPolicy {
                 again
                     .findings
                     .into_iter()
-                    .filter(|f| f.action == Action::Mask)
+                    .filter(|f| f.action.rewrites())
                     .map(|f| Finding {
                         start: to_original(f.start),
                         end: to_original(f.end),
@@ -497,7 +523,7 @@ impl DlpPolicy {
         let mut ranges = Vec::new();
         for h in &hits {
             let rule = &self.rules[h.rule];
-            if rule.action != Action::Mask {
+            if !rule.action.rewrites() {
                 continue;
             }
             // Kept characters are counted in the folded text (`１３８` keeps
@@ -548,7 +574,7 @@ fn masking_touches_digits(text: &str, outcome: &DlpOutcome) -> bool {
         && outcome
             .findings
             .iter()
-            .filter(|f| f.action == Action::Mask)
+            .filter(|f| f.action.rewrites())
             .any(|f| {
                 let before = text.get(..f.start).unwrap_or_default().chars().rev();
                 let after = text.get(f.end..).unwrap_or_default().chars();
@@ -572,27 +598,11 @@ fn char_offsets<'a>(masked: &'a str, original: &'a str) -> impl Fn(usize) -> usi
 /// `{"line":N,"findings":[{"type":..,"start":..,"end":..,"action":..}],"masked":"..."}`.
 ///
 /// Every rule applies, whatever its direction. `masked` is the line with the
-/// `mask` findings applied; `block` and `alert` findings are listed but their
-/// text is left as it was, so the output shows exactly what masking would forward.
+/// `mask` findings applied (and `tokenize` findings masked whole); `block`
+/// and `alert` findings are listed but their text is left as it was, so the
+/// output shows exactly what masking would forward.
 pub fn scan_line_json(policy: &DlpPolicy, line_no: usize, line: &str) -> String {
-    let outcome = policy.scan_dirs(line, BOTH);
-    let mut out = format!("{{\"line\":{line_no},\"findings\":[");
-    for (i, f) in outcome.findings.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            "{{\"type\":{},\"start\":{},\"end\":{},\"action\":\"{}\"}}",
-            serde_json::Value::String(f.rule.to_string()),
-            f.start,
-            f.end,
-            f.action
-        ));
-    }
-    out.push_str("],\"masked\":");
-    out.push_str(&serde_json::Value::String(outcome.text(line).to_string()).to_string());
-    out.push('}');
-    out
+    scan_line_json_with(policy, line_no, line, |_, _| None)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use regex_syntax::hir::{Class, Hir, HirKind, Repetition};
 
 use super::super::fold::{fold, is_ignorable};
 use super::super::triggers::Trigger;
-use super::super::{Action, Direction, DlpPolicy, MAX_MASK_PASSES};
+use super::super::{Direction, DlpPolicy, MAX_MASK_PASSES};
 use super::{ceil_char, FOLD_EXPANSION, LOOKBEHIND, UNBOUNDED_CAP};
 
 /// NFA states for all patterns; a pattern past it is held for its length.
@@ -76,7 +76,7 @@ impl Plan {
                 Some(h),
             ) = (p.trigger, &hir)
             {
-                if p.whole_numbers && rule.action == Action::Mask {
+                if p.whole_numbers && rule.action.rewrites() {
                     chars_of(h, &mut number_chars);
                     number_len = number_len.max(l);
                 }
