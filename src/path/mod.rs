@@ -35,6 +35,7 @@ pub mod stop;
 pub mod streamed;
 #[cfg(test)]
 mod testkit;
+mod tokens;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ pub struct Gateway {
     pub shared: Option<Arc<Shared>>,
     conversations: context::Conversations,
     bots: Arc<dyn BotClient>,
+    /// Reversible tokenisation (`tokenize:`), if configured.
+    tokenizer: Option<Arc<crate::tokenize::Tokenizer>>,
 }
 
 impl Gateway {
@@ -115,7 +118,23 @@ impl Gateway {
             None => None,
         };
         let context = Arc::new(ContextStore::with_limits(limits, metrics.clone()));
+        let tokenizer = match &config.tokenize {
+            Some(t) => {
+                let key = t
+                    .master_key()
+                    .map_err(|e| FileError::at(&config.source, None, e.to_string()))?;
+                Some(Arc::new(crate::tokenize::Tokenizer::in_memory(
+                    &key,
+                    t.ttl.0,
+                    t.max_entries,
+                )))
+            }
+            None => None,
+        };
+        crate::tokenize::check_policy(tokenizer.is_some(), &policies.current().dlp)
+            .map_err(|e| FileError::at(&config.source, None, e))?;
         Ok(Self {
+            tokenizer,
             conversations: context::Conversations {
                 local: context.clone(),
                 shared: shared.clone(),
@@ -255,6 +274,9 @@ impl Gateway {
         who: &Who,
         grant: Grant,
     ) -> Result<Done, Stop> {
+        let conversation =
+            crate::context::conversation_key(route.platform.as_str(), &msg, who.person.as_deref());
+        let restore = self.tokenize_ingress(ex, &mut msg, &conversation).await;
         let inspection = inspect::message(&ex.policies, &mut msg);
         ex.found.extend(inspection.found.iter().cloned());
         ex.rules.extend(inspection.rules.iter().cloned());
@@ -265,7 +287,7 @@ impl Gateway {
             return Err(confirm::hold(&self.confirm, self.shared.as_deref(), who, env).await);
         }
         let env = self.conversations.attach(env).await;
-        self.dispatch(ex, route, cluster, msg, env).await
+        self.dispatch(ex, route, cluster, msg, env, restore).await
     }
 
     /// Stage confirm-reply: the Envelope a confirmation code releases, with
@@ -303,7 +325,7 @@ impl Gateway {
         ex.envelope_id = held.id.clone();
         // Fresh context: the conversation may have moved on while it waited.
         let env = self.conversations.attach(held).await;
-        self.dispatch(ex, route, cluster, msg, env).await
+        self.dispatch(ex, route, cluster, msg, env, None).await
     }
 
     /// Sends `env` to the cluster and answers with its replies.
@@ -314,6 +336,7 @@ impl Gateway {
         cluster: &Cluster,
         msg: PlatformMessage,
         env: Envelope,
+        restore: Option<tokens::Restore>,
     ) -> Result<Done, Stop> {
         let accepted = cluster.dispatch(&env).await.map_err(|e| {
             tracing::warn!(error = %e, route = %route.path, "no upstream node accepted the message");
@@ -333,6 +356,7 @@ impl Gateway {
             metrics: &self.metrics,
             inline_by: ex.started() + route.deadline.mul_f32(0.8),
             parts: ex.reply_parts.as_ref(),
+            restore: restore.as_ref(),
         };
         let mut found = Vec::new();
         let (done, code) = replier.answer(msg, env, accepted, &mut found).await;

@@ -40,9 +40,19 @@ pub struct Replier<'a> {
     /// Where a streaming caller takes each reply part as it arrives (the
     /// request's [`super::Exchange::reply_parts`]).
     pub parts: Option<&'a mpsc::Sender<String>>,
+    /// Restores the conversation's tokens in what the user gets.
+    pub restore: Option<&'a super::tokens::Restore>,
 }
 
 impl Replier<'_> {
+    /// `text` with the conversation's tokens restored, if tokenising.
+    async fn restored(&self, text: &str) -> String {
+        match self.restore {
+            Some(r) => r.text(text).await,
+            None => text.to_string(),
+        }
+    }
+
     /// Answers `msg` with what the cluster sends for `env`. Returns the
     /// answer and the cluster's final gRPC code (-1 if still running).
     pub async fn answer(
@@ -76,18 +86,23 @@ impl Replier<'_> {
             match accepted.next_part().await {
                 Part::Text(text) => {
                     let text = egress::scan_reply(self.policies, &text, found);
+                    let shown = self.restored(&text).await;
                     if let Some(parts) = self.parts {
-                        let _ = parts.send(text.clone()).await;
+                        let _ = parts.send(shown.clone()).await;
                     }
-                    replies.push(text);
+                    replies.push((text, shown));
                 }
                 Part::End { state, code } => break (state, code),
             }
         };
-        self.context.record(&env, &msg.text, &replies, &state).await;
+        // Context keeps what the AI saw (tokens); the user gets values.
+        let recorded: Vec<String> = replies.iter().map(|(t, _)| t.clone()).collect();
+        self.context
+            .record(&env, &msg.text, &recorded, &state)
+            .await;
         let body = serde_json::json!({
             "envelope_id": env.id,
-            "replies": replies.iter().map(|t| serde_json::json!({"text": t})).collect::<Vec<_>>(),
+            "replies": replies.iter().map(|(_, t)| serde_json::json!({"text": t})).collect::<Vec<_>>(),
             "complete": code == 0,
         });
         let done = Done {
@@ -114,6 +129,7 @@ impl Replier<'_> {
         self.context
             .record(&env, &msg.text, std::slice::from_ref(&text), &early.state)
             .await;
+        let text = self.restored(&text).await;
         let adapter = self.adapter.as_ref();
         if !text.is_empty() {
             if let Some(resp) = adapter.inline_reply(&msg, &text, SystemTime::now()) {
@@ -136,6 +152,7 @@ impl Replier<'_> {
         let context = self.context.clone();
         let writeback = self.writeback.clone();
         let metrics = self.metrics.clone();
+        let restore = self.restore.cloned();
         tokio::spawn(async move {
             let rest = accepted.collect().await;
             let mut found = Vec::new();
@@ -144,6 +161,10 @@ impl Replier<'_> {
             context
                 .record(&env, &msg.text, std::slice::from_ref(&text), &rest.state)
                 .await;
+            let text = match &restore {
+                Some(r) => r.text(&text).await,
+                None => text,
+            };
             if !text.is_empty() {
                 answer::send_reply(adapter.as_ref(), &msg, &text, &writeback);
             }
@@ -238,6 +259,7 @@ mod tests {
             metrics: &metrics,
             inline_by: Instant::now(),
             parts: Some(&tx),
+            restore: None,
         };
         let read = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -304,6 +326,7 @@ mod tests {
             metrics: &metrics,
             inline_by: Instant::now(),
             parts: Some(&tx),
+            restore: None,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         let stream = replies(&["a", "b", "c"], Arc::new(AtomicUsize::new(0)));
