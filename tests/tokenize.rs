@@ -27,7 +27,6 @@ fn gateway(ai: &RecordingAssistant) -> Gateway {
             ("abac.yaml", ALLOW_ALL_ABAC.into()),
             ("dlp.yaml", DLP.into()),
         ],
-        ..Default::default()
     }
     .start()
 }
