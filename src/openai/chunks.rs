@@ -184,9 +184,10 @@ impl ChunkMasker {
         let emitted = if self.withheld {
             Emitted::default()
         } else {
-            let policies = self.policies.clone();
+            // The snapshot is cloned only when a field's stream starts.
+            let policies = &self.policies;
             let masker = self.fields.entry(key).or_insert_with(|| {
-                StreamMasker::with_snapshot(policies, |s| &s.dlp, Direction::Egress)
+                StreamMasker::with_snapshot(policies.clone(), |s| &s.dlp, Direction::Egress)
             });
             masker.push(text)
         };
