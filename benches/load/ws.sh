@@ -335,7 +335,7 @@ HZ=$(getconf CLK_TCK)
 # softirq, steal), to tell how much CPU other processes took during a run.
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 # moltgate's counters for the route, as "name=value" words:
-#   in_forwarded in_masked in_refused eg_forwarded eg_masked (websocket_frames_total),
+#   in_forwarded in_masked in_refused eg_forwarded eg_masked eg_held (websocket_frames_total),
 #   req_<outcome> (requests_total), dlp (dlp_findings_total), upgraded (websocket_connections_total)
 counters() {
     curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" | awk '
@@ -428,14 +428,14 @@ measure() { # measure SIDE ROUND
         local d; d=$(delta "$before" "$(counters)")
         local in_fwd in_masked in_refused eg_fwd eg_masked dlp proxied
         in_fwd=$(get "$d" in_forwarded); in_masked=$(get "$d" in_masked); in_refused=$(get "$d" in_refused)
-        eg_fwd=$(get "$d" eg_forwarded); eg_masked=$(get "$d" eg_masked); dlp=$(get "$d" dlp)
+        eg_fwd=$(get "$d" eg_forwarded); eg_masked=$(( $(get "$d" eg_masked) + $(get "$d" eg_held) )); dlp=$(get "$d" dlp)
         proxied=$(get "$d" req_proxied)
         printf '%-8s round %d: moltgate counted frames in: %d forwarded, %d masked, %d refused (%d proxied); out: %d as received, %d rewritten; %d DLP findings (client: %d answered)\n' \
             "$side" "$round" "$in_fwd" "$in_masked" "$in_refused" "$proxied" "$eg_fwd" "$eg_masked" "$dlp" "$checked"
         R[$side:$round:refused_frames]=$in_refused
-        # Egress "masked" counts every rewritten frame: a delta whose tail the
-        # streaming masker held until the final (the text's last characters
-        # could still start a match) is one, with no finding. Only findings,
+        # Egress rewritten = "masked" (a finding) + "held": a delta whose tail
+        # the streaming masker held until the final (the text's last
+        # characters could still start a match), with no finding. Only findings,
         # and ingress masks or refusals, mean the frames were not clean.
         if (( in_refused > 0 || in_masked > 0 || dlp > 0 )); then
             WARNINGS=$(( WARNINGS + 1 ))
