@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{Setup, BIN, SECURITY_POLICY};
+use common::{Setup, ALLOW_ALL_ABAC, BIN, SECURITY_POLICY};
 
 const DLP: &str = r##"patterns:
   credit_card:
@@ -533,6 +533,31 @@ fn check_reports_every_error_in_every_file() {
     }
     // One diagnostic per line, nothing else.
     assert_eq!(lines.len(), expect.len(), "{err}");
+}
+
+/// A pattern without a maximum length cannot be masked safely in a stream:
+/// `check` refuses it, at the rule, when a route streams (OpenAI, WebSocket),
+/// and accepts it when none does.
+#[test]
+fn check_refuses_an_unbounded_pattern_on_a_streamed_route() {
+    let dlp = "patterns:\n  card: { regex: '4[0-9]{15}', action: mask }\n  ticket: { regex: 'TICKET-[0-9]+', action: mask }\n";
+    let policies = || {
+        vec![
+            ("security_policy.yaml", SECURITY_POLICY.to_string()),
+            ("abac.yaml", ALLOW_ALL_ABAC.to_string()),
+            ("dlp.yaml", dlp.to_string()),
+        ]
+    };
+    let streamed = "  - { path: /v1/chat/completions, platform: openai, upstream: assistant }\n";
+    let (ok, out, err) = check_with(policies(), streamed);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains("dlp.yaml:3:3: pattern of rule 'ticket' has no maximum length")
+            && err.contains("route '/v1/chat/completions' streams replies"),
+        "{err}"
+    );
+    let (ok, out, err) = check_with(policies(), TWO_ROUTES);
+    assert!(ok, "{out}{err}");
 }
 
 /// Route coverage: a resource glob that matches no route is a warning (exit

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use common::fake_openai::FakeOpenAi;
-use common::{Gateway, Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
+use common::{Gateway, RecordingAssistant, Script, Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
 
 const UPSTREAM_KEY: &str = "sk-upstream-test-key-1f2e3d";
 
@@ -267,4 +267,63 @@ fn the_ai_cluster_answers_in_openai_shapes_streamed_or_not() {
     // A refusal is an OpenAI error object with the path's status, not a stream.
     assert_eq!(refused.0, 401);
     assert!(refused.1["error"]["code"].is_string(), "{}", refused.1);
+}
+
+/// The AI cluster streams its answer token by token: a card split across
+/// its reply parts is masked as if it had come whole, in the stream (every
+/// piece checked) and in the whole answer, and the rest arrives intact.
+#[test]
+fn a_card_split_across_the_clusters_reply_parts_is_masked() {
+    let reply = "Sure. The card on file is 4111 1111 1111 1111, expiring soon.";
+    let ai = RecordingAssistant::scripted(Script {
+        reply: reply.into(),
+        piece: 4,
+    });
+    let gw = Setup {
+        upstreams: format!(
+            "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\"], timeout: 5s }}\n",
+            ai.port
+        ),
+        routes: "  - { path: /v1/ai/chat/completions, platform: openai, upstream: assistant }\n"
+            .into(),
+        policies: vec![
+            ("security_policy.yaml", SECURITY_POLICY.into()),
+            ("abac.yaml", ALLOW_ALL_ABAC.into()),
+            ("dlp.yaml", include_str!("../policies/dlp.yaml").into()),
+        ],
+        ..Default::default()
+    }
+    .start();
+    let token = gw.token("alice", &[]);
+    let client = gw.client(false);
+    let ask = |stream: bool| {
+        client
+            .post(gw.url("/v1/ai/chat/completions"))
+            .bearer_auth(&token)
+            .json(&json!({"model": "house", "stream": stream, "messages": [
+                {"role": "user", "content": "which card do you have?"},
+            ]}))
+            .send()
+    };
+    let (whole, streamed) = common::rt().block_on(async {
+        let whole: Value = ask(false).await.unwrap().json().await.unwrap();
+        let streamed = ask(true).await.unwrap().text().await.unwrap();
+        (whole, streamed)
+    });
+    let expected = "Sure. The card on file is ***************1111, expiring soon.";
+    assert_eq!(
+        whole["choices"][0]["message"]["content"], expected,
+        "{whole}"
+    );
+    let (pieces, done) = deltas(&streamed);
+    assert!(done, "{streamed}");
+    assert!(pieces.len() > 2, "the answer still streams: {pieces:?}");
+    assert_eq!(pieces.concat(), expected, "{pieces:?}");
+    for piece in &pieces {
+        assert!(
+            !piece.contains("4111") && !piece.contains(" 1111 1111"),
+            "{piece:?}"
+        );
+    }
+    assert_eq!(ai.envelopes().len(), 2);
 }

@@ -41,11 +41,11 @@ impl Completion {
         })
     }
 
-    /// The JSON API's answer as a whole `chat.completion`: its replies
-    /// joined by newlines; `finish_reason` `length` when the cluster did not
+    /// The JSON API's answer as a whole `chat.completion`: its replies (the
+    /// cluster's reply parts, deltas of one text) concatenated; `finish_reason` `length` when the cluster did not
     /// complete it (deadline).
     pub fn whole(&self, api_answer: &Value) -> Value {
-        let text = replies(api_answer).join("\n");
+        let text = replies(api_answer).concat();
         json!({
             "id": self.id, "object": "chat.completion", "created": self.created,
             "model": self.model,

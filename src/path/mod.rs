@@ -49,7 +49,7 @@ pub use frame::{Frame, FrameRefusal};
 pub use routes::{Route, Target, PASSTHROUGH_BODY_LIMIT};
 pub use stop::Stop;
 
-use crate::config::{Config, FileError};
+use crate::config::{Config, FileError, PlatformKind};
 use crate::context::confirm::{self as confirm_store, ConfirmStore};
 use crate::context::{ContextLimits, ContextStore};
 use crate::observe::Metrics;
@@ -118,21 +118,10 @@ impl Gateway {
             None => None,
         };
         let context = Arc::new(ContextStore::with_limits(limits, metrics.clone()));
-        let tokenizer = match &config.tokenize {
-            Some(t) => {
-                let key = t
-                    .master_key()
-                    .map_err(|e| FileError::at(&config.source, None, e.to_string()))?;
-                Some(Arc::new(crate::tokenize::Tokenizer::in_memory(
-                    &key,
-                    t.ttl.0,
-                    t.max_entries,
-                )))
-            }
-            None => None,
-        };
+        let tokenizer = tokens::build_tokenizer(config, shared.as_ref())?;
         crate::tokenize::check_policy(tokenizer.is_some(), &policies.current().dlp)
             .map_err(|e| FileError::at(&config.source, None, e))?;
+        routes::check_streamed(&table, &policies.current().dlp, &config.policies_dir())?;
         Ok(Self {
             tokenizer,
             conversations: context::Conversations {
@@ -357,6 +346,7 @@ impl Gateway {
             inline_by: ex.started() + route.deadline.mul_f32(0.8),
             parts: ex.reply_parts.as_ref(),
             restore: restore.as_ref(),
+            deltas: route.platform == PlatformKind::Openai,
         };
         let mut found = Vec::new();
         let (done, code) = replier.answer(msg, env, accepted, &mut found).await;

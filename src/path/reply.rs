@@ -42,6 +42,11 @@ pub struct Replier<'a> {
     pub parts: Option<&'a mpsc::Sender<String>>,
     /// Restores the conversation's tokens in what the user gets.
     pub restore: Option<&'a super::tokens::Restore>,
+    /// The cluster's reply parts are pieces of one text (an OpenAI
+    /// completion's deltas), masked and restored as one stream
+    /// ([`egress::DeltaEgress`]); otherwise each part is a reply of its own,
+    /// masked whole.
+    pub deltas: bool,
 }
 
 impl Replier<'_> {
@@ -82,19 +87,33 @@ impl Replier<'_> {
         found: &mut Vec<Found>,
     ) -> (Done, i32) {
         let mut replies = Vec::new();
+        let mut deltas = self
+            .deltas
+            .then(|| egress::DeltaEgress::new(self.policies, self.restore));
         let (state, code) = loop {
-            match accepted.next_part().await {
-                Part::Text(text) => {
+            match (accepted.next_part().await, deltas.as_mut()) {
+                (Part::Text(text), None) => {
                     let text = egress::scan_reply(self.policies, &text, found);
                     let shown = self.restored(&text).await;
-                    if let Some(parts) = self.parts {
-                        let _ = parts.send(shown.clone()).await;
-                    }
-                    replies.push((text, shown));
+                    self.hand_on(&mut replies, text, shown).await;
                 }
-                Part::End { state, code } => break (state, code),
+                (Part::Text(text), Some(d)) => {
+                    let piece = d.push(&text, found).await;
+                    if !piece.shown.is_empty() {
+                        self.hand_on(&mut replies, piece.recorded, piece.shown)
+                            .await;
+                    }
+                }
+                (Part::End { state, code }, _) => break (state, code),
             }
         };
+        if let Some(d) = deltas {
+            let piece = d.finish(found).await;
+            if !piece.shown.is_empty() {
+                self.hand_on(&mut replies, piece.recorded, piece.shown)
+                    .await;
+            }
+        }
         // Context keeps what the AI saw (tokens); the user gets values.
         let recorded: Vec<String> = replies.iter().map(|(t, _)| t.clone()).collect();
         self.context
@@ -112,6 +131,14 @@ impl Replier<'_> {
             settles: true,
         };
         (done, code)
+    }
+
+    /// Keeps a reply part (recorded, shown) and hands it to a streaming caller.
+    async fn hand_on(&self, replies: &mut Vec<(String, String)>, recorded: String, shown: String) {
+        if let Some(parts) = self.parts {
+            let _ = parts.send(shown.clone()).await;
+        }
+        replies.push((recorded, shown));
     }
 
     async fn within_deadline(
@@ -260,6 +287,7 @@ mod tests {
             inline_by: Instant::now(),
             parts: Some(&tx),
             restore: None,
+            deltas: false,
         };
         let read = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -327,6 +355,7 @@ mod tests {
             inline_by: Instant::now(),
             parts: Some(&tx),
             restore: None,
+            deltas: false,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         let stream = replies(&["a", "b", "c"], Arc::new(AtomicUsize::new(0)));

@@ -82,6 +82,15 @@ impl Route {
         self.adapter.methods()
     }
 
+    /// Whether the route's replies reach the client as a stream (SSE
+    /// deltas, WebSocket frames), masked by `StreamMasker` as they pass.
+    pub fn streams(&self) -> bool {
+        matches!(
+            self.platform,
+            PlatformKind::Openai | PlatformKind::Websocket
+        )
+    }
+
     /// Whether the route proxies to a bot.
     pub fn is_passthrough(&self) -> bool {
         matches!(self.target, Target::Bot(_))
@@ -128,6 +137,38 @@ impl RouteTable {
         }
         Ok(Self { routes, clusters })
     }
+}
+
+/// Refuses egress DLP patterns without a maximum length when a route
+/// streams: streaming masking holds back only the tail that could still
+/// become a match, which needs a bound (a longer match could leak its
+/// start). The error is placed at the first such rule in `dlp.yaml`.
+pub fn check_streamed(
+    table: &RouteTable,
+    dlp: &crate::policy::dlp::DlpPolicy,
+    policies_dir: &std::path::Path,
+) -> Result<(), FileError> {
+    let Some(route) = table.routes.values().find(|r| r.streams()) else {
+        return Ok(());
+    };
+    let unbounded = dlp.unbounded_rules(crate::policy::dlp::Direction::Egress);
+    let Some(first) = unbounded.first() else {
+        return Ok(());
+    };
+    let path = policies_dir.join(crate::policy::DLP_FILE);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let pos = crate::config::yaml::locate_key(&text, first);
+    Err(FileError::at(
+        &path,
+        pos,
+        format!(
+            "pattern of rule{} '{}' has no maximum length (`+`, `*` or `{{n,}}`), but route '{}' streams replies; give {} a bound such as `{{1,64}}`",
+            if unbounded.len() > 1 { "s" } else { "" },
+            unbounded.join("', '"),
+            route.path,
+            if unbounded.len() > 1 { "them" } else { "it" },
+        ),
+    ))
 }
 
 fn resolve(

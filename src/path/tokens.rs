@@ -10,9 +10,31 @@ use std::sync::Arc;
 
 use super::exchange::{Exchange, Found};
 use super::Gateway;
+use crate::config::{Config, FileError};
 use crate::platform::PlatformMessage;
 use crate::policy::dlp::Direction;
-use crate::tokenize::{Labels, Scope, Tokenizer};
+use crate::shared::Shared;
+use crate::tokenize::{Labels, MemoryVault, Restorer, Scope, TokenVault, Tokenizer};
+
+/// The tokenizer of `tokenize:`, if configured. Its vault is the shared
+/// tier when edge nodes share state (a reply restored on node B finds what
+/// node A tokenised), else this node's memory.
+pub(super) fn build_tokenizer(
+    config: &Config,
+    shared: Option<&Arc<Shared>>,
+) -> Result<Option<Arc<Tokenizer>>, FileError> {
+    let Some(t) = &config.tokenize else {
+        return Ok(None);
+    };
+    let key = t
+        .master_key()
+        .map_err(|e| FileError::at(&config.source, None, e.to_string()))?;
+    let vault: Arc<dyn TokenVault> = match shared {
+        Some(s) => Arc::new(crate::shared::tokens::RedisVault::new(s.clone(), t.ttl.0)),
+        None => Arc::new(MemoryVault::new(t.ttl.0, t.max_entries)),
+    };
+    Ok(Some(Arc::new(Tokenizer::new(&key, vault))))
+}
 
 /// How to restore the tokens of one conversation in its replies.
 #[derive(Clone)]
@@ -69,5 +91,17 @@ impl Gateway {
             conversation: conversation.to_string(),
             labels: Labels::from_rules(policies.dlp.tokenize_rules()),
         })
+    }
+}
+
+impl Restore {
+    /// A restorer for a reply that arrives in pieces (its tokens may be split
+    /// across them).
+    pub fn streaming(&self) -> Restorer<Arc<Tokenizer>> {
+        let scope = Scope {
+            tenant: &self.tenant,
+            conversation: &self.conversation,
+        };
+        Restorer::new(self.tokenizer.clone(), scope, self.labels.clone())
     }
 }

@@ -93,12 +93,7 @@ async fn write_stream(
     write_sse_header(session).await?;
     let role = json!({"role": "assistant", "content": ""});
     write_event(session, &completion.chunk(role, None)).await?;
-    for (i, text) in parts.iter().enumerate() {
-        let text = if i == 0 {
-            text.clone()
-        } else {
-            format!("\n{text}")
-        };
+    for text in &parts {
         write_event(session, &completion.chunk(json!({"content": text}), None)).await?;
     }
     end_stream(session, completion, &resp).await
@@ -112,9 +107,10 @@ fn drain(parts: &mut mpsc::Receiver<String>) -> Vec<String> {
     out
 }
 
-/// A part after the first: on a new line, as the whole answer joins them.
+/// A part after the first: the next delta of the content (the path's
+/// `DeltaEgress` hands on parts as pieces of one text).
 async fn write_part(session: &mut Session, completion: &Completion, text: &str) -> Result<()> {
-    let delta = json!({"content": format!("\n{text}")});
+    let delta = json!({"content": text});
     write_event(session, &completion.chunk(delta, None)).await
 }
 

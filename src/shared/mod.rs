@@ -27,6 +27,7 @@ pub mod claims;
 pub mod confirmations;
 pub mod conversations;
 pub mod limits;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -565,7 +565,44 @@ pub struct RecordingAssistant {
 }
 
 #[derive(Clone)]
-struct Recorder(Arc<Mutex<Vec<moltgate::proto::Envelope>>>);
+struct Recorder(Arc<Mutex<Vec<moltgate::proto::Envelope>>>, Option<Script>);
+
+/// A scripted answer: `reply` (where `{text}` is the message's text) sent
+/// as reply parts of `piece` bytes each (split on character boundaries), as
+/// an assistant that streams its answer token by token would.
+#[derive(Clone)]
+pub struct Script {
+    pub reply: String,
+    pub piece: usize,
+}
+
+impl Script {
+    fn stream(&self, env: &moltgate::proto::Envelope) -> moltgate::assistant::ReplyStream {
+        use moltgate::proto::v1::{reply, Accepted, Final, Reply, TextPart};
+        let text = env.content.as_ref().map(|c| c.text.as_str()).unwrap_or("");
+        let whole = self.reply.replace("{text}", text);
+        let mut kinds = vec![reply::Kind::Accepted(Accepted {})];
+        let mut rest = whole.as_str();
+        while !rest.is_empty() {
+            let mut cut = self.piece.min(rest.len());
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            kinds.push(reply::Kind::Text(TextPart {
+                text: rest[..cut].to_string(),
+            }));
+            rest = &rest[cut..];
+        }
+        kinds.push(reply::Kind::Final(Final::default()));
+        let id = env.id.clone();
+        Box::pin(futures::stream::iter(kinds.into_iter().map(move |kind| {
+            Ok(Reply {
+                envelope_id: id.clone(),
+                kind: Some(kind),
+            })
+        })))
+    }
+}
 
 #[tonic::async_trait]
 impl moltgate::proto::v1::assistant_server::Assistant for Recorder {
@@ -576,9 +613,10 @@ impl moltgate::proto::v1::assistant_server::Assistant for Recorder {
         request: tonic::Request<moltgate::proto::Envelope>,
     ) -> Result<tonic::Response<Self::HandleStream>, tonic::Status> {
         self.0.lock().unwrap().push(request.get_ref().clone());
-        Ok(tonic::Response::new(
-            moltgate::assistant::DemoAssistant::stream(request.get_ref()),
-        ))
+        Ok(tonic::Response::new(match &self.1 {
+            Some(script) => script.stream(request.get_ref()),
+            None => moltgate::assistant::DemoAssistant::stream(request.get_ref()),
+        }))
     }
 }
 
@@ -593,8 +631,18 @@ pub fn background_rt() -> tokio::runtime::Runtime {
 }
 
 impl RecordingAssistant {
-    /// Serves on an ephemeral loopback port (bound before this returns).
+    /// Serves on an ephemeral loopback port (bound before this returns),
+    /// answering as the demo assistant does.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Serves, answering every message with `script`.
+    pub fn scripted(script: Script) -> Self {
+        Self::start_with(Some(script))
+    }
+
+    fn start_with(script: Option<Script>) -> Self {
         let rt = background_rt();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -603,6 +651,7 @@ impl RecordingAssistant {
         let envelopes = Arc::new(Mutex::new(Vec::new()));
         let service = moltgate::proto::v1::assistant_server::AssistantServer::new(Recorder(
             envelopes.clone(),
+            script,
         ));
         rt.spawn(async move {
             let (reporter, health) = tonic_health::server::health_reporter();

@@ -307,6 +307,21 @@ impl DlpPolicy {
             .map(|r| &*r.name)
     }
 
+    /// Rules going `direction` with a pattern whose matches have no maximum
+    /// length (`+`, `*`, `{n,}`), each named once. Streaming masking can
+    /// follow such a match only [`stream::UNBOUNDED_CAP`] bytes, so
+    /// `moltgate check` and the gateway refuse them on streamed routes.
+    pub fn unbounded_rules(&self, direction: Direction) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in &self.patterns {
+            let name = &*self.rules[p.rule].name;
+            if !p.bounded && self.applies(p.rule, direction.bit()) && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// Whether the policy has no rules at all.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()

@@ -527,3 +527,18 @@ fn glued_pieces_stream_like_the_whole_text() {
     }
     report(&errors);
 }
+
+#[test]
+fn every_shipped_rule_has_a_maximum_length_and_an_unbounded_one_is_named() {
+    // Streamed routes refuse a policy whose egress patterns have no maximum
+    // length (`moltgate check`, start): the shipped one must pass.
+    assert_eq!(
+        shipped().unbounded_rules(Direction::Egress),
+        Vec::<&str>::new()
+    );
+    let p = load(
+        "patterns:\n  ticket: { regex: 'TICKET-[0-9]+', action: mask }\n  card: { regex: '4[0-9]{15}', action: mask }\n  inbound: { regex: 'x+', action: block, direction: ingress }\n",
+    );
+    assert_eq!(p.unbounded_rules(Direction::Egress), ["ticket"]);
+    assert_eq!(p.unbounded_rules(Direction::Ingress), ["ticket", "inbound"]);
+}
