@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Gateway, RecordingAssistant, Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
+use common::{Gateway, RecordingAssistant, Script, Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
 
 const DLP: &str = "patterns:\n  cn_mobile:\n    regex: '1[3-9]\\d{9}'\n    action: tokenize\n";
 const PHONE: &str = "13812345678";
@@ -129,4 +129,126 @@ fn websocket_replies_are_restored_too() {
         seen.starts_with("ring ⟨CN_MOBILE:") && !seen.contains(PHONE),
         "{seen}"
     );
+}
+
+/// The OpenAI front on the AI cluster, which streams its answer three bytes
+/// at a time: the token, split across reply parts, is restored in the
+/// stream the user reads, and the assistant saw only the token.
+#[test]
+fn a_token_split_across_reply_parts_is_restored_in_the_stream() {
+    let ai = RecordingAssistant::scripted(Script {
+        reply: "noted: {text}".into(),
+        piece: 3,
+    });
+    let gw = Setup {
+        upstreams: format!(
+            "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\"], timeout: 5s }}\n",
+            ai.port
+        ),
+        routes: "  - { path: /v1/ai/chat/completions, platform: openai, upstream: assistant }\n"
+            .into(),
+        extra: "tokenize: { key: \"8f1c2ab9d07e4e55b61c93a07f2d3e11\", ttl: 1h }\n".into(),
+        policies: vec![
+            ("security_policy.yaml", SECURITY_POLICY.into()),
+            ("abac.yaml", ALLOW_ALL_ABAC.into()),
+            ("dlp.yaml", DLP.into()),
+        ],
+    }
+    .start();
+    let token = gw.token("alice", &["tenant=acme"]);
+    let body = common::rt().block_on(async {
+        gw.client(false)
+            .post(gw.url("/v1/ai/chat/completions"))
+            .bearer_auth(&token)
+            .json(&json!({"model": "m", "stream": true, "messages": [
+                {"role": "user", "content": format!("call me at {PHONE}")},
+            ]}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let deltas: Vec<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(deltas.len() > 2, "{deltas:?}");
+    assert_eq!(deltas.concat(), format!("noted: call me at {PHONE}"));
+    let seen = ai.envelopes()[0].content.clone().unwrap().text;
+    assert!(
+        seen.starts_with("call me at ⟨CN_MOBILE:") && !seen.contains(PHONE),
+        "{seen}"
+    );
+    assert!(!gw.log_text().contains(PHONE), "the value reached the log");
+}
+
+/// A message held for confirmation was tokenised when it came; the reply
+/// to its release has the value back.
+#[test]
+fn a_released_message_gets_its_values_back() {
+    let ai = RecordingAssistant::start();
+    let abac = format!(
+        "{ALLOW_ALL_ABAC}  - id: reboot_needs_confirmation\n    effect: Allow\n    resources: [\"/**\"]\n    actions: [\"command:reboot\"]\n    confirm: true\n"
+    );
+    let gw = Setup {
+        upstreams: format!(
+            "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\"], timeout: 5s }}\n",
+            ai.port
+        ),
+        routes: "  - { path: /v1/messages, platform: generic, upstream: assistant }\n".into(),
+        extra: "tokenize: { key: \"8f1c2ab9d07e4e55b61c93a07f2d3e11\", ttl: 1h }\n".into(),
+        policies: vec![
+            ("security_policy.yaml", SECURITY_POLICY.into()),
+            ("abac.yaml", abac),
+            ("dlp.yaml", DLP.into()),
+            (
+                "permissions.yaml",
+                "roles:\n  admin: [\"command:*\"]\nsubjects:\n  \"generic:erin\": [admin]\n".into(),
+            ),
+        ],
+    }
+    .start();
+    let token = gw.token("erin", &["tenant=acme"]);
+    let client = gw.client(false);
+    let post = |text: String| {
+        client
+            .post(gw.url("/v1/messages"))
+            .bearer_auth(&token)
+            .json(&json!({"content": {"text": text}}))
+            .send()
+    };
+    let released: Value = common::rt().block_on(async {
+        let held: Value = post(format!("/reboot then call {PHONE}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let message = held["error"]["message"]
+            .as_str()
+            .or_else(|| held["message"].as_str())
+            .unwrap_or_else(|| panic!("a confirmation in {held}"))
+            .to_string();
+        let code: String = message
+            .split_once("the code ")
+            .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
+            .unwrap_or_else(|| panic!("a code in {message}"));
+        post(code).await.unwrap().json().await.unwrap()
+    });
+    assert_eq!(
+        released["replies"][0]["text"],
+        format!("echo: /reboot then call {PHONE} (turn 1)"),
+        "{released}"
+    );
+    let seen = ai.envelopes()[0].content.clone().unwrap().text;
+    assert!(!seen.contains(PHONE), "{seen}");
 }

@@ -233,7 +233,9 @@ impl Gateway {
             .await
             .inspect_err(|stop| ex.record_stop(stop))?;
         if let Some((cluster, held)) = self.release_held(&route, &who, &msg).await? {
-            return self.deliver_held(ex, &route, cluster, msg, held).await;
+            return self
+                .deliver_held(ex, &route, cluster, msg, &who, held)
+                .await;
         }
         let access = authorize::access_request(
             route.platform.as_str(),
@@ -303,6 +305,7 @@ impl Gateway {
         route: &Route,
         cluster: &Cluster,
         mut msg: PlatformMessage,
+        who: &Who,
         held: Envelope,
     ) -> Result<Done, Stop> {
         ex.note = "confirmed";
@@ -314,7 +317,11 @@ impl Gateway {
         ex.envelope_id = held.id.clone();
         // Fresh context: the conversation may have moved on while it waited.
         let env = self.conversations.attach(held).await;
-        self.dispatch(ex, route, cluster, msg, env, None).await
+        // The held text was tokenised when it came: its reply restores too.
+        let conversation =
+            crate::context::conversation_key(route.platform.as_str(), &msg, who.person.as_deref());
+        let restore = self.restore_for(ex, &msg, &conversation);
+        self.dispatch(ex, route, cluster, msg, env, restore).await
     }
 
     /// Sends `env` to the cluster and answers with its replies.

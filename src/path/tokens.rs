@@ -85,11 +85,22 @@ impl Gateway {
             }
             msg.text = tokenized;
         }
+        self.restore_for(ex, msg, conversation)
+    }
+
+    /// How to restore the tokens of `conversation` in the reply to `msg`
+    /// (when a tokenizer is configured).
+    pub(super) fn restore_for(
+        &self,
+        ex: &Exchange,
+        msg: &PlatformMessage,
+        conversation: &str,
+    ) -> Option<Restore> {
         Some(Restore {
-            tokenizer,
+            tokenizer: self.tokenizer.clone()?,
             tenant: msg.tenant.clone(),
             conversation: conversation.to_string(),
-            labels: Labels::from_rules(policies.dlp.tokenize_rules()),
+            labels: Labels::from_rules(ex.policies.dlp.tokenize_rules()),
         })
     }
 }
