@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use common::fake_openai::FakeOpenAi;
 use common::{Gateway, RecordingAssistant, Script, Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
 
 const DLP: &str = "patterns:\n  cn_mobile:\n    regex: '1[3-9]\\d{9}'\n    action: tokenize\n";
@@ -251,4 +252,112 @@ fn a_released_message_gets_its_values_back() {
     );
     let seen = ai.envelopes()[0].content.clone().unwrap().text;
     assert!(!seen.contains(PHONE), "{seen}");
+}
+
+/// Passthrough to an OpenAI-compatible server: the model gets the token in
+/// every message, and the answer, whole or streamed with the token split
+/// across chunks, has the value back; a token the request did not carry
+/// (another tenant's) stays a token.
+#[test]
+fn an_openai_compatible_server_sees_tokens_and_answers_get_values_back() {
+    let model = FakeOpenAi::start();
+    let gw = Setup {
+        upstreams: format!(
+            "  llm: {{ kind: http, nodes: [\"127.0.0.1:{}\"], timeout: 10s }}\n",
+            model.port
+        ),
+        routes: "  - { path: /v1/chat/completions, platform: openai, mode: passthrough, upstream: llm }\n"
+            .into(),
+        extra: "tokenize: { key: \"8f1c2ab9d07e4e55b61c93a07f2d3e11\", ttl: 1h }\n".into(),
+        policies: vec![
+            ("security_policy.yaml", SECURITY_POLICY.into()),
+            ("abac.yaml", ALLOW_ALL_ABAC.into()),
+            ("dlp.yaml", DLP.into()),
+        ],
+    }
+    .start();
+    let alice = gw.token("alice", &["tenant=acme"]);
+    let mallory = gw.token("mallory", &["tenant=evil"]);
+    let client = gw.client(false);
+    let ask = |token: &str, stream: bool, text: &str| {
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(&json!({"model": "m", "stream": stream, "messages": [
+                {"role": "system", "content": format!("the user's phone is {PHONE}")},
+                {"role": "user", "content": [{"type": "text", "text": text}]},
+            ]}))
+            .send()
+    };
+    let rt = common::rt();
+    model.push_reply(&["noted"]);
+    rt.block_on(async {
+        ask(&alice, false, "hello")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let seen = model.chat_requests()[0].to_string();
+    assert!(!seen.contains(PHONE), "{seen}");
+    let at = seen.find("⟨CN_MOBILE:").expect("a token");
+    let token: String = seen[at..]
+        .chars()
+        .take_while(|&c| c != '⟩')
+        .chain(['⟩'])
+        .collect();
+
+    // Whole answer; then streamed with the token cut in the middle.
+    model.push_reply(&["I will ring ", &token]);
+    let (cut, _) = token.char_indices().nth(6).unwrap();
+    model.push_reply(&["Calling ", &token[..cut], &token[cut..], " now."]);
+    model.push_reply(&["that is ", &token]);
+    let (whole, streamed, other) = rt.block_on(async {
+        let whole: Value = ask(&alice, false, "call me")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let streamed = ask(&alice, true, "call me")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let other: Value = ask(&mallory, false, "what?")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (whole, streamed, other)
+    });
+    assert_eq!(
+        whole["choices"][0]["message"]["content"],
+        format!("I will ring {PHONE}"),
+        "{whole}"
+    );
+    let deltas: String = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(deltas, format!("Calling {PHONE} now."), "{streamed}");
+    // Mallory's request carried alice's phone in its system message, but
+    // tokenised for tenant evil: alice's token means nothing there.
+    let shown = other["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(shown, format!("that is {token}"), "{other}");
+    assert!(model
+        .chat_requests()
+        .iter()
+        .all(|r| !r.to_string().contains(PHONE)));
+    assert!(!gw.log_text().contains(PHONE), "the value reached the log");
 }

@@ -16,6 +16,10 @@
 //! larger than [`sse::MAX_EVENT`]) fails closed: the stream ends with an
 //! error event of moltgate's and nothing after it is forwarded. A `block`
 //! finding withholds the rest of the answer (a notice, then empty deltas).
+//!
+//! With the request's tokens ([`ChunkMasker::restoring`]), each field's
+//! masked text then goes through a [`KnownRestorer`]: a token split across
+//! chunks comes back as its value.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +31,7 @@ use crate::policy::dlp::{Direction, Emitted, StreamMasker};
 use crate::policy::findings::Found;
 use crate::policy::findings::{for_each_string, mask_text, WITHHELD_REPLY};
 use crate::policy::PolicySet;
+use crate::tokenize::{Known, KnownRestorer};
 
 /// Which text of which choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,11 +49,19 @@ impl FieldKey {
     }
 }
 
+/// One text field's stream: masked, then its tokens restored.
+struct Field {
+    masker: StreamMasker<Arc<PolicySet>>,
+    restorer: Option<KnownRestorer>,
+}
+
 /// Masks one SSE answer as it streams.
 pub struct ChunkMasker {
     policies: Arc<PolicySet>,
     parser: SseParser,
-    fields: BTreeMap<FieldKey, StreamMasker<Arc<PolicySet>>>,
+    fields: BTreeMap<FieldKey, Field>,
+    /// The request's tokens, restored in what is shown.
+    known: Option<Arc<Known>>,
     /// `id`, `object`, `created`, `model` of the last chunk (for a flush chunk).
     meta: Map<String, Value>,
     withheld: bool,
@@ -63,11 +76,18 @@ impl ChunkMasker {
             policies,
             parser: SseParser::default(),
             fields: BTreeMap::new(),
+            known: None,
             meta: Map::new(),
             withheld: false,
             failed: false,
             found: Vec::new(),
         }
+    }
+
+    /// Also restores `known`'s tokens (the request's) in every text field.
+    pub fn restoring(mut self, known: Option<Arc<Known>>) -> Self {
+        self.known = known;
+        self
     }
 
     /// Takes the next bytes from the upstream; returns the bytes to send on.
@@ -185,13 +205,21 @@ impl ChunkMasker {
             Emitted::default()
         } else {
             // The snapshot is cloned only when a field's stream starts.
-            let policies = &self.policies;
-            let masker = self.fields.entry(key).or_insert_with(|| {
-                StreamMasker::with_snapshot(policies.clone(), |s| &s.dlp, Direction::Egress)
+            let (policies, known) = (&self.policies, &self.known);
+            let field = self.fields.entry(key).or_insert_with(|| Field {
+                masker: StreamMasker::with_snapshot(
+                    policies.clone(),
+                    |s| &s.dlp,
+                    Direction::Egress,
+                ),
+                restorer: known.clone().map(KnownRestorer::new),
             });
-            masker.push(text)
+            field.masker.push(text)
         };
-        let shown = self.shown(emitted);
+        let mut shown = self.shown(emitted);
+        if let Some(r) = self.fields.get_mut(&key).and_then(|f| f.restorer.as_mut()) {
+            shown = r.push(&shown);
+        }
         let changed = *text != shown;
         *text = shown;
         changed
@@ -222,15 +250,19 @@ impl ChunkMasker {
             .collect();
         let mut changed = false;
         for key in keys {
-            let Some(masker) = self.fields.remove(&key) else {
+            let Some(field) = self.fields.remove(&key) else {
                 continue;
             };
             let emitted = if self.withheld {
                 Emitted::default()
             } else {
-                masker.finish()
+                field.masker.finish()
             };
-            let rest = self.shown(emitted);
+            let mut rest = self.shown(emitted);
+            if let Some(mut r) = field.restorer {
+                rest = r.push(&rest);
+                rest.push_str(&r.finish());
+            }
             if !rest.is_empty() {
                 append(delta, key, &rest);
                 changed = true;

@@ -105,7 +105,7 @@ mod tests {
         let c = Completion::new("m");
         let ok = json!({"envelope_id":"e","replies":[{"text":"a"},{"text":"b"}],"complete":true});
         let whole = c.whole(&ok);
-        assert_eq!(whole["choices"][0]["message"]["content"], "a\nb");
+        assert_eq!(whole["choices"][0]["message"]["content"], "ab");
         assert_eq!(whole["choices"][0]["finish_reason"], "stop");
         assert_eq!(whole["object"], "chat.completion");
         let cut = json!({"replies":[{"text":"a"}],"complete":false});

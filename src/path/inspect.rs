@@ -95,10 +95,14 @@ pub fn message(policies: &PolicySet, msg: &mut PlatformMessage) -> Inspection {
 /// inspection and, when something was masked, the rebuilt and re-sealed
 /// request; `Stop::Blocked`, or `Stop::CannotReseal` when the platform
 /// cannot re-sign it.
+///
+/// `replaced` holds, in walk order, texts to use instead of the body's (its
+/// tokenised texts, see [`payload_texts`]); a replaced body is re-sealed.
 pub fn payload(
     policies: &PolicySet,
     adapter: &dyn PlatformAdapter,
     req: &IncomingRequest,
+    replaced: &[Option<String>],
 ) -> (Inspection, Result<Option<Resealed>, Stop>) {
     let mut out = Inspection::default();
     let webhook = req.as_webhook(SystemTime::now(), None);
@@ -106,7 +110,12 @@ pub fn payload(
         Ok(p) => p,
         Err(e) => return (out, Err(e.into())),
     };
+    let mut next = replaced.iter();
     let walked = payload.texts_mut(adapter.opaque_keys(), &mut |text: &mut String| {
+        if let Some(Some(instead)) = next.next() {
+            text.clone_from(instead);
+            out.masked = true;
+        }
         let scan = policies.dlp.scan(text, Direction::Ingress);
         out.absorb(&scan);
         if let Some(masked) = scan.masked {
@@ -125,6 +134,20 @@ pub fn payload(
     }
     let sealed = adapter.reseal_payload(&webhook, &payload);
     (out, sealed.map(Some).ok_or(Stop::CannotReseal))
+}
+
+/// Every text of a passthrough body that [`payload`] scans, in its walk
+/// order (what tokenising reads before it).
+pub fn payload_texts(adapter: &dyn PlatformAdapter, req: &IncomingRequest) -> Vec<String> {
+    let webhook = req.as_webhook(SystemTime::now(), None);
+    let mut texts = Vec::new();
+    if let Ok(mut payload) = adapter.payload(&webhook) {
+        // An unwalkable body is refused by `payload` itself.
+        let _ = payload.texts_mut(adapter.opaque_keys(), &mut |text: &mut String| {
+            texts.push(text.clone());
+        });
+    }
+    texts
 }
 
 #[cfg(test)]
@@ -173,7 +196,7 @@ mod tests {
         let body = json!({"update_id": 987654321, "message": {"message_id": "4111111111111111", "text": "hi",
             "caption": format!("see {CARD}"),
             "reply_to_message": {"text": format!("quoted {CARD}")}}});
-        let (out, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body));
+        let (out, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body), &[]);
         let sealed = sealed.unwrap().expect("masked, so rebuilt");
         let forwarded = String::from_utf8(sealed.body.to_vec()).unwrap();
         assert!(!forwarded.contains(&format!("see {CARD}")), "{forwarded}");
@@ -193,7 +216,7 @@ mod tests {
     fn an_unchanged_body_is_forwarded_as_received() {
         let p = policies(&[("dlp.yaml", DLP)]);
         let body = json!({"message": {"text": "nothing to see"}});
-        let (out, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body));
+        let (out, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body), &[]);
         assert!(sealed.unwrap().is_none());
         assert!(!out.masked);
     }
@@ -202,10 +225,15 @@ mod tests {
     fn masked_content_that_cannot_be_resigned_is_refused() {
         let p = policies(&[("dlp.yaml", DLP)]);
         let body = json!({"content": format!("card {CARD}")});
-        let (_, sealed) = payload(&p, &JsonAdapter { reseal: false }, &json_request(&body));
+        let (_, sealed) = payload(
+            &p,
+            &JsonAdapter { reseal: false },
+            &json_request(&body),
+            &[],
+        );
         assert!(matches!(sealed, Err(Stop::CannotReseal)));
         let body = json!({"content": "TOPSECRET"});
-        let (_, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body));
+        let (_, sealed) = payload(&p, &JsonAdapter { reseal: true }, &json_request(&body), &[]);
         assert!(matches!(sealed, Err(Stop::Blocked { .. })));
     }
 }

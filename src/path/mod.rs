@@ -246,7 +246,7 @@ impl Gateway {
         );
         let grant = authorize::authorize(&policies, &access, ex)?;
         match &route.target {
-            Target::Bot(bot) => self.to_bot(ex, &route, bot, req, &msg, &grant).await,
+            Target::Bot(bot) => self.to_bot(ex, &route, bot, req, &msg, &who, &grant).await,
             Target::Assistant(cluster) => {
                 self.to_assistant(ex, &route, cluster, msg, &who, grant)
                     .await
@@ -371,6 +371,7 @@ impl Gateway {
         bot: &routes::HttpUpstream,
         req: &IncomingRequest,
         msg: &PlatformMessage,
+        who: &Who,
         grant: &Grant,
     ) -> Result<Done, Stop> {
         if grant.confirm {
@@ -379,7 +380,13 @@ impl Gateway {
                 rule: "confirm_unsupported_in_passthrough".into(),
             });
         }
-        let (inspection, resealed) = inspect::payload(&ex.policies, route.adapter.as_ref(), req);
+        let conversation =
+            crate::context::conversation_key(route.platform.as_str(), msg, who.person.as_deref());
+        let (replaced, known) = self
+            .tokenize_payload(ex, route, req, &msg.tenant, &conversation)
+            .await;
+        let (inspection, resealed) =
+            inspect::payload(&ex.policies, route.adapter.as_ref(), req, &replaced);
         ex.found.extend(inspection.found);
         ex.rules.extend(inspection.rules);
         let resealed = resealed?;
@@ -392,6 +399,7 @@ impl Gateway {
             resealed,
             adapter: route.adapter.as_ref(),
             msg,
+            known,
         };
         let mut found = Vec::new();
         let sent =

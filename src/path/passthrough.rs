@@ -19,8 +19,9 @@ use super::stop::Stop;
 use super::streamed::{StreamedBody, StreamingAnswer};
 use crate::openai::{self, chunks::ChunkMasker};
 use crate::platform::adapter::Resealed;
-use crate::platform::{PlatformAdapter, PlatformMessage};
+use crate::platform::{Payload, PlatformAdapter, PlatformMessage};
 use crate::policy::PolicySet;
+use crate::tokenize::Known;
 use crate::upstream::bot::{BotAnswer, BotClient, BotError, BotRequest, BotStream, ANSWER_LIMIT};
 
 /// What the passthrough call needs from the earlier stages.
@@ -35,6 +36,8 @@ pub struct Forward<'a> {
     pub adapter: &'a dyn PlatformAdapter,
     /// The verified message (for the platform's plain acknowledgement).
     pub msg: &'a PlatformMessage,
+    /// The tokens the request was given, restored in the answer.
+    pub known: Option<Arc<Known>>,
 }
 
 /// Sends the inspected request to the bot and scans its answer.
@@ -55,7 +58,7 @@ pub async fn forward(
         .await
         .map_err(|e| unavailable(bot, e))?;
     let status = answer.status;
-    let (response, note) = inspect_answer(policies, f.adapter, f.msg, answer, found);
+    let (response, note) = inspect_answer(policies, &f, answer, found);
     Ok((
         peer,
         Done {
@@ -101,7 +104,7 @@ async fn forward_stream(
     let status = answer.status;
     if !is_sse {
         let whole = read_whole(answer).await.map_err(|e| unavailable(bot, e))?;
-        let (response, note) = inspect_answer(policies, f.adapter, f.msg, whole, found);
+        let (response, note) = inspect_answer(policies, &f, whole, found);
         let done = Done {
             response,
             decision: "proxied",
@@ -115,7 +118,7 @@ async fn forward_stream(
     let mut headers = answer.headers;
     headers.remove(header::CONTENT_LENGTH);
     *response.headers_mut() = headers;
-    let masker = ChunkMasker::new(policies.clone());
+    let masker = ChunkMasker::new(policies.clone()).restoring(f.known.clone());
     let streamed = StreamingAnswer::new(answer.body, masker);
     response
         .extensions_mut()
@@ -195,11 +198,11 @@ fn bot_request(f: &Forward<'_>) -> BotRequest {
 /// The bot's answer as the platform may see it, and a note for the audit line.
 fn inspect_answer(
     policies: &PolicySet,
-    adapter: &dyn PlatformAdapter,
-    msg: &PlatformMessage,
+    f: &Forward<'_>,
     answer: BotAnswer,
     found: &mut Vec<Found>,
 ) -> (Response<Bytes>, &'static str) {
+    let (adapter, msg) = (f.adapter, f.msg);
     let BotAnswer {
         status,
         headers,
@@ -223,7 +226,13 @@ fn inspect_answer(
     let Ok(mut payload) = adapter.open_answer(content_type, &body) else {
         return withheld(status);
     };
-    let body = match egress::scan_answer(policies, &mut payload, adapter.opaque_keys(), found) {
+    let mut scan = egress::scan_answer(policies, &mut payload, adapter.opaque_keys(), found);
+    if scan == AnswerScan::Clean && restore_answer(&mut payload, adapter, f.known.as_deref()) {
+        scan = AnswerScan::Masked;
+    } else if scan == AnswerScan::Masked {
+        restore_answer(&mut payload, adapter, f.known.as_deref());
+    }
+    let body = match scan {
         AnswerScan::Withheld => return withheld(status),
         AnswerScan::Clean => body,
         AnswerScan::Masked => match adapter.seal_answer(&payload, SystemTime::now()) {
@@ -235,6 +244,27 @@ fn inspect_answer(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     (resp, "")
+}
+
+/// Restores the request's tokens in every text of an answer (after egress
+/// DLP); whether anything changed.
+fn restore_answer(
+    payload: &mut Payload,
+    adapter: &dyn PlatformAdapter,
+    known: Option<&Known>,
+) -> bool {
+    let Some(known) = known else {
+        return false;
+    };
+    let mut changed = false;
+    let _ = payload.texts_mut(adapter.opaque_keys(), &mut |text: &mut String| {
+        let restored = known.restore(text);
+        if restored != *text {
+            *text = restored;
+            changed = true;
+        }
+    });
+    changed
 }
 
 #[cfg(test)]
@@ -259,6 +289,7 @@ mod tests {
             resealed: None,
             adapter: &adapter,
             msg: &msg,
+            known: None,
         };
         let mut found = Vec::new();
         let out = forward(client, &bot(), &p, f, &mut found).await;

@@ -14,7 +14,7 @@ use crate::config::{Config, FileError};
 use crate::platform::PlatformMessage;
 use crate::policy::dlp::Direction;
 use crate::shared::Shared;
-use crate::tokenize::{Labels, MemoryVault, Restorer, Scope, TokenVault, Tokenizer};
+use crate::tokenize::{Known, Labels, MemoryVault, Restorer, Scope, TokenVault, Tokenizer};
 
 /// The tokenizer of `tokenize:`, if configured. Its vault is the shared
 /// tier when edge nodes share state (a reply restored on node B finds what
@@ -75,17 +75,56 @@ impl Gateway {
                 conversation,
             };
             let tokenized = tokenizer.tokenize_outcome(scope, &msg.text, &outcome).await;
-            for span in &spans {
-                ex.rules.push(format!("dlp:{}:tokenize", span.rule));
-                ex.found.push(Found {
-                    rule: span.rule.clone(),
-                    action: "tokenize",
-                    direction: "ingress",
-                });
-            }
+            note_tokenized(ex, &spans);
             msg.text = tokenized;
         }
         self.restore_for(ex, msg, conversation)
+    }
+
+    /// Passthrough to an OpenAI-compatible server: tokenises every text of
+    /// the request (the whole conversation it carries) before ingress DLP
+    /// reads it. Returns the texts to use instead, in the walk order of
+    /// [`super::inspect::payload`], and the tokens with their values, which
+    /// the answer to this request restores (and nothing else: a token the
+    /// request did not produce stays a token). Other passthrough routes
+    /// mask `tokenize` findings whole: their bots may answer through the
+    /// platform's API, where nothing could restore them.
+    pub(super) async fn tokenize_payload(
+        &self,
+        ex: &mut Exchange,
+        route: &super::Route,
+        req: &super::IncomingRequest,
+        tenant: &str,
+        conversation: &str,
+    ) -> (Vec<Option<String>>, Option<Arc<Known>>) {
+        let tokenizer = match &self.tokenizer {
+            Some(t) if route.platform == crate::config::PlatformKind::Openai => t.clone(),
+            _ => return (Vec::new(), None),
+        };
+        let policies = ex.policies.clone();
+        if policies.dlp.tokenize_rules().next().is_none() {
+            return (Vec::new(), None);
+        }
+        let scope = Scope {
+            tenant,
+            conversation,
+        };
+        let mut known = Known::default();
+        let mut replaced = Vec::new();
+        for text in super::inspect::payload_texts(route.adapter.as_ref(), req) {
+            let outcome = policies.dlp.scan(&text, Direction::Ingress);
+            let spans = outcome.token_spans();
+            if outcome.is_blocked() || spans.is_empty() {
+                replaced.push(None);
+                continue;
+            }
+            note_tokenized(ex, &spans);
+            let tokenized = tokenizer
+                .tokenize_outcome_into(scope, &text, &outcome, &mut known)
+                .await;
+            replaced.push(Some(tokenized));
+        }
+        (replaced, (!known.is_empty()).then(|| Arc::new(known)))
     }
 
     /// How to restore the tokens of `conversation` in the reply to `msg`
@@ -114,5 +153,20 @@ impl Restore {
             conversation: &self.conversation,
         };
         Restorer::new(self.tokenizer.clone(), scope, self.labels.clone())
+    }
+}
+
+/// Records tokenised spans: the audit line's rules and the findings counted.
+fn note_tokenized(ex: &mut Exchange, spans: &[crate::policy::dlp::TokenSpan]) {
+    for span in spans {
+        let rule = format!("dlp:{}:tokenize", span.rule);
+        if !ex.rules.contains(&rule) {
+            ex.rules.push(rule);
+        }
+        ex.found.push(Found {
+            rule: span.rule.clone(),
+            action: "tokenize",
+            direction: "ingress",
+        });
     }
 }

@@ -37,7 +37,7 @@ use crypto::{frame, Keys};
 
 pub use crypto::{KeyError, MasterKey};
 pub use format::Token;
-pub use restore::Restorer;
+pub use restore::{Known, KnownRestorer, Restorer};
 pub use scan::Labels;
 pub use vault::{Entry, MemoryVault, TokenVault, VaultError, VaultKey};
 
@@ -129,11 +129,27 @@ impl Tokenizer {
         text: &str,
         outcome: &DlpOutcome,
     ) -> String {
+        self.tokenize_outcome_into(scope, text, outcome, &mut Known::default())
+            .await
+    }
+
+    /// [`Self::tokenize_outcome`], noting each token and its value in
+    /// `known` (what a proxied answer to this request may restore).
+    pub async fn tokenize_outcome_into(
+        &self,
+        scope: Scope<'_>,
+        text: &str,
+        outcome: &DlpOutcome,
+        known: &mut Known,
+    ) -> String {
         let mut tokens = Vec::new();
         for span in outcome.token_spans() {
             let value = text.get(span.start..span.end).unwrap_or_default();
             let token = match self.tokenize(scope, &span.rule, value).await {
-                Ok(t) => Some(t.to_string()),
+                Ok(t) => {
+                    known.insert(&t, value);
+                    Some(t.to_string())
+                }
                 Err(e) => {
                     tracing::warn!(rule = %span.rule, error = %e, "tokenize failed; value masked");
                     None

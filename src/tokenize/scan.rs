@@ -52,6 +52,14 @@ impl Labels {
         Self(v)
     }
 
+    /// Labels already canonical (as a [`super::restore::Known`] keeps them).
+    pub(super) fn from_canonical(labels: impl IntoIterator<Item = String>) -> Self {
+        let mut v: Vec<String> = labels.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
     fn contains(&self, label: &str) -> bool {
         self.0.iter().any(|l| l == label)
     }

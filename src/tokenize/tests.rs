@@ -301,3 +301,33 @@ fn check_refuses_tokenize_rules_without_a_block() {
     assert!(check_policy(true, &p).is_ok());
     assert!(check_policy(false, &DlpPolicy::empty()).is_ok());
 }
+
+#[test]
+fn known_tokens_restore_in_pieces_and_nothing_else_does() {
+    let t = Tokenizer::in_memory(
+        &MasterKey::parse(KEY).unwrap(),
+        Duration::from_secs(60),
+        100,
+    );
+    let token = t.token_for("acme", "cn_mobile", "13812345678");
+    let other = t.token_for("evil", "cn_mobile", "13812345678");
+    let mut known = Known::default();
+    known.insert(&token, "13812345678");
+    let known = Arc::new(known);
+    let text = format!(
+        "ring {token} or {other}; <cn mobile : {}>",
+        token.id().to_uppercase()
+    );
+    let want = format!("ring 13812345678 or {other}; 13812345678");
+    assert_eq!(known.restore(&text), want);
+    for cut in 1..text.len() {
+        if !text.is_char_boundary(cut) {
+            continue;
+        }
+        let mut r = KnownRestorer::new(known.clone());
+        let mut out = r.push(&text[..cut]);
+        out.push_str(&r.push(&text[cut..]));
+        out.push_str(&r.finish());
+        assert_eq!(out, want, "cut at {cut}");
+    }
+}
