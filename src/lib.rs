@@ -8,6 +8,7 @@
 //! [`upstream`] (the AI cluster, or a passthrough bot) and [`writeback`].
 #![warn(missing_docs)]
 
+pub mod adapters;
 pub mod assistant;
 pub mod cli;
 pub mod config;

@@ -5,6 +5,8 @@
 //! `RUSTC_BOOTSTRAP=1`) and by `tests/fuzz_replay.rs`, which replays the
 //! committed seeds and minimised corpora on stable in every test run.
 
+pub mod adapter_load;
+pub mod adapter_template;
 pub mod common;
 pub mod dingtalk_receive;
 pub mod discord_receive;
@@ -26,6 +28,8 @@ pub mod wxcrypt_decrypt;
 /// Every target: its name (the directory under `seeds/` and `corpora/`) and
 /// its entry.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("adapter_load", adapter_load::run),
+    ("adapter_template", adapter_template::run),
     ("dingtalk_receive", dingtalk_receive::run),
     ("discord_receive", discord_receive::run),
     ("dlp_mask", dlp_mask::run),

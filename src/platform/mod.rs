@@ -4,6 +4,7 @@
 //! stay free of sockets.
 
 pub mod adapter;
+pub mod declarative;
 pub mod dingtalk;
 pub mod discord;
 pub mod feishu;

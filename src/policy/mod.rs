@@ -70,6 +70,9 @@ pub struct PolicySet {
     pub dlp: dlp::DlpPolicy,
     /// Linked identities.
     pub identities: identities::Identities,
+    /// Declarative adapters (`adapters/*.yaml`): they reload with the
+    /// policies, all or nothing.
+    pub adapters: Arc<crate::adapters::AdapterSet>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -111,21 +114,26 @@ impl PolicySet {
             ),
             &mut errors,
         );
-        match (security, abac, dlp, permissions, identities) {
-            (Some((jwt, ip, rate)), Some(abac), Some(dlp), Some(permissions), Some(identities))
-                if errors.is_empty() =>
-            {
-                Ok(PolicySet {
-                    version,
-                    jwt,
-                    ip,
-                    rate,
-                    abac,
-                    permissions: permissions.unwrap_or_default(),
-                    dlp: dlp.unwrap_or_else(dlp::DlpPolicy::empty),
-                    identities: identities.unwrap_or_default(),
-                })
-            }
+        let adapters = keep(crate::adapters::AdapterSet::load_dir(dir), &mut errors);
+        match (security, abac, dlp, permissions, identities, adapters) {
+            (
+                Some((jwt, ip, rate)),
+                Some(abac),
+                Some(dlp),
+                Some(permissions),
+                Some(identities),
+                Some(adapters),
+            ) if errors.is_empty() => Ok(PolicySet {
+                version,
+                jwt,
+                ip,
+                rate,
+                abac,
+                permissions: permissions.unwrap_or_default(),
+                dlp: dlp.unwrap_or_else(dlp::DlpPolicy::empty),
+                identities: identities.unwrap_or_default(),
+                adapters: Arc::new(adapters),
+            }),
             _ => Err(FileError::collect(errors)
                 .unwrap_or_else(|| FileError::whole(dir, "the policies did not load"))),
         }
