@@ -42,6 +42,10 @@ pub enum PlatformKind {
     Websocket,
     /// OpenAI-compatible chat completions (`POST`, streamed or not).
     Openai,
+    /// A platform an adapter file declares (`<policies>/adapters/*.yaml`);
+    /// never written in `moltgate.yaml`.
+    #[serde(skip)]
+    Declarative,
 }
 
 impl PlatformKind {
@@ -57,6 +61,7 @@ impl PlatformKind {
             PlatformKind::Telegram => "telegram",
             PlatformKind::Websocket => "websocket",
             PlatformKind::Openai => "openai",
+            PlatformKind::Declarative => "declarative",
         }
     }
 }

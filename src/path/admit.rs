@@ -6,20 +6,33 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
+use ipnet::IpNet;
 
 use super::stop::Stop;
 use crate::policy::ip::IpDecision;
 use crate::policy::PolicySet;
 
 /// The client's address (socket peer, or the forwarding header from a trusted
-/// proxy), and whether the IP policy admits it.
+/// proxy), and whether the IP policy admits it, and the route's own allow
+/// list (`route_allow`, an adapter file's `ip_allow`) when it has one.
 pub fn admit(
     policies: &PolicySet,
+    route_allow: &[IpNet],
     peer: IpAddr,
     headers: &HeaderMap,
 ) -> (IpAddr, Result<(), Stop>) {
     let ip = policies.ip.client_ip_in(peer, headers);
     match policies.ip.check(ip) {
+        IpDecision::Allowed
+            if !route_allow.is_empty() && !route_allow.iter().any(|n| n.contains(&ip)) =>
+        {
+            (
+                ip,
+                Err(Stop::IpDenied {
+                    reason: "route_ip_allow",
+                }),
+            )
+        }
         IpDecision::Allowed => (ip, Ok(())),
         IpDecision::Denied { reason } => (
             ip,

@@ -133,7 +133,7 @@ impl Exchange {
 
     /// The route's platform, or `none`.
     pub fn platform(&self) -> &'static str {
-        self.route.as_ref().map_or("none", |r| r.platform.as_str())
+        self.route.as_ref().map_or("none", |r| r.platform_name())
     }
 
     /// Records a policy decision.

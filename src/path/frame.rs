@@ -93,7 +93,7 @@ impl Gateway {
             ..Default::default()
         };
         ex.heard(&msg);
-        let who = identity::identify(&policies, route.platform.as_str(), &msg);
+        let who = identity::identify(&policies, route.platform_name(), &msg);
         rate::limit(
             &policies,
             self.shared.as_ref(),
@@ -105,7 +105,7 @@ impl Gateway {
         .await
         .inspect_err(|stop| ex.record_stop(stop))?;
         let access = authorize::access_request(
-            route.platform.as_str(),
+            route.platform_name(),
             &who,
             &msg,
             &route.path,

@@ -14,6 +14,7 @@
 //! stages are assembled in [`Gateway::run`]. The Pingora glue in `server`
 //! only routes, reads bodies (the first three stages) and writes answers.
 
+pub mod adapter_routes;
 pub mod admit;
 pub mod answer;
 pub mod authenticate;
@@ -66,6 +67,8 @@ use identity::Who;
 /// The gateway: routes, policies, stores and metrics, and the path they form.
 pub struct Gateway {
     table: routes::RouteTable,
+    /// Routes that adapter files declare (rebuilt per policy set).
+    adapter_routes: adapter_routes::AdapterRoutes,
     /// The live policies.
     pub policies: Arc<PolicyStore>,
     /// The metrics.
@@ -122,6 +125,8 @@ impl Gateway {
         crate::tokenize::check_policy(tokenizer.is_some(), &policies.current().dlp)
             .map_err(|e| FileError::at(&config.source, None, e))?;
         routes::check_streamed(&table, &policies.current().dlp, &config.policies_dir())?;
+        check_adapter_routes(&table, &policies.current())?;
+        let adapter_routes = adapter_routes::AdapterRoutes::new(config, &table);
         Ok(Self {
             tokenizer,
             conversations: context::Conversations {
@@ -136,6 +141,7 @@ impl Gateway {
                 confirm_store::DEFAULT_ATTEMPTS,
             ),
             table,
+            adapter_routes,
             policies,
             writeback: Writeback::new(metrics.clone(), Default::default()),
             metrics,
@@ -144,9 +150,13 @@ impl Gateway {
         })
     }
 
-    /// The route for `path`, if any.
-    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
-        self.table.routes.get(path)
+    /// The route for `path` under `policies`: a configured one, else one an
+    /// adapter file of that policy set declares.
+    pub fn route(&self, policies: &PolicySet, path: &str) -> Option<Arc<Route>> {
+        match self.table.routes.get(path) {
+            Some(route) => Some(route.clone()),
+            None => self.adapter_routes.route(&policies.adapters, path),
+        }
     }
 
     /// The gRPC clusters, for health checking.
@@ -182,7 +192,8 @@ impl Gateway {
     /// snapshot here and uses it for every decision, so a reload never
     /// splits a request between two sets.
     pub fn begin(&self, path: &str) -> Exchange {
-        Exchange::new(self.route(path).cloned(), self.policies.current())
+        let policies = self.policies.current();
+        Exchange::new(self.route(&policies, path), policies)
     }
 
     /// Stage `admit`: the IP policy, before any body is read.
@@ -192,7 +203,8 @@ impl Gateway {
         peer: IpAddr,
         headers: &HeaderMap,
     ) -> Result<IpAddr, Stop> {
-        let (ip, admitted) = admit::admit(&ex.policies, peer, headers);
+        let allow = ex.route.as_ref().map_or(&[][..], |r| &r.ip_allow[..]);
+        let (ip, admitted) = admit::admit(&ex.policies, allow, peer, headers);
         ex.client_ip = Some(ip);
         if let Err(Stop::IpDenied { reason }) = &admitted {
             ex.decide("ip", false, *reason);
@@ -228,7 +240,7 @@ impl Gateway {
         ex.heard(&msg);
         let done_ttl = route.adapter.dedupe_ttl();
         ex.claim = claim::claim(&route.dedupe, shared, &route.path, done_ttl, &msg).await?;
-        let who = identity::identify(&policies, route.platform.as_str(), &msg);
+        let who = identity::identify(&policies, route.platform_name(), &msg);
         rate::limit(&policies, shared, &who, &msg, req.client_ip, &route)
             .await
             .inspect_err(|stop| ex.record_stop(stop))?;
@@ -238,7 +250,7 @@ impl Gateway {
                 .await;
         }
         let access = authorize::access_request(
-            route.platform.as_str(),
+            route.platform_name(),
             &who,
             &msg,
             &route.path,
@@ -266,7 +278,7 @@ impl Gateway {
         grant: Grant,
     ) -> Result<Done, Stop> {
         let conversation =
-            crate::context::conversation_key(route.platform.as_str(), &msg, who.person.as_deref());
+            crate::context::conversation_key(route.platform_name(), &msg, who.person.as_deref());
         let restore = self.tokenize_ingress(ex, &mut msg, &conversation).await;
         let inspection = inspect::message(&ex.policies, &mut msg);
         ex.found.extend(inspection.found.iter().cloned());
@@ -319,7 +331,7 @@ impl Gateway {
         let env = self.conversations.attach(held).await;
         // The held text was tokenised when it came: its reply restores too.
         let conversation =
-            crate::context::conversation_key(route.platform.as_str(), &msg, who.person.as_deref());
+            crate::context::conversation_key(route.platform_name(), &msg, who.person.as_deref());
         let restore = self.restore_for(ex, &msg, &conversation);
         self.dispatch(ex, route, cluster, msg, env, restore).await
     }
@@ -381,7 +393,7 @@ impl Gateway {
             });
         }
         let conversation =
-            crate::context::conversation_key(route.platform.as_str(), msg, who.person.as_deref());
+            crate::context::conversation_key(route.platform_name(), msg, who.person.as_deref());
         let (replaced, known) = self
             .tokenize_payload(ex, route, req, &msg.tenant, &conversation)
             .await;
@@ -411,6 +423,29 @@ impl Gateway {
     }
 }
 
+/// Every adapter route of the loaded policy set must resolve to an upstream
+/// and leave configured routes alone (at start, so `run` and `check`; a
+/// reload that breaks this logs the route as not served).
+fn check_adapter_routes(table: &routes::RouteTable, policies: &PolicySet) -> Result<(), FileError> {
+    for adapter in policies.adapters.iter() {
+        let Some(spec) = &adapter.route else {
+            continue;
+        };
+        if table.routes.contains_key(&spec.path) {
+            return Err(FileError::whole(
+                &adapter.file,
+                format!(
+                    "route '{}' is also a route in moltgate.yaml; give the adapter another path",
+                    spec.path
+                ),
+            ));
+        }
+        adapter_routes::target_of(spec, &table.clusters, &table.bots)
+            .map_err(|e| FileError::whole(&adapter.file, e))?;
+    }
+    Ok(())
+}
+
 /// The Envelope for a message that passed every ingress stage.
 fn envelope_for(
     route: &Route,
@@ -419,7 +454,7 @@ fn envelope_for(
     grant: &Grant,
     findings: Vec<crate::proto::v1::DlpFinding>,
 ) -> Envelope {
-    let platform = route.platform.as_str();
+    let platform = route.platform_name();
     let key = crate::context::conversation_key(platform, msg, who.person.as_deref());
     let device_type = msg
         .principal

@@ -74,9 +74,22 @@ pub struct Route {
     pub dedupe: Dedupe,
     /// WebSocket settings (defaults unless `platform: websocket`).
     pub websocket: crate::config::WebSocketSettings,
+    /// Networks allowed to call this route, on top of the IP policy; empty:
+    /// any (an adapter file's `route.ip_allow`).
+    pub ip_allow: Vec<ipnet::IpNet>,
 }
 
 impl Route {
+    /// The platform's name in metrics, audit lines, envelopes, identities
+    /// and conversation keys: the adapter file's `name` for a declarative
+    /// platform.
+    pub fn platform_name(&self) -> &'static str {
+        match self.platform {
+            PlatformKind::Declarative => self.adapter.platform(),
+            kind => kind.as_str(),
+        }
+    }
+
     /// Methods this route accepts.
     pub fn methods(&self) -> &'static [Method] {
         self.adapter.methods()
@@ -103,6 +116,8 @@ pub struct RouteTable {
     pub routes: HashMap<String, Arc<Route>>,
     /// gRPC clusters by upstream name, for health checking.
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// HTTP bots by upstream name.
+    pub bots: HashMap<String, Arc<HttpUpstream>>,
 }
 
 impl RouteTable {
@@ -135,7 +150,11 @@ impl RouteTable {
             let route = resolve(config, rc, &clusters, &bots)?;
             routes.insert(route.path.clone(), Arc::new(route));
         }
-        Ok(Self { routes, clusters })
+        Ok(Self {
+            routes,
+            clusters,
+            bots,
+        })
     }
 }
 
@@ -213,6 +232,7 @@ fn resolve(
         target,
         dedupe: Dedupe::new(config.limits.dedupe_capacity, adapter.dedupe_ttl()),
         websocket: rc.websocket.clone().unwrap_or_default(),
+        ip_allow: Vec::new(),
         adapter,
     })
 }

@@ -464,6 +464,12 @@ pub trait PlatformAdapter: Send + Sync {
 /// the secret and what to do, never its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdapterConfigError {
+    /// The platform is not one a route in `moltgate.yaml` can name.
+    #[error("platform {platform} is declared by a file in the policies' adapters/ directory, not by a route in moltgate.yaml")]
+    NotConfigurable {
+        /// The platform.
+        platform: &'static str,
+    },
     /// A required secret is absent or empty.
     #[error("platform {platform} needs secret `{name}`: set it under the route's `secrets`")]
     MissingSecret {

@@ -49,6 +49,11 @@ pub fn build(
         PlatformKind::Openai => Arc::new(openai::OpenAiAdapter::new(adapter::optional_secret(
             secrets, "token",
         ))),
+        PlatformKind::Declarative => {
+            return Err(AdapterConfigError::NotConfigurable {
+                platform: kind.as_str(),
+            })
+        }
     })
 }
 
