@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use common::fake_api::FakeApi;
 use common::{Gateway, RecordingAssistant, Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
 
 const SECRET: &str = "acme-signing-secret-7f3e9a";
@@ -248,4 +249,71 @@ fn an_unsigned_adapter_answers_only_its_allowed_networks() {
     );
     assert_eq!(ai.envelopes()[0].platform, "local");
     gw.wait_audit(|a| a["route"] == "/hooks/lan" && a["reason"] == "route_ip_allow");
+}
+
+/// The complete example of docs/adapters.md, a platform moltgate has no
+/// code for: GitHub's ping is answered, an issue comment signed the way
+/// GitHub signs reaches the assistant, and the reply is posted as a
+/// comment through GitHub's API (a fake speaking its wire format).
+#[test]
+fn the_github_example_answers_an_issue_comment_with_a_comment() {
+    let ai = RecordingAssistant::start();
+    let api = FakeApi::start();
+    let gw = gateway(&ai);
+    let secret = "gh-webhook-secret-91c2";
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/adapters/examples/github.yaml"))
+        .unwrap()
+        .replace("${GITHUB_WEBHOOK_SECRET}", secret)
+        .replace("${GITHUB_TOKEN}", "ghs_test_token")
+        .replace("upstream: ai", &format!("upstream: assistant\n  api_base: {}", api.base()));
+    let dir = gw.policies().join("adapters");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("github.yaml"), text).unwrap();
+    let rt = common::rt();
+    let deliver = |event: &str, body: &Value| {
+        let body = body.to_string();
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let req = gw
+            .client(false)
+            .post(gw.url("/hooks/github"))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-hub-signature-256", sig)
+            .body(body);
+        rt.block_on(async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    let started = Instant::now();
+    let ping = loop {
+        let got = deliver("ping", &json!({"zen": "Keep it logically awesome.", "hook_id": 1}));
+        if got.0 != 404 || started.elapsed() > Duration::from_secs(5) {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ping, (200, "{\"ok\":true}".to_string()));
+    let comment = json!({
+        "action": "created",
+        "issue": {"number": 7, "title": "Build fails"},
+        "comment": {"id": 9001, "body": "why does the build fail?", "user": {"login": "octocat", "type": "User"}},
+        "repository": {"name": "hello", "full_name": "octo/hello", "owner": {"login": "octo"}},
+        "sender": {"login": "octocat", "type": "User"},
+    });
+    assert_eq!(deliver("issue_comment", &comment).0, 200);
+    let posted = api.wait_for("/repos/octo/hello/issues/7/comments", 1);
+    assert_eq!(posted[0].method, "POST");
+    assert_eq!(posted[0].headers["authorization"], "Bearer ghs_test_token");
+    assert_eq!(posted[0].json()["body"], "echo: why does the build fail? (turn 1)");
+    let env = &ai.envelopes()[0];
+    assert_eq!((env.platform.as_str(), env.sender.as_ref().unwrap().id.as_str()), ("github_issues", "octocat"));
+    // An edit is verified and acknowledged, not forwarded.
+    let mut edited = comment.clone();
+    edited["action"] = json!("edited");
+    assert_eq!(deliver("issue_comment", &edited).0, 200);
+    gw.wait_audit(|a| a["route"] == "/hooks/github" && a["reason"] == "not_a_new_comment");
+    assert_eq!(ai.envelopes().len(), 1);
 }
