@@ -101,13 +101,14 @@ fn bench_inspect(c: &mut Criterion) {
                 &policies,
                 &adapter as &dyn PlatformAdapter,
                 &clean,
+                &[],
             ))
         })
     });
     g.bench_function("passthrough_masked", |b| {
         b.iter(|| {
             let (_, sealed) =
-                inspect::payload(&policies, &adapter as &dyn PlatformAdapter, &masked);
+                inspect::payload(&policies, &adapter as &dyn PlatformAdapter, &masked, &[]);
             assert!(
                 matches!(sealed, Ok(Some(_))),
                 "the card must be masked and resealed"

@@ -2,8 +2,9 @@
 # Installs what building and testing moltgate needs on a fresh Debian machine
 # with a Rust toolchain: cmake (Pingora's zlib-ng build) and, for the test
 # suite, the third-party platform clients used as independent implementations
-# and redis-server (the shared-state tests start their own instances on free
-# loopback ports; the package's system service is not needed).
+# and redis-server and mosquitto (the shared-state and MQTT tests start their
+# own instances on free loopback ports; the packages' system services are not
+# needed).
 # Idempotent: skips what is already there.
 set -euo pipefail
 
@@ -13,6 +14,9 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 if [ "${1:-}" = "test" ]; then
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
   command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+  # MQTT ingress tests (tests/mqtt_transport.rs) start their own Mosquitto
+  # per test on a free loopback port; Debian puts it in /usr/sbin.
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
@@ -21,6 +25,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
   }
+fi
+# Only the mosquitto binary is wanted: where systemd runs, do not leave the
+# package's broker running on port 1883.
+if [ -d /run/systemd/system ] && [[ " ${need_apt[*]} " == *" mosquitto "* ]]; then
+  systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
 
 # The validators of deploy/ (tests/deploy.rs): promtool (Debian's prometheus,

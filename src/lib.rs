@@ -16,6 +16,7 @@ pub mod connections;
 pub mod context;
 pub mod dedupe;
 pub mod envelope;
+pub mod mqtt;
 pub mod observe;
 pub mod openai;
 pub mod path;

@@ -9,6 +9,7 @@
 //! reported alone).
 
 pub mod admin;
+pub mod mqtt;
 pub mod route;
 pub mod shared;
 pub mod token_key;
@@ -71,6 +72,9 @@ pub struct Config {
     /// TTL; absent: a `tokenize` rule is refused by `moltgate check`.
     #[serde(default)]
     pub tokenize: Option<TokenizeConfig>,
+    /// MQTT listeners: topics on a broker as a message source (issue 16).
+    #[serde(default)]
+    pub mqtt: Vec<mqtt::MqttListenerConfig>,
     /// Worker threads for the public listener (default: number of CPUs).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -530,6 +534,14 @@ impl Config {
         if let Some(tokenize) = &self.tokenize {
             errors.extend(tokenize::check(tokenize, &self.source, text));
         }
+        let resolve = |p: &str| self.resolve(p);
+        errors.extend(mqtt::check(
+            &self.mqtt,
+            &self.upstreams,
+            &resolve,
+            &self.source,
+            text,
+        ));
         for (name, up) in &self.upstreams {
             errors.extend(check_upstream(name, up).into_iter().map(|(node, msg)| {
                 let pos = match node {

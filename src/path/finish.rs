@@ -7,7 +7,7 @@ use http::Response;
 
 use super::answer::{self, Done};
 use super::exchange::Exchange;
-use super::stop::Stop;
+use super::stop::{Stop, StopKind};
 use super::Gateway;
 use crate::observe::Audit;
 
@@ -19,9 +19,37 @@ struct Ending {
     settles: bool,
 }
 
+/// How a message ended, for a channel that acts on it instead of sending
+/// the response on (MQTT acknowledges a message, or has it redelivered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The message reached its upstream, which answered (settled or not).
+    Delivered {
+        /// Whether the upstream's answer settles it (a bot's 2xx).
+        settles: bool,
+    },
+    /// A stage stopped it.
+    Stopped(StopKind),
+}
+
 impl Gateway {
     /// Renders, settles, audits and counts the end of `ex`.
-    pub async fn finish(&self, mut ex: Exchange, end: Result<Done, Stop>) -> Response<Bytes> {
+    pub async fn finish(&self, ex: Exchange, end: Result<Done, Stop>) -> Response<Bytes> {
+        self.finish_ended(ex, end).await.0
+    }
+
+    /// [`Self::finish`], also saying how the message ended.
+    pub async fn finish_ended(
+        &self,
+        mut ex: Exchange,
+        end: Result<Done, Stop>,
+    ) -> (Response<Bytes>, Ended) {
+        let ended = match &end {
+            Ok(done) => Ended::Delivered {
+                settles: done.settles,
+            },
+            Err(stop) => Ended::Stopped(stop.kind()),
+        };
         let ending = match &end {
             Ok(done) => ending_of_done(&ex, done),
             Err(stop) => ending_of_stop(stop),
@@ -38,7 +66,7 @@ impl Gateway {
         }
         self.count(&ex, &ending);
         audit(ex, ending, response.status().as_u16());
-        response
+        (response, ended)
     }
 
     fn count(&self, ex: &Exchange, ending: &Ending) {

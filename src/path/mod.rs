@@ -48,7 +48,8 @@ pub use answer::Done;
 pub use exchange::{Exchange, IncomingRequest};
 pub use frame::{Frame, FrameRefusal};
 pub use routes::{Route, Target, PASSTHROUGH_BODY_LIMIT};
-pub use stop::Stop;
+pub use finish::Ended;
+pub use stop::{Stop, StopKind};
 
 use crate::config::{Config, FileError, PlatformKind};
 use crate::context::confirm::{self as confirm_store, ConfirmStore};
@@ -224,6 +225,19 @@ impl Gateway {
         self.finish(ex, end).await
     }
 
+    /// Runs the path for a message that came on `route` by another channel
+    /// than HTTP (an MQTT listener), and says how it ended.
+    pub async fn handle_on(
+        &self,
+        route: Arc<Route>,
+        req: IncomingRequest,
+    ) -> (Response<Bytes>, finish::Ended) {
+        let mut ex = Exchange::new(Some(route), self.policies.current());
+        ex.client_ip = Some(req.client_ip);
+        let end = self.run(&mut ex, &req).await;
+        self.finish_ended(ex, end).await
+    }
+
     /// The stack, top to bottom.
     async fn run(&self, ex: &mut Exchange, req: &IncomingRequest) -> Result<Done, Stop> {
         let route = ex.route.clone().ok_or(Stop::UnknownPath)?;
@@ -258,7 +272,7 @@ impl Gateway {
         );
         let grant = authorize::authorize(&policies, &access, ex)?;
         match &route.target {
-            Target::Bot(bot) => self.to_bot(ex, &route, bot, req, &msg, &who, &grant).await,
+            Target::Bot(_) => self.to_bot(ex, &route, req, &msg, &who, &grant).await,
             Target::Assistant(cluster) => {
                 self.to_assistant(ex, &route, cluster, msg, &who, grant)
                     .await
@@ -380,12 +394,14 @@ impl Gateway {
         &self,
         ex: &mut Exchange,
         route: &Route,
-        bot: &routes::HttpUpstream,
         req: &IncomingRequest,
         msg: &PlatformMessage,
         who: &Who,
         grant: &Grant,
     ) -> Result<Done, Stop> {
+        let Target::Bot(bot) = &route.target else {
+            return Err(Stop::NoUpstream);
+        };
         if grant.confirm {
             // A proxied request cannot be replayed later: fail closed.
             return Err(Stop::Denied {

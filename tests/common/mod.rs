@@ -6,6 +6,7 @@
 pub mod fake_api;
 pub mod fake_openai;
 pub mod fake_ws;
+pub mod mosquitto;
 pub mod openclaw;
 pub mod platforms;
 pub mod redis;
