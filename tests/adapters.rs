@@ -261,11 +261,17 @@ fn the_github_example_answers_an_issue_comment_with_a_comment() {
     let api = FakeApi::start();
     let gw = gateway(&ai);
     let secret = "gh-webhook-secret-91c2";
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/adapters/examples/github.yaml"))
-        .unwrap()
-        .replace("${GITHUB_WEBHOOK_SECRET}", secret)
-        .replace("${GITHUB_TOKEN}", "ghs_test_token")
-        .replace("upstream: ai", &format!("upstream: assistant\n  api_base: {}", api.base()));
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/adapters/examples/github.yaml"
+    ))
+    .unwrap()
+    .replace("${GITHUB_WEBHOOK_SECRET}", secret)
+    .replace("${GITHUB_TOKEN}", "ghs_test_token")
+    .replace(
+        "upstream: ai",
+        &format!("upstream: assistant\n  api_base: {}", api.base()),
+    );
     let dir = gw.policies().join("adapters");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("github.yaml"), text).unwrap();
@@ -289,7 +295,10 @@ fn the_github_example_answers_an_issue_comment_with_a_comment() {
     };
     let started = Instant::now();
     let ping = loop {
-        let got = deliver("ping", &json!({"zen": "Keep it logically awesome.", "hook_id": 1}));
+        let got = deliver(
+            "ping",
+            &json!({"zen": "Keep it logically awesome.", "hook_id": 1}),
+        );
         if got.0 != 404 || started.elapsed() > Duration::from_secs(5) {
             break got;
         }
@@ -307,9 +316,18 @@ fn the_github_example_answers_an_issue_comment_with_a_comment() {
     let posted = api.wait_for("/repos/octo/hello/issues/7/comments", 1);
     assert_eq!(posted[0].method, "POST");
     assert_eq!(posted[0].headers["authorization"], "Bearer ghs_test_token");
-    assert_eq!(posted[0].json()["body"], "echo: why does the build fail? (turn 1)");
+    assert_eq!(
+        posted[0].json()["body"],
+        "echo: why does the build fail? (turn 1)"
+    );
     let env = &ai.envelopes()[0];
-    assert_eq!((env.platform.as_str(), env.sender.as_ref().unwrap().id.as_str()), ("github_issues", "octocat"));
+    assert_eq!(
+        (
+            env.platform.as_str(),
+            env.sender.as_ref().unwrap().id.as_str()
+        ),
+        ("github_issues", "octocat")
+    );
     // An edit is verified and acknowledged, not forwarded.
     let mut edited = comment.clone();
     edited["action"] = json!("edited");

@@ -46,9 +46,9 @@ use http::{HeaderMap, Response};
 
 pub use answer::Done;
 pub use exchange::{Exchange, IncomingRequest};
+pub use finish::Ended;
 pub use frame::{Frame, FrameRefusal};
 pub use routes::{Route, Target, PASSTHROUGH_BODY_LIMIT};
-pub use finish::Ended;
 pub use stop::{Stop, StopKind};
 
 use crate::config::{Config, FileError, PlatformKind};
