@@ -359,8 +359,12 @@ fn build_gateway(config: &Config) -> Result<(PathBuf, u64), String> {
         .map_err(|e| e.to_string())?;
     let _ctx = rt.enter();
     let bots = std::sync::Arc::new(crate::server::bot_client::PingoraBotClient::new());
-    let gateway =
-        Gw::build(config, crate::observe::Metrics::new(), bots).map_err(|e| e.to_string())?;
+    let gateway = std::sync::Arc::new(
+        Gw::build(config, crate::observe::Metrics::new(), bots).map_err(|e| e.to_string())?,
+    );
+    if !config.mqtt.is_empty() {
+        crate::mqtt::ingress::prepare(&gateway, config).map_err(|e| e.to_string())?;
+    }
     let version = gateway.policies.current().version;
     Ok((gateway.policies.dir().to_path_buf(), version))
 }

@@ -15,13 +15,25 @@
 #   embedded     the same JWT API to the in-process assistant (POST
 #                /v1/embedded, `nodes: [embedded]`): moltgate alone against the
 #                same nginx proxy + upstream as translate.
+#   adapter      (issue 16; not in the default PATHS, needs passthrough in
+#                PATHS) the passthrough path's Telegram webhook, byte for byte
+#                (same bodies, update_id scheme and secret-token header), sent
+#                to POST /hooks/telegram-adapter: a route declared by a
+#                declarative adapter file, adapters/examples/telegram.yaml
+#                copied to <policies>/adapters/telegram_declarative.yaml with
+#                its route set to { path: /hooks/telegram-adapter, upstream:
+#                bot, mode: passthrough } and its secret to the built-in
+#                route's. moltgate counts it as `proxied`; nginx proxy_passes
+#                /hooks/telegram-adapter to the same bot. The summary also
+#                gives moltgate's adapter/built-in throughput: adapter over
+#                passthrough, per round, median.
 #
 # Method (each rule fails the run, or warns loudly, when it does not hold):
 #   - every request is a new message: a new Telegram update_id and a unique
 #     text tag per request, numbered from a new base in every wrk run
 #     (message.lua; wrk restarts its Lua state per run) and per wrk thread;
 #   - before every timed run, SAMPLES curl requests of the same kind must be
-#     answered by the upstream: the bot's exact body (passthrough), the
+#     answered by the upstream: the bot's exact body (passthrough, adapter), the
 #     assistant's "echo: <the unique text>" (moltgate API paths), the
 #     upstream's exact body (nginx API paths); else the run dies;
 #   - during every moltgate run, the gateway's own counters
@@ -35,6 +47,7 @@
 #
 # Environment (defaults in brackets):
 #   PATHS        which paths, in order          ["passthrough translate embedded"]
+#                (any of passthrough, translate, embedded, adapter)
 #   DURATION     seconds of measured load per side, path and round   [10]
 #   WARMUP       seconds of unmeasured load before each timed run    [2]
 #   CONNECTIONS  concurrent connections (wrk -c)                     [64]
@@ -98,10 +111,17 @@ read -r -a PATH_LIST <<<"$PATHS"
 (( ${#PATH_LIST[@]} >= 1 )) || die "PATHS is empty"
 seen=" "
 for p in "${PATH_LIST[@]}"; do
-    case "$p" in passthrough|translate|embedded) ;; *) die "PATHS: unknown path '$p' (passthrough, translate, embedded)";; esac
+    case "$p" in passthrough|translate|embedded|adapter) ;; *) die "PATHS: unknown path '$p' (passthrough, translate, embedded, adapter)";; esac
     [[ $seen == *" $p "* ]] && die "PATHS: '$p' twice"
     seen+="$p "
 done
+# adapter: its figure is a ratio to the built-in route measured in the same rounds.
+HAS_ADAPTER=0
+if [[ $seen == *" adapter "* ]]; then
+    HAS_ADAPTER=1
+    [[ $seen == *" passthrough "* ]] \
+        || die "PATHS: 'adapter' needs 'passthrough' too (the adapter/built-in ratio is measured in the same rounds), e.g. PATHS=\"passthrough adapter\""
+fi
 
 # ---------------------------------------------------------------- tools
 SUDO=
@@ -238,8 +258,39 @@ cat >"$WORK/api.tmpl" <<EOF
 EOF
 # no trailing newline in the bodies
 for f in telegram api; do printf '%s' "$(cat "$WORK/$f.tmpl")" >"$WORK/$f.tmpl"; done
-TEMPLATE_FILE=([passthrough]=$WORK/telegram.tmpl [translate]=$WORK/api.tmpl [embedded]=$WORK/api.tmpl)
-URLPATH=([passthrough]=/hooks/telegram [translate]=/v1/messages [embedded]=/v1/embedded)
+TEMPLATE_FILE=([passthrough]=$WORK/telegram.tmpl [translate]=$WORK/api.tmpl [embedded]=$WORK/api.tmpl [adapter]=$WORK/telegram.tmpl)
+URLPATH=([passthrough]=/hooks/telegram [translate]=/v1/messages [embedded]=/v1/embedded [adapter]=/hooks/telegram-adapter)
+
+# The adapter path's route: the shipped Telegram example as a declarative
+# adapter file, changed only where it must be: its route (the built-in
+# passthrough route's upstream and mode, at a path of its own) and its
+# secrets (the built-in route's secret token; the Bot API token, used only by
+# translate-mode replies, a dummy). Installed only when PATHS has `adapter`.
+ADAPTER_EXAMPLE=$ROOT/adapters/examples/telegram.yaml
+ADAPTER_FILE=$WORK/policies/adapters/telegram_declarative.yaml
+ADAPTER_NAME=
+if (( HAS_ADAPTER )); then
+    [[ -r $ADAPTER_EXAMPLE ]] || die "no $ADAPTER_EXAMPLE: the adapter path copies it"
+    mkdir -p "$WORK/policies/adapters"
+    # route: its block (the indented lines under `route:`) becomes one flow mapping.
+    awk -v route="route: { path: ${URLPATH[adapter]}, upstream: bot, mode: passthrough }" '
+        skip && /^[ \t]/ { next }
+        { skip = 0 }
+        /^route:/ { print route; skip = 1; n++; next }
+        { print }
+        END { if (n != 1) exit 1 }' "$ADAPTER_EXAMPLE" >"$ADAPTER_FILE" \
+        || die "$ADAPTER_EXAMPLE has no single top-level route: section: update the adapter path in run.sh"
+    sed -i -e "s|\${TELEGRAM_SECRET_TOKEN}|\"$TG_SECRET\"|" \
+        -e 's|\${TELEGRAM_BOT_TOKEN}|123456:load-bench-unused|' "$ADAPTER_FILE"
+    grep -qxF "route: { path: ${URLPATH[adapter]}, upstream: bot, mode: passthrough }" "$ADAPTER_FILE" \
+        && grep -qE '^verify:' "$ADAPTER_FILE" && grep -qE '^ +scheme: token$' "$ADAPTER_FILE" \
+        && grep -qE '^ +header: X-Telegram-Bot-Api-Secret-Token$' "$ADAPTER_FILE" \
+        && grep -qxF "  secret: \"$TG_SECRET\"" "$ADAPTER_FILE" \
+        && ! grep -q '\${' "$ADAPTER_FILE" \
+        || die "$ADAPTER_FILE: the copy of $ADAPTER_EXAMPLE did not come out as expected (token scheme on X-Telegram-Bot-Api-Secret-Token, the route, the secret); update run.sh"
+    ADAPTER_NAME=$(sed -n 's/^name: *\([a-z0-9_-]*\) *$/\1/p' "$ADAPTER_FILE")
+    [[ -n $ADAPTER_NAME ]] || die "$ADAPTER_FILE: no name:"
+fi
 
 # The bot's webhook answer: a Bot API call inline, as a Telegram bot answers.
 BOT_BODY='{"method":"sendMessage","chat_id":100000001,"text":"Thanks, noted. The on-call team will follow up on the incident report."}'
@@ -252,10 +303,26 @@ fill() { # fill FILE NAME VALUE
     awk -v n="@$2@" -v r="$3" '{ while ((i = index($0, n)) > 0) $0 = substr($0, 1, i-1) r substr($0, i+length(n)); print }' \
         "$1" >"$1.tmp" && mv "$1.tmp" "$1"
 }
+# The adapter path on nginx: a copy of FILE's `location = /hooks/telegram`
+# block at the adapter's path, right after it (an exact location, like the
+# original, so nginx does the same work on both paths). Both nginx processes
+# get it: the front proxies the adapter path to the bot as it does
+# /hooks/telegram, and the bot answers it (moltgate forwards the request path).
+dup_location() { # dup_location FILE
+    (( HAS_ADAPTER )) || return 0
+    awk -v from="location = ${URLPATH[passthrough]} {" -v to="location = ${URLPATH[adapter]} {" '
+        index($0, from) { copying = 1; block = ""; n++ }
+        { print }
+        copying { line = $0; if ((i = index(line, from)) > 0) line = substr(line, 1, i - 1) to substr(line, i + length(from)); block = block line "\n" }
+        copying && /^[ \t]*}[ \t]*$/ { printf "%s", block; copying = 0 }
+        END { if (n != 1) exit 1 }' "$1" >"$1.tmp" && mv "$1.tmp" "$1" \
+        || die "$1: no single 'location = ${URLPATH[passthrough]} {' block to copy for the adapter path; update run.sh"
+}
 upstream_conf() { # upstream_conf REPLY
     sed -e "s|@WORK@|$WORK|g" -e "s|@UPSTREAM_PORT@|$NG_UP|g" "$HERE/nginx-upstream.conf.template" >"$WORK/nginx-upstream.conf"
     fill "$WORK/nginx-upstream.conf" BOT_BODY "$BOT_BODY"
     fill "$WORK/nginx-upstream.conf" REPLY "$1"
+    dup_location "$WORK/nginx-upstream.conf"
     "$NGINX" -t -q -p "$WORK" -e "$WORK/nginx-upstream-error.log" -c "$WORK/nginx-upstream.conf" >&2 \
         || die "nginx -t failed on $WORK/nginx-upstream.conf (KEEP=1)"
 }
@@ -340,7 +407,7 @@ make_body() { # make_body PATH SEQ N: the body of request N of run SEQ (thread 0
 }
 HDRS=()
 headers_for() { # headers_for PATH: the request headers, as wrk/curl -H arguments
-    if [[ $1 == passthrough ]]; then
+    if [[ $1 == passthrough || $1 == adapter ]]; then
         HDRS=(-H 'Content-Type: application/json' -H "X-Telegram-Bot-Api-Secret-Token: $TG_SECRET")
     else
         HDRS=(-H 'Content-Type: application/json' -H "Authorization: Bearer $TOKEN")
@@ -360,7 +427,7 @@ REPLY=
 check_answer() { # check_answer PATH SIDE WHAT: dies unless $STATUS/$RESP came from the upstream
     local path=$1 side=$2 what=$3 ok=0 want
     if [[ $STATUS == 200 ]]; then
-        if [[ $path == passthrough ]]; then
+        if [[ $path == passthrough || $path == adapter ]]; then
             want="the bot's body"; [[ $RESP == "$BOT_BODY" ]] && ok=1
         elif [[ $side == moltgate || $side == shared ]]; then
             local text=${API_TEXT//@TAG@/$TAG}
@@ -409,6 +476,7 @@ sed -e "s|@WORK@|$WORK|g" -e "s|@WORKERS@|$WORKERS|g" \
     -e "s|@CERT@|$CERT|g" -e "s|@KEY@|$KEY|g" \
     -e "s|@LISTEN_HTTP2@|$LISTEN_HTTP2|g" -e "s|@HTTP2_ON@|$HTTP2_ON|g" \
     "$HERE/nginx.conf.template" >"$WORK/nginx.conf"
+dup_location "$WORK/nginx.conf"
 "$NGINX" -t -q -p "$WORK" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" >&2 \
     || die "nginx -t failed; see $WORK/nginx.conf (KEEP=1)"
 "$NGINX" -p "$WORK" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf" >"$WORK/nginx.out" 2>&1 &
@@ -483,13 +551,13 @@ run_wrk() { # run_wrk PATH PORT SECONDS OUTFILE: one bounded wrk run, with a new
 # CPU groups: NAME:PID[,PID] words; counted ones first, then "|" and the ones counted on neither side.
 groups_of() { # groups_of PATH SIDE
     case "$1:$2" in
-        passthrough:moltgate) echo "gateway:$MG_PID | bot:$UP_PID" ;;
-        passthrough:nginx)    echo "proxy:$NG_PID | bot:$UP_PID" ;;
+        passthrough:moltgate|adapter:moltgate) echo "gateway:$MG_PID | bot:$UP_PID" ;;
+        passthrough:nginx|adapter:nginx)       echo "proxy:$NG_PID | bot:$UP_PID" ;;
         passthrough:floor)    echo "proxy:$FL_PID | bot:$UP_PID" ;;
         translate:moltgate)   echo "gateway:$MG_PID assistant:$AS_PID |" ;;
         embedded:moltgate)    echo "gateway:$MG_PID |" ;;
         *:nginx)              echo "proxy:$NG_PID upstream:$UP_PID |" ;;
-        passthrough:shared)   echo "gateway:$MS_PID redis:$RD_PID | bot:$UP_PID" ;;
+        passthrough:shared|adapter:shared) echo "gateway:$MS_PID redis:$RD_PID | bot:$UP_PID" ;;
         translate:shared)     echo "gateway:$MS_PID redis:$RD_PID assistant:$AS_PID |" ;;
         embedded:shared)      echo "gateway:$MS_PID redis:$RD_PID |" ;;
     esac
@@ -504,7 +572,7 @@ sides_of() { # sides_of PATH: the sides measured on PATH, in order
     [[ -n $MS_PID ]] && sides+=" shared"
     echo "$sides"
 }
-declare -A EXPECTED_OUTCOME=([passthrough]=proxied [translate]=answered [embedded]=answered)
+declare -A EXPECTED_OUTCOME=([passthrough]=proxied [translate]=answered [embedded]=answered [adapter]=proxied)
 WARNINGS=0
 
 measure() { # measure PATH SIDE ROUND
@@ -609,12 +677,17 @@ echo "TLS: moltgate $(tls_of "$MG_PUBLIC")"
 echo "TLS: nginx    $(tls_of "$NG_PUBLIC")"
 [[ -n $FL_PID ]] && echo "TLS: floor    $(tls_of "$FL_PUBLIC") (bare Pingora, $FLOOR_BIN)"
 echo "load: wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'), ${DURATION}s measured (+${WARMUP}s warm-up) per side, path and round, $CONNECTIONS connections, $THREADS thread(s), $ROUNDS round(s), $SAMPLES checked samples before each timed run"
-echo "upstreams: bot = POST /hooks/telegram on an upstream nginx (1 worker, its own process; shared by both sides);"
+echo "upstreams: bot = POST /hooks/telegram$( (( HAS_ADAPTER )) && echo " and ${URLPATH[adapter]}") on an upstream nginx (1 worker, its own process; shared by both sides);"
 echo "           nginx API stand-in = the same upstream nginx answering moltgate's reply (${#REPLY} B);"
 echo "           moltgate assistant --listen 127.0.0.1:$ASSISTANT (translate); nodes: [embedded] (embedded)"
 make_body passthrough 1 1; tg_len=${#BODY}; make_body translate 1 1; api_len=${#BODY}
 echo "requests: passthrough POST /hooks/telegram, ~$tg_len B Telegram update + X-Telegram-Bot-Api-Secret-Token, bot answer ${#BOT_BODY} B;"
 echo "          translate POST /v1/messages, embedded POST /v1/embedded (nginx: the same paths), ~$api_len B JSON + Bearer HS256 JWT (${#TOKEN} B); $CONVERSATIONS conversations"
+if (( HAS_ADAPTER )); then
+    echo "          adapter POST ${URLPATH[adapter]}: the passthrough request (same body, header and bot; nginx: the same proxy_pass at that path),"
+    echo "          to the route of declarative adapter '$ADAPTER_NAME': $ADAPTER_EXAMPLE copied to"
+    echo "          $ADAPTER_FILE with $(grep -m1 '^route:' "$ADAPTER_FILE"), verify.secret = the built-in route's secret_token"
+fi
 echo "policies: shipped policies/ (ABAC, RBAC, identities, DLP), security_policy.yaml replaced (rate limits out of reach, known JWT secret);"
 echo "          ABAC grant: $ABAC_GRANT"
 echo "CPU per request: /proc/PID/stat user+system over the timed run; moltgate = gateway (+ assistant for translate);"
@@ -633,6 +706,12 @@ for ROUND in $(seq "$ROUNDS"); do
             "$(awk -v m="${R[$path:moltgate:$ROUND:rps]}" -v n="${R[$path:nginx:$ROUND:rps]}" 'BEGIN { printf "%.2f", m / n }')" \
             "$(awk -v m="${R[$path:moltgate:$ROUND:p99]}" -v n="${R[$path:nginx:$ROUND:p99]}" 'BEGIN { printf "%.2f", (n > 0 ? m / n : 0) }')"
     done
+    if (( HAS_ADAPTER )); then
+        printf '%-11s round %d: moltgate adapter/built-in throughput %s (%s vs %s req/s), p99 ratio %s\n' adapter "$ROUND" \
+            "$(awk -v a="${R[adapter:moltgate:$ROUND:rps]}" -v b="${R[passthrough:moltgate:$ROUND:rps]}" 'BEGIN { printf "%.2f", a / b }')" \
+            "${R[adapter:moltgate:$ROUND:rps]}" "${R[passthrough:moltgate:$ROUND:rps]}" \
+            "$(awk -v a="${R[adapter:moltgate:$ROUND:p99]}" -v b="${R[passthrough:moltgate:$ROUND:p99]}" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+    fi
 done
 
 # ---------------------------------------------------------------- summary: one line per path
@@ -660,7 +739,7 @@ for path in "${PATH_LIST[@]}"; do
         return 0
     }
     aside=
-    if [[ $path == passthrough ]]; then
+    if [[ $path == passthrough || $path == adapter ]]; then
         bm=(); bn=()
         for ROUND in $(seq "$ROUNDS"); do bm+=("${R[$path:moltgate:$ROUND:aside_bot]}"); bn+=("${R[$path:nginx:$ROUND:aside_bot]}"); done
         aside=$(printf ' (the shared bot: %.0f us/req behind moltgate, %.0f behind nginx, counted on neither side)' \
@@ -682,6 +761,31 @@ for path in "${PATH_LIST[@]}"; do
             "$path" "$(median "${fr[@]}")" "$(median "${fp[@]}")" "$(median "${fc[@]}")" "$ferr"
     fi
 done
+if (( HAS_ADAPTER )); then
+    # Issue 16's figure: messages per second through a declarative adapter
+    # against the built-in platform, same gateway, same rounds.
+    ar=() ap=() ac=() bc=() arps=() brps=()
+    for ROUND in $(seq "$ROUNDS"); do
+        ar+=("$(awk -v a="${R[adapter:moltgate:$ROUND:rps]}" -v b="${R[passthrough:moltgate:$ROUND:rps]}" 'BEGIN { print a / b }')")
+        ap+=("$(awk -v a="${R[adapter:moltgate:$ROUND:p99]}" -v b="${R[passthrough:moltgate:$ROUND:p99]}" 'BEGIN { print (b > 0 ? a / b : 0) }')")
+        arps+=("${R[adapter:moltgate:$ROUND:rps]}"); brps+=("${R[passthrough:moltgate:$ROUND:rps]}")
+        ac+=("${R[adapter:moltgate:$ROUND:cpu]}"); bc+=("${R[passthrough:moltgate:$ROUND:cpu]}")
+    done
+    printf 'adapter/built-in (moltgate, declarative %s at %s vs built-in telegram at %s): throughput %.2f (median of %d; %.0f vs %.0f req/s), p99 ratio %.2f, CPU/req %.0f vs %.0f us\n' \
+        "$ADAPTER_NAME" "${URLPATH[adapter]}" "${URLPATH[passthrough]}" "$(median "${ar[@]}")" "$ROUNDS" \
+        "$(median "${arps[@]}")" "$(median "${brps[@]}")" "$(median "${ap[@]}")" "$(median "${ac[@]}")" "$(median "${bc[@]}")"
+    # The adapter's requests must be labelled with its own route and platform
+    # (the adapter's name) in the metrics and the audit lines.
+    series=$(curl -s --max-time 5 "http://127.0.0.1:$MG_ADMIN/metrics" \
+        | awk -v r="route=\"${URLPATH[adapter]}\"" '/^moltgate_requests_total\{/ && index($0, r) { sub(/^moltgate_requests_total/, ""); printf "%s%s", sep, $0; sep = ", " }')
+    echo "adapter labels: moltgate_requests_total $series"
+    if [[ $series != *"platform=\"$ADAPTER_NAME\""* ]] || [[ $(grep -o 'platform="[^"]*"' <<<"$series" | sort -u) != "platform=\"$ADAPTER_NAME\"" ]]; then
+        WARNINGS=$(( WARNINGS + 1 ))
+        say "WARNING: moltgate_requests_total{route=\"${URLPATH[adapter]}\"} is not labelled platform=\"$ADAPTER_NAME\" (the adapter's name): $series"
+    fi
+    audit=$(grep -F "\"${URLPATH[adapter]}\"" "$WORK/moltgate.log" | tail -1 || true)
+    echo "adapter audit line (last): ${audit:0:600}"
+fi
 if [[ -n $MS_PID ]]; then
     for path in "${PATH_LIST[@]}"; do
         tr=() dp=() sc=() mc=() se=0

@@ -59,6 +59,7 @@
 //! metrics).
 
 mod inflight;
+pub mod ingress;
 mod options;
 mod session;
 mod worker;

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub websocket_frames: IntCounterVec,
     /// Upgraded WebSocket connections open now.
     pub websocket_open: IntGauge,
+    /// MQTT messages by listener and verdict (accepted, refused, retry).
+    pub mqtt_messages: IntCounterVec,
+    /// MQTT transport events by listener and event.
+    pub mqtt_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,7 +81,7 @@ impl Metrics {
             registry: Registry::new(),
             names: Default::default(),
         };
-        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut, shared_ops, websocket_connections, websocket_frames] =
+        let [requests, rejections, upstream_attempts, upstream_failures, policy_reloads, policy_decisions, dlp_findings, duplicates, ignored_events, writebacks, context_events, connections_refused, connections_cut, shared_ops, websocket_connections, websocket_frames, mqtt_messages, mqtt_events] =
             COUNTERS.map(|(name, help, labels)| counter(&r, name, help, labels));
         let [context_entries, connections_open, shared_up, cpu_cores, websocket_open] =
             GAUGES.map(|(name, help)| gauge(&r, name, help));
@@ -142,6 +146,8 @@ impl Metrics {
             websocket_connections,
             websocket_frames,
             websocket_open,
+            mqtt_messages,
+            mqtt_events,
         }
     }
 
@@ -170,7 +176,7 @@ impl Default for Metrics {
 /// Every counter: name (after `moltgate_`), help, labels; in the order
 /// `Metrics::new` destructures them.
 type CounterDef = (&'static str, &'static str, &'static [&'static str]);
-const COUNTERS: [CounterDef; 16] = [
+const COUNTERS: [CounterDef; 18] = [
     (
         "requests_total",
         "Requests by route, platform and outcome.",
@@ -250,6 +256,16 @@ const COUNTERS: [CounterDef; 16] = [
         "websocket_frames_total",
         "WebSocket text frames by route, direction (ingress, egress) and verdict (forwarded, masked, refused; held: a streamed text's tail held back, no finding).",
         &["route", "direction", "verdict"],
+    ),
+    (
+        "mqtt_messages_total",
+        "MQTT messages by listener and verdict (accepted: acknowledged after the AI cluster took it; refused: acknowledged, dropped by policy or as malformed; retry: kept at the broker, asked again).",
+        &["listener", "verdict"],
+    ),
+    (
+        "mqtt_events_total",
+        "MQTT transport events by listener (connected, subscribed, disconnected, redelivered, refused, reply_dropped, stopped, subscribe_refused).",
+        &["listener", "event"],
     ),
 ];
 

@@ -160,6 +160,11 @@ impl Gateway {
         }
     }
 
+    /// The gRPC cluster of upstream `name`, if it is one.
+    pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.table.clusters.get(name).cloned()
+    }
+
     /// The gRPC clusters, for health checking.
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
         self.table.clusters.values()

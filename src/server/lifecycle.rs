@@ -145,6 +145,12 @@ impl Lifecycle {
         }
     }
 
+    /// Becomes true when the drain begins (SIGTERM, SIGQUIT): background
+    /// channels that take messages (MQTT) stop taking new ones.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain_rx.clone()
+    }
+
     /// Whether answers must close their connection.
     pub fn draining(&self) -> bool {
         self.phase.load(Ordering::Acquire) == DRAINING

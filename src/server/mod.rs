@@ -87,6 +87,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), StartError> {
     let _watcher = start_background(&core, &gateway);
     let (life, events) = Lifecycle::new();
     lifecycle::watch_signals(&core, &life)?;
+    start_mqtt(&core, &gateway, &config, &life)?;
 
     let mut server =
         Server::new_with_opt_and_conf(Some(Opt::default()), server_conf(&config, &paths));
@@ -314,6 +315,25 @@ fn start_background(
             None
         }
     }
+}
+
+/// The `mqtt:` listeners, on the core runtime. They stop taking messages
+/// when the drain begins (the message in hand is finished and
+/// acknowledged; the broker keeps the rest for the next process).
+fn start_mqtt(
+    core: &tokio::runtime::Runtime,
+    gateway: &Arc<Gateway>,
+    config: &Config,
+    life: &Arc<Lifecycle>,
+) -> Result<(), StartError> {
+    if config.mqtt.is_empty() {
+        return Ok(());
+    }
+    let (ingress, listeners) = crate::mqtt::ingress::prepare(gateway, config)?;
+    for listener in listeners {
+        core.spawn(listener.run(ingress.clone(), life.drain_signal()));
+    }
+    Ok(())
 }
 
 /// Pingora's settings from `moltgate.yaml`. The drain is moltgate's own

@@ -635,18 +635,24 @@ impl RecordingAssistant {
     /// Serves on an ephemeral loopback port (bound before this returns),
     /// answering as the demo assistant does.
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, 0)
+    }
+
+    /// Serves on `port` (chosen earlier: a gateway configured with it finds
+    /// no assistant until this runs).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_with(None, port)
     }
 
     /// Serves, answering every message with `script`.
     pub fn scripted(script: Script) -> Self {
-        Self::start_with(Some(script))
+        Self::start_with(Some(script), 0)
     }
 
-    fn start_with(script: Option<Script>) -> Self {
+    fn start_with(script: Option<Script>, port: u16) -> Self {
         let rt = background_rt();
         let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
         let envelopes = Arc::new(Mutex::new(Vec::new()));
