@@ -290,7 +290,13 @@ pub fn check(path: &ConfigArgPath) -> CheckReport {
             return report;
         }
     };
-    let routes: Vec<&str> = config.routes.iter().map(|r| r.path.0.as_str()).collect();
+    let listeners: Vec<String> = config
+        .mqtt
+        .iter()
+        .map(|l| crate::mqtt::ingress::route_path(&l.name.0))
+        .collect();
+    let mut routes: Vec<&str> = config.routes.iter().map(|r| r.path.0.as_str()).collect();
+    routes.extend(listeners.iter().map(String::as_str));
     let policies_loaded = match crate::policy::PolicySet::load(&config.policies_dir(), 1, None) {
         Ok(set) => {
             report.lints(&set.lint(&routes));

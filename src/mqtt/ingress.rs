@@ -91,7 +91,7 @@ impl Ingress {
                 .get(&l.upstream.0)
                 .map_or(Duration::from_secs(30), |u| u.timeout.0);
             let route = ListenerRoute {
-                path: format!("/mqtt/{name}"),
+                path: route_path(&name),
                 adapter: l.adapter.0.clone(),
                 target,
                 deadline: timeout,
@@ -142,6 +142,12 @@ pub fn prepare(
     let listeners = super::Listener::all(config)
         .map_err(|e| FileError::whole(&config.source, e.to_string()))?;
     Ok((ingress, listeners))
+}
+
+/// The route of listener `name` (what ABAC resources, metrics and audit
+/// lines call it): `/mqtt/<name>`.
+pub fn route_path(name: &str) -> String {
+    format!("/mqtt/{name}")
 }
 
 /// `identity: client`: the broker user name, else the listener's name.

@@ -106,7 +106,14 @@ impl Gateway {
             .jwt
             .require_strong_secret(config.is_demo())?;
         let table = routes::RouteTable::build(config, &metrics)?;
-        policies.lint_against(table.routes.keys().cloned().collect());
+        let mut route_paths: Vec<String> = table.routes.keys().cloned().collect();
+        route_paths.extend(
+            config
+                .mqtt
+                .iter()
+                .map(|l| crate::mqtt::ingress::route_path(&l.name.0)),
+        );
+        policies.lint_against(route_paths);
         let mut limits = ContextLimits::from_config(&config.context);
         if let Some(idle) = config.context.idle {
             limits.idle = idle.0;

@@ -142,7 +142,14 @@ impl PolicySet {
     /// Rules and route coverage problems of this set's `abac.yaml` against
     /// the configured route paths; see [`lint::lint`].
     pub fn lint(&self, route_paths: &[&str]) -> Vec<lint::Lint> {
-        lint::lint(&self.abac, route_paths)
+        // The routes this set's adapter files declare count as routes too.
+        let mut paths = route_paths.to_vec();
+        paths.extend(
+            self.adapters
+                .iter()
+                .filter_map(|a| a.route.as_ref().map(|r| r.path.as_str())),
+        );
+        lint::lint(&self.abac, &paths)
     }
 }
 
