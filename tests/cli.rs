@@ -560,6 +560,40 @@ fn check_refuses_an_unbounded_pattern_on_a_streamed_route() {
     assert!(ok, "{out}{err}");
 }
 
+/// Adapter files are checked with the policies: every error located in its
+/// file, with a suggestion; an adapter route on an unknown upstream too.
+#[test]
+fn check_reports_adapter_errors_at_their_place() {
+    let base = || {
+        vec![
+            ("security_policy.yaml", SECURITY_POLICY.to_string()),
+            ("abac.yaml", ALLOW_ALL_ABAC.to_string()),
+        ]
+    };
+    let typo = "name: acme\nroute: { path: /hooks/acme, upstream: assistant }\nformat: json\nverfy: { scheme: token, header: X-Token, secret: s3cret-token-value }\nfields: { id: /id, text: /text }\nreply:\n  inline: { body: { text: \"{{replly}}\" } }\n";
+    let mut policies = base();
+    policies.push(("adapters/acme.yaml", typo.to_string()));
+    let (ok, out, err) = check_with(policies, TWO_ROUTES);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains("adapters/acme.yaml:4:1: unknown key 'verfy' (did you mean 'verify'?)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret-token-value"),
+        "the secret is never printed"
+    );
+    let unknown = "name: acme\nroute: { path: /hooks/acme, upstream: nowhere }\nformat: json\nverify: { scheme: token, header: X-Token, secret: s3cret-token-value }\nfields: { id: /id, text: /text }\n";
+    let mut policies = base();
+    policies.push(("adapters/acme.yaml", unknown.to_string()));
+    let (ok, out, err) = check_with(policies, TWO_ROUTES);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains("adapters/acme.yaml") && err.contains("upstream 'nowhere'"),
+        "{err}"
+    );
+}
+
 /// Route coverage: a resource glob that matches no route is a warning (exit
 /// 0); a rule that can never apply is an error; no Allow for `forward` on
 /// any route is a warning naming the file.

@@ -82,7 +82,10 @@ impl Setup {
         assert!(status.success());
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         for (name, text) in &self.policies {
-            std::fs::write(dir.path().join("policies").join(name), text).unwrap();
+            let path = dir.path().join("policies").join(name);
+            // `adapters/acme.yaml` and the like: the subdirectory too.
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         let config = format!(
             "listen:\n  public: {{ address: 127.0.0.1:{public}, tls: {{ cert: certs/server.crt, key: certs/server.key }} }}\n  admin: {{ address: 127.0.0.1:{admin} }}\npolicies: policies/\nupstreams:\n{}routes:\n{}shutdown: {{ grace_period: 1s, timeout: 1s }}\nlog: {{ format: json, level: info }}\n{}",
