@@ -20,6 +20,7 @@ pub mod mqtt;
 pub mod observe;
 pub mod openai;
 pub mod path;
+pub mod percent;
 pub mod platform;
 pub mod policy;
 pub mod proto;

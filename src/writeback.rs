@@ -20,6 +20,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::Value;
 
 use crate::observe::metrics::Metrics;
+use crate::percent::encode as percent_encode;
 use crate::platform::adapter::{ApiCall, TokenPlacement, TokenSource};
 
 /// Platform error codes that mean "the access token expired or is invalid":
@@ -609,18 +610,6 @@ fn with_query_param(url: &str, name: &str, value: &str) -> String {
     if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
-    }
-    out
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
     }
     out
 }

@@ -17,6 +17,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::yaml::did_you_mean;
+pub use crate::percent::encode as pct;
 
 pub use super::file::BodyFormat;
 
@@ -427,19 +428,6 @@ fn check_xml(tree: &Tree) -> Result<(), TemplateError> {
             Ok(())
         }
     }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn pct(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn render_form(v: &Value) -> String {

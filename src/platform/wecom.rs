@@ -25,6 +25,7 @@ use super::adapter::{
     TokenPlacement, TokenSource, WebhookRequest, WebhookResponse,
 };
 use super::wxcrypt::{self, WxCrypt};
+use crate::percent::encode as percent_encode;
 
 /// Default API base URL.
 pub const DEFAULT_API_BASE: &str = "https://qyapi.weixin.qq.com";
@@ -64,19 +65,6 @@ pub fn text_reply_xml(to_user: &str, from: &str, create_time: i64, content: &str
         cdata(from),
         cdata(content)
     )
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A base64 query value survives a sender that did not escape `+`.

@@ -56,7 +56,7 @@ fn pos(r: &Reader<&[u8]>) -> usize {
 
 /// The character a reference stands for: a character reference or one of
 /// the five predefined entities. Anything else is refused.
-fn resolve_ref(r: &BytesRef<'_>) -> Result<char, Rejection> {
+pub(crate) fn resolve_ref(r: &BytesRef<'_>) -> Result<char, Rejection> {
     if let Some(ch) = r
         .resolve_char_ref()
         .map_err(|_| xml_err("bad character reference"))?

@@ -8,7 +8,7 @@
 //! refused, only the five predefined entities and character references
 //! are resolved, and depth and element count are bounded.
 
-use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 use serde_json::{Map, Value};
 
@@ -101,23 +101,6 @@ fn add_child(m: &mut Map<String, Value>, name: String, value: Value) {
     }
 }
 
-fn resolve_ref(r: &BytesRef<'_>) -> Result<char, Rejection> {
-    if let Some(ch) = r
-        .resolve_char_ref()
-        .map_err(|_| xml_err("bad character reference"))?
-    {
-        return Ok(ch);
-    }
-    match &**r {
-        b"lt" => Ok('<'),
-        b"gt" => Ok('>'),
-        b"amp" => Ok('&'),
-        b"apos" => Ok('\''),
-        b"quot" => Ok('"'),
-        _ => Err(xml_err("entities are not allowed")),
-    }
-}
-
 /// Reads XML into `{root: {child: text, …}}`.
 fn parse_xml(xml: &str) -> Result<Value, Rejection> {
     let mut reader = Reader::from_str(xml);
@@ -171,7 +154,7 @@ fn parse_xml(xml: &str) -> Result<Value, Rejection> {
                 .decode()
                 .map_err(|_| xml_err("CDATA is not UTF-8"))?
                 .into_owned(),
-            Event::GeneralRef(r) => resolve_ref(&r)?.to_string(),
+            Event::GeneralRef(r) => crate::platform::xml::resolve_ref(&r)?.to_string(),
             Event::Decl(_) | Event::Comment(_) | Event::PI(_) => continue,
             Event::Eof => break,
         };
