@@ -58,6 +58,12 @@ pub struct Identities {
 impl Identities {
     /// Parses and checks `identities.yaml` (`text`, read from `path`).
     pub fn from_yaml(path: &Path, text: &str) -> Result<Self, FileError> {
+        Self::from_yaml_with(path, text, &[])
+    }
+
+    /// [`Self::from_yaml`], where accounts may also name the platforms of
+    /// `adapters` (the declarative adapters loaded with this file).
+    pub fn from_yaml_with(path: &Path, text: &str, adapters: &[&str]) -> Result<Self, FileError> {
         let file: IdentitiesFile = parse_str(path, text)?;
         let mut out = Identities::default();
         for (person, accounts) in file.people {
@@ -72,7 +78,7 @@ impl Identities {
             }
             let person: Arc<str> = Arc::from(person.as_str());
             for account in &accounts {
-                let (platform, user) = parse_account(account)
+                let (platform, user) = parse_account(account, adapters)
                     .map_err(|msg| FileError::at(path, find_token(text, account, 0), msg))?;
                 let users = out.by_account.entry(platform.to_string()).or_default();
                 if let Some(owner) = users.get(user) {
@@ -120,18 +126,19 @@ impl Identities {
 }
 
 /// Splits `platform:user_id`, checking the platform.
-fn parse_account(account: &str) -> Result<(&str, &str), String> {
+fn parse_account<'a>(account: &'a str, adapters: &[&str]) -> Result<(&'a str, &'a str), String> {
     let Some((platform, user)) = account.split_once(':') else {
         return Err(format!(
             "invalid account '{account}'; expected platform:user_id, like telegram:555"
         ));
     };
-    if !PLATFORMS.contains(&platform) {
+    if !PLATFORMS.contains(&platform) && !adapters.contains(&platform) {
+        let known: Vec<&str> = PLATFORMS.iter().chain(adapters).copied().collect();
         let mut msg = format!("unknown platform '{platform}' in account '{account}'");
-        if let Some(best) = did_you_mean(platform, PLATFORMS) {
+        if let Some(best) = did_you_mean(platform, known.iter().copied()) {
             msg.push_str(&format!(" (did you mean '{best}'?)"));
         }
-        msg.push_str(&format!("; expected one of: {}", PLATFORMS.join(", ")));
+        msg.push_str(&format!("; expected one of: {}", known.join(", ")));
         return Err(msg);
     }
     if user.is_empty() || user.trim() != user {
@@ -276,5 +283,20 @@ mod tests {
         // Another corp's `zs` is not corp1's.
         assert_eq!(ids.person_of("wecom", "corp2", "zs"), Some("other"));
         assert_eq!(ids.person_of("wecom", "", "zs"), Some("other"));
+    }
+
+    #[test]
+    fn accounts_may_name_a_loaded_adapters_platform() {
+        let path = Path::new("policies/identities.yaml");
+        let text = "people:\n  alice: [\"telegram:555\", \"github_issues:octocat\"]\n";
+        let ids = Identities::from_yaml_with(path, text, &["github_issues"]).unwrap();
+        assert!(!ids.is_empty());
+        let err = Identities::from_yaml(path, text).unwrap_err().to_string();
+        assert!(err.contains("unknown platform 'github_issues'"), "{err}");
+        let typo = "people:\n  alice: [\"github_isues:octocat\"]\n";
+        let err = Identities::from_yaml_with(path, typo, &["github_issues"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(did you mean 'github_issues'?)"), "{err}");
     }
 }

@@ -107,14 +107,18 @@ impl PolicySet {
             compile_optional(&dir.join(PERMISSIONS_FILE), rbac::Permissions::from_yaml),
             &mut errors,
         );
+        let adapters = keep(crate::adapters::AdapterSet::load_dir(dir), &mut errors);
+        // Accounts may name the adapters' platforms.
+        let names: Vec<&str> = adapters
+            .iter()
+            .flat_map(|a| a.iter().map(|c| c.name))
+            .collect();
         let identities = keep(
-            compile_optional(
-                &dir.join(IDENTITIES_FILE),
-                identities::Identities::from_yaml,
-            ),
+            compile_optional(&dir.join(IDENTITIES_FILE), |path, text| {
+                identities::Identities::from_yaml_with(path, text, &names)
+            }),
             &mut errors,
         );
-        let adapters = keep(crate::adapters::AdapterSet::load_dir(dir), &mut errors);
         match (security, abac, dlp, permissions, identities, adapters) {
             (
                 Some((jwt, ip, rate)),
@@ -218,7 +222,7 @@ fn compile_abac_and_dlp(
 /// Compiles `path` with `compile` if it exists.
 fn compile_optional<T>(
     path: &Path,
-    compile: fn(&Path, &str) -> Result<T, FileError>,
+    compile: impl FnOnce(&Path, &str) -> Result<T, FileError>,
 ) -> Result<Option<T>, FileError> {
     match std::fs::read_to_string(path) {
         Ok(text) => compile(path, &text).map(Some),
