@@ -3,7 +3,10 @@
 //! truth), then through moltgate's passthrough (`platform: websocket`,
 //! `profile: openclaw`) over TLS 1.3. Its model is the fake
 //! OpenAI-compatible server of tests/common/fake_openai.rs, which streams a
-//! phone number split across chunks and records what reached it.
+//! phone number split across chunks and records what reached it. In token
+//! mode, moltgate's OpenAI-compatible front (`platform: openai`,
+//! passthrough) also stands before OpenClaw's own `POST /v1/chat/completions`
+//! on the same port, with a relay between them recording what OpenClaw got.
 //!
 //! One gateway takes about 1.3 GiB and 8-25 s to start, so this binary runs
 //! one, in one test, in steps: token mode first, then the same process
@@ -13,7 +16,7 @@ mod common;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use common::fake_openai::{FakeOpenAi, PHONE_TEXT};
 use common::openclaw::{self as oc, Auth, Client, Connect, Device, OpenClaw, Refused, USER_HEADER};
@@ -21,6 +24,9 @@ use common::{Setup, ALLOW_ALL_ABAC, SECURITY_POLICY};
 
 /// The phone number as the shipped DLP rules show it.
 const PHONE_MASKED: &str = "call me at 138****8000";
+
+/// OpenClaw's OpenAI-compatible endpoint, and moltgate's route in front of it.
+const COMPLETIONS: &str = "/v1/chat/completions";
 
 /// The address a trusted proxy reports for its client (TEST-NET-3).
 const CLIENT_IP: &str = "203.0.113.7";
@@ -41,9 +47,12 @@ fn real_openclaw_token_and_trusted_proxy_modes() {
     rt.block_on(forwarded_headers_refused_in_token_mode(&gw));
     rt.block_on(compression_not_negotiated(&gw));
     step("token-mode checks done");
-    let mg = moltgate_in_front(gw.port);
+    let tap = oc::Tap::start(gw.port);
+    let mg = moltgate_in_front(gw.port, tap.port);
     rt.block_on(through_moltgate_token_mode(&mg, &gw, &model));
     step("token mode through moltgate done");
+    rt.block_on(openai_front_to_openclaw(&mg, &gw, &model, &tap));
+    step("OpenClaw's /v1/chat/completions through moltgate done");
 
     gw.set_auth(Auth::TrustedProxy {
         users: vec!["alice".into()],
@@ -285,15 +294,22 @@ async fn trusted_proxy_needs_attribution_and_identity(gw: &OpenClaw) {
 /// header from the JWT). The test client stands behind a proxy of its own
 /// (moltgate trusts 127.0.0.1 for `X-Forwarded-For`), so the address
 /// moltgate admits and forwards is a non-loopback one, as OpenClaw requires.
-fn moltgate_in_front(openclaw_port: u16) -> common::Gateway {
+/// And `/v1/chat/completions` (`platform: openai`, passthrough) to
+/// OpenClaw's own OpenAI-compatible endpoint through `tap_port` (an
+/// [`oc::Tap`] in front of the same gateway), with the gateway token as
+/// moltgate's upstream bearer; its timeout (header, then per piece) allows
+/// for a whole agent run before OpenClaw answers a `stream: false` call.
+fn moltgate_in_front(openclaw_port: u16, tap_port: u16) -> common::Gateway {
     let route = "platform: websocket, mode: passthrough, upstream: openclaw";
     let ws = "profile: openclaw, max_frame: 1048576";
+    let turn = oc::TURN_WITHIN.as_secs();
     Setup {
         upstreams: format!(
-            "  openclaw: {{ kind: http, nodes: [\"127.0.0.1:{openclaw_port}\"], timeout: 10s }}\n"
+            "  openclaw: {{ kind: http, nodes: [\"127.0.0.1:{openclaw_port}\"], timeout: 10s }}\n  openclaw_http: {{ kind: http, nodes: [\"127.0.0.1:{tap_port}\"], timeout: {turn}s }}\n"
         ),
         routes: format!(
-            "  - {{ path: /openclaw, {route}, websocket: {{ {ws} }} }}\n  - {{ path: /openclaw-tp, {route}, websocket: {{ {ws}, identity_header: {USER_HEADER} }} }}\n"
+            "  - {{ path: /openclaw, {route}, websocket: {{ {ws} }} }}\n  - {{ path: /openclaw-tp, {route}, websocket: {{ {ws}, identity_header: {USER_HEADER} }} }}\n  - {{ path: {COMPLETIONS}, platform: openai, mode: passthrough, upstream: openclaw_http, secrets: {{ token: {} }} }}\n",
+            oc::TOKEN
         ),
         policies: vec![
             (
@@ -425,4 +441,233 @@ async fn through_moltgate_trusted_proxy(mg: &common::Gateway, gw: &OpenClaw) {
         .unwrap_or_else(|e| panic!("chat.send as alice: {e}\n{}", gw.log_text()));
     assert_masked_everywhere(&turn);
     c.close().await;
+}
+
+/// The `data:` payloads of a Server-Sent Events body, in order.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .flat_map(|event| event.lines())
+        .filter_map(|l| l.strip_prefix("data:").map(|d| d.trim().to_string()))
+        .collect()
+}
+
+/// `choices[0].delta.content` of each `chat.completion.chunk` payload.
+fn sse_contents(data: &[String]) -> Vec<String> {
+    data.iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// What OpenClaw answered on the tap's connections `from..`, as text.
+fn received_since(tap: &oc::Tap, from: usize) -> String {
+    tap.conns()[from..]
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.received).into_owned())
+        .collect()
+}
+
+/// What the fake model got in calls `from..`: every JSON string of them.
+fn model_text_since(model: &FakeOpenAi, from: usize) -> Vec<String> {
+    model.chat_requests()[from..]
+        .iter()
+        .flat_map(common::fake_openai::json_strings)
+        .collect()
+}
+
+/// `platform: openai`, `mode: passthrough` in front of OpenClaw's own
+/// OpenAI-compatible endpoint (`POST /v1/chat/completions`, token mode),
+/// with a real HTTP client over TLS to moltgate and a tap recording what
+/// OpenClaw got: a card in the user's message never reaches OpenClaw or its
+/// model; OpenClaw accepts moltgate's gateway token, never the client's JWT
+/// (which it refuses when sent to it directly); a streamed answer whose
+/// phone number the model splits across chunks reaches the client masked
+/// in every chunk and whole, then `[DONE]`; a request without a JWT (or
+/// with OpenClaw's own token instead) is refused by moltgate and never
+/// reaches OpenClaw.
+async fn openai_front_to_openclaw(
+    mg: &common::Gateway,
+    gw: &OpenClaw,
+    model: &FakeOpenAi,
+    tap: &oc::Tap,
+) {
+    let jwt = mg.token("alice", &[]);
+    let client = mg.client(false);
+    let post = |body: &Value| {
+        client
+            .post(mg.url(COMPLETIONS))
+            .timeout(oc::TURN_WITHIN)
+            .json(body)
+    };
+    let card = "4111 1111 1111 1111";
+
+    // Ground truth: OpenClaw itself refuses the client's JWT.
+    let direct = client
+        .post(format!("http://127.0.0.1:{}{COMPLETIONS}", gw.port))
+        .bearer_auth(&jwt)
+        .json(
+            &json!({"model": "openclaw/default", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = direct.status();
+    eprintln!(
+        "direct with the JWT: {status} {}",
+        direct.text().await.unwrap()
+    );
+    assert_eq!(status, 401, "OpenClaw accepted the client's JWT");
+
+    // A whole answer: the card is masked before OpenClaw sees the request.
+    let (calls, taps, conns) = (
+        model.chat_requests().len(),
+        tap.requests().len(),
+        tap.conns().len(),
+    );
+    let message = format!("my card is {card}, what is your number?");
+    let resp = post(
+        &json!({"model": "openclaw/default", "messages": [{"role": "user", "content": message}]}),
+    )
+    .bearer_auth(&jwt)
+    .send()
+    .await
+    .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    eprintln!("<< {status} {text}");
+    assert_eq!(status, 200, "{text}\n{}", gw.log_text());
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], PHONE_MASKED);
+    // OpenClaw answered with the number: moltgate masked it.
+    let upstream = received_since(tap, conns);
+    eprintln!("<< OpenClaw's own answer, as moltgate got it:\n{upstream}");
+    assert!(upstream.contains(PHONE_TEXT), "{upstream}");
+    let got = tap.requests()[taps..].to_vec();
+    assert_eq!(got.len(), 1, "{got:?}");
+    eprintln!(">> to OpenClaw:\n{}", got[0].head);
+    assert!(got[0]
+        .head
+        .starts_with("POST /v1/chat/completions HTTP/1.1"));
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(format!("Bearer {}", oc::TOKEN))
+    );
+    assert!(!got[0].head.contains(&jwt), "the JWT reached OpenClaw");
+    assert_eq!(
+        got[0].header("accept-encoding").as_deref(),
+        Some("identity")
+    );
+    let sent = String::from_utf8_lossy(&got[0].body).into_owned();
+    eprintln!(">> {sent}");
+    assert!(
+        sent.contains("my card is ") && !sent.contains("4111"),
+        "{sent}"
+    );
+    let calls_now = model.wait_chat_requests(calls + 1, Duration::from_secs(10));
+    assert_eq!(calls_now.len(), calls + 1, "one model call");
+    let seen = model_text_since(model, calls);
+    assert!(seen.iter().any(|s| s.contains("my card is ")), "{seen:?}");
+    assert!(
+        !seen.iter().any(|s| s.contains("4111")),
+        "the card reached the model"
+    );
+    assert!(
+        !seen.iter().any(|s| s.contains(&jwt)),
+        "the JWT reached the model"
+    );
+
+    // A streamed answer: the model sends "call me at 138", "0013", "8000".
+    let calls = model.chat_requests().len();
+    let conns = tap.conns().len();
+    let mut resp = post(&json!({"model": "openclaw/default", "stream": true, "messages": [{"role": "user", "content": "and streamed?"}]}))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", gw.log_text());
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let mut chunks = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(oc::TURN_WITHIN, resp.chunk())
+        .await
+        .expect("the stream stalled")
+        .expect("the stream broke")
+    {
+        chunks.push(String::from_utf8_lossy(&chunk).into_owned());
+    }
+    let body = chunks.concat();
+    eprintln!("<< streamed, {} reads:\n{body}", chunks.len());
+    let upstream = received_since(tap, conns);
+    eprintln!("<< OpenClaw's own answer, as moltgate got it:\n{upstream}");
+    for chunk in &chunks {
+        assert!(!chunk.contains("13800138000"), "unmasked in {chunk:?}");
+    }
+    let data = sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let pieces = sse_contents(&data);
+    let mut shown = String::new();
+    for piece in &pieces {
+        shown.push_str(piece);
+        assert!(PHONE_MASKED.starts_with(&shown), "{pieces:?}");
+    }
+    assert_eq!(shown, PHONE_MASKED, "{pieces:?}");
+    assert!(
+        data.iter().any(|d| d.contains(r#""finish_reason":"stop""#)),
+        "{body}"
+    );
+    // OpenClaw itself streamed the number unmasked, split across events
+    // (the raw answer is chunked: each event is one chunk, so its `data:`
+    // lines read whole): moltgate masked it across them.
+    let upstream_pieces = sse_contents(&sse_data(&upstream));
+    assert_eq!(upstream_pieces.concat(), PHONE_TEXT, "{upstream}");
+    assert!(
+        upstream_pieces.iter().all(|p| !p.contains("13800138000")),
+        "OpenClaw sent the number in one event: {upstream_pieces:?}"
+    );
+    assert_eq!(
+        model
+            .wait_chat_requests(calls + 1, Duration::from_secs(10))
+            .len(),
+        calls + 1
+    );
+
+    // No JWT, or OpenClaw's own token instead of one: moltgate refuses the
+    // request, which never reaches OpenClaw (nor its model).
+    let (calls, taps, conns) = (
+        model.chat_requests().len(),
+        tap.requests().len(),
+        tap.conns().len(),
+    );
+    let hi = json!({"model": "openclaw/default", "messages": [{"role": "user", "content": "hi"}]});
+    for (bearer, error) in [(None, "jwt_missing"), (Some(oc::TOKEN), "jwt_malformed")] {
+        let mut req = post(&hi);
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        eprintln!("<< bearer {bearer:?}: {status} {text}");
+        assert_eq!(status, 401, "{bearer:?}: {text}");
+        let refusal: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(refusal["error"], error, "moltgate's refusal: {text}");
+    }
+    assert_eq!(
+        tap.requests().len(),
+        taps,
+        "a refused request reached OpenClaw"
+    );
+    assert_eq!(tap.conns().len(), conns);
+    assert_eq!(model.chat_requests().len(), calls);
+
+    mg.wait_audit(|a| {
+        a["route"] == COMPLETIONS && a["decision"] == "proxied" && a["sender_id"] == "alice"
+    });
+    let log = mg.log_text();
+    assert!(!log.contains(card) && !log.contains("13800138000"));
 }

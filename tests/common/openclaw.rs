@@ -88,6 +88,27 @@
 //! 50 ms they were once "call me at 138" + "00138000". The phone number is
 //! split across frames either way.
 //!
+//! # The OpenAI-compatible HTTP endpoint
+//!
+//! `gateway.http.endpoints.chatCompletions.enabled: true` (off by default;
+//! read per request in `dist/server-start-*.mjs`, set here) serves
+//! `POST /v1/chat/completions` on the WebSocket's port. In token mode it
+//! takes `Authorization: Bearer <gateway token>`; anything else gets
+//! `401 {"error":{"message":"Unauthorized","type":"unauthorized"}}`. `model`
+//! names an agent (`openclaw/default`), not the provider's model; each
+//! request without `user` is a new session, one agent run, one model call.
+//! Observed, with the fake model streaming "call me at 138", "0013", "8000":
+//! - `stream: false`: `200`, after the whole run,
+//!   `{"id":"chatcmpl_<uuid>","object":"chat.completion","created":…,"model":"openclaw/default","choices":[{"index":0,"message":{"role":"assistant","content":"call me at 13800138000"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13}}`
+//!   (the model's usage passed on).
+//! - `stream: true`: `200`, `Content-Type: text/event-stream; charset=utf-8`,
+//!   `Transfer-Encoding: chunked`, `Connection: keep-alive`, one HTTP chunk
+//!   per event: a role chunk `"delta":{"role":"assistant"}`, then one
+//!   `chat.completion.chunk` per model increment as it arrives
+//!   (`"delta":{"content":"call me at 138"}`, `"0013"`, `"8000"`), then
+//!   `"delta":{},"finish_reason":"stop"`, then `data: [DONE]`. No usage
+//!   chunk unless asked (`stream_options.include_usage`).
+//!
 //! # Proxy headers (ingress attribution)
 //!
 //! Read from OpenClaw's `src/gateway/ingress-attribution.ts`,
@@ -372,8 +393,10 @@ impl OpenClaw {
                 })
             }
         };
-        let mut gateway =
-            json!({"mode": "local", "port": self.port, "bind": "loopback", "auth": auth});
+        // The OpenAI-compatible HTTP endpoint (`POST /v1/chat/completions`
+        // on the WebSocket's port) is off by default; the tests front it.
+        let http = json!({"endpoints": {"chatCompletions": {"enabled": true}}});
+        let mut gateway = json!({"mode": "local", "port": self.port, "bind": "loopback", "auth": auth, "http": http});
         if matches!(self.auth, Auth::TrustedProxy { .. }) {
             gateway["trustedProxies"] = json!(["127.0.0.1"]);
         }
@@ -1034,5 +1057,134 @@ impl Turn {
         all.extend(self.assistant_texts());
         all.extend(self.terminal_reply());
         all
+    }
+}
+
+/// A TCP relay in front of the gateway that records both directions of
+/// every connection, so a test sees exactly what a proxy in front of
+/// OpenClaw (moltgate) sent it and what OpenClaw answered.
+pub struct Tap {
+    pub port: u16,
+    conns: Arc<Mutex<Vec<TapConn>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// One relayed connection: the bytes each way, as they passed.
+#[derive(Clone, Default)]
+pub struct TapConn {
+    /// Towards the gateway (the requests).
+    pub sent: Vec<u8>,
+    /// From the gateway (the answers).
+    pub received: Vec<u8>,
+}
+
+/// One HTTP/1.1 request as the relay passed it on.
+#[derive(Clone, Debug)]
+pub struct TapRequest {
+    /// The request line and headers, without the blank line.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl TapRequest {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+impl Tap {
+    /// Relays an ephemeral loopback port to `127.0.0.1:target`.
+    pub fn start(target: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = super::background_rt();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns: Arc<Mutex<Vec<TapConn>>> = Arc::default();
+        let all = conns.clone();
+        rt.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let i = {
+                    let mut all = all.lock().unwrap();
+                    all.push(TapConn::default());
+                    all.len() - 1
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = all.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        up.lock().unwrap()[i].sent.extend_from_slice(&buf[..n]);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                });
+                let down = all.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        down.lock().unwrap()[i]
+                            .received
+                            .extend_from_slice(&buf[..n]);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                });
+            }
+        });
+        Self {
+            port,
+            conns,
+            _rt: rt,
+        }
+    }
+
+    /// Every connection so far, in the order they were accepted.
+    pub fn conns(&self) -> Vec<TapConn> {
+        self.conns.lock().unwrap().clone()
+    }
+
+    /// Every complete request passed on so far (each connection's bytes
+    /// read as a sequence of requests whose bodies have a `content-length`,
+    /// as moltgate writes them).
+    pub fn requests(&self) -> Vec<TapRequest> {
+        let mut out = Vec::new();
+        for conn in self.conns() {
+            let mut rest = &conn.sent[..];
+            while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+                let mut req = TapRequest {
+                    head,
+                    body: Vec::new(),
+                };
+                let len: usize = req
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let body = &rest[end + 4..];
+                if body.len() < len {
+                    break;
+                }
+                req.body = body[..len].to_vec();
+                rest = &body[len..];
+                out.push(req);
+            }
+        }
+        out
     }
 }
