@@ -257,6 +257,10 @@ impl Builder<'_> {
             let exact = (any_ci && !spec.case_insensitive).then(|| Box::from(word.as_bytes()));
             self.literals.push(word.as_bytes().to_vec());
             self.policy.targets.push(AcTarget::Keyword { rule, exact });
+            let dirs = spec.direction.bits();
+            self.policy
+                .keywords
+                .push((Box::from(word.as_bytes()), dirs));
         }
         self.case_fold |= spec.case_insensitive;
         self.push_rule(name, spec.action, spec.direction, spec.mask);

@@ -218,6 +218,9 @@ pub struct DlpPolicy {
     keep: Keep,
     /// Where digit runs break for every windowed numeric pattern.
     segmenter: Option<DigitSegments>,
+    /// Every keyword (folded) with its rule's directions: what streaming
+    /// holds back is the longest tail that is the start of one of them.
+    keywords: Vec<(Box<[u8]>, u8)>,
     /// What streaming masking derives from the rules, built on first use.
     stream: std::sync::OnceLock<stream::Plan>,
 }

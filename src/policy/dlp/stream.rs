@@ -25,10 +25,9 @@
 //!   `\b` and the masks' digit checks look at), so the scan sees there what
 //!   a scan of the whole text sees.
 //!
-//! On top of that the tail is held: from a keyword's length back (the
-//! keyword automaton does not say which prefixes are keywords, so the last
-//! `longest keyword - 1` folded bytes are held whenever the direction has
-//! keywords); from the last character folding may still combine with what
+//! On top of that the tail is held: from the longest tail that is the
+//! start of a keyword (the plan keeps the direction's keywords sorted, so
+//! each candidate tail is one binary search); from the last character folding may still combine with what
 //! follows (`e` + U+0301 is `é`); from the start of any finding that is not
 //! settled (it reaches the held part, or fewer than two characters follow
 //! it: a mask keeps its prefix or suffix only when no digit is that close);
@@ -315,6 +314,7 @@ impl Window<'_> {
         let mut open_f = runs.open.unwrap_or(stable_f);
         let hold = plan.tail_hold(direction);
         open_f = open_f.min(floor_char(&folded.text, stable_f.saturating_sub(hold)));
+        open_f = open_f.min(stable_f - plan.keyword_tail(direction, &folded.text));
         let open = folded.span(open_f, open_f).0.min(stable);
         let settled = back_chars(text, text.len(), LOOKBEHIND)
             .min(folded.span(back_f(&folded.text, LOOKBEHIND), stable_f).0);

@@ -25,9 +25,12 @@ pub struct Plan {
     /// Per direction (ingress, egress): the NFA's start, and its
     /// consuming states with the ASCII characters they take.
     starts: [Starts; 2],
-    /// Per direction: bytes held whatever the NFA says (keywords, and
-    /// patterns too large to follow).
+    /// Per direction: bytes held whatever the NFA says (patterns too large
+    /// to follow).
     hold: [usize; 2],
+    /// Per direction: the keywords, ASCII lower case, sorted (a tail that
+    /// starts one of them is held).
+    keywords: [Vec<Box<[u8]>>; 2],
     /// Characters of the windowed numeric patterns (cards, phones, IDs).
     number_chars: CharSet,
     /// How far back a run of number characters is held.
@@ -83,11 +86,11 @@ impl Plan {
             }
             plan.whole_numbers |= p.whole_numbers;
         }
-        let keywords = keyword_len(policy);
+        plan.keywords = keywords_of(policy);
         for (d, s) in starts.iter().enumerate() {
             plan.starts[d] = plan.nfa.starts(s);
-            plan.hold[d] = plan.hold[d].max(keywords[d].saturating_sub(1));
-            longest = longest.max(keywords[d]);
+            let keyword_len = plan.keywords[d].iter().map(|w| w.len()).max().unwrap_or(0);
+            longest = longest.max(keyword_len);
         }
         plan.number_chars = CharSet::new(number_chars);
         plan.number_reach = FOLD_EXPANSION * MAX_MASK_PASSES * number_len;
@@ -99,6 +102,31 @@ impl Plan {
     /// Bytes of folded text held at the end whatever the NFA says.
     pub(super) fn tail_hold(&self, direction: Direction) -> usize {
         self.hold[dir_index(direction)]
+    }
+
+    /// Bytes at the end of the folded `text` that are the start of a longer
+    /// keyword going `direction` (ASCII case aside): the longest such tail.
+    /// A keyword that may still be completed by what follows starts there;
+    /// anything before it no keyword can change.
+    pub(super) fn keyword_tail(&self, direction: Direction, text: &str) -> usize {
+        let words = &self.keywords[dir_index(direction)];
+        let Some(longest) = words.iter().map(|w| w.len()).max() else {
+            return 0;
+        };
+        let bytes = text.as_bytes();
+        let from = bytes.len().saturating_sub(longest.saturating_sub(1));
+        for i in from..bytes.len() {
+            if !text.is_char_boundary(i) {
+                continue;
+            }
+            let tail = bytes[i..].to_ascii_lowercase();
+            // The first word after `tail` (a longer one it starts, if any).
+            let at = words.partition_point(|w| **w <= *tail);
+            if words.get(at).is_some_and(|w| w.starts_with(&tail)) {
+                return bytes.len() - i;
+            }
+        }
+        0
     }
 
     pub(super) fn run(&self, direction: Direction, text: &str, scratch: &mut Scratch) -> Runs {
@@ -182,22 +210,21 @@ fn dir_index(direction: Direction) -> usize {
     }
 }
 
-/// Per direction, the longest keyword (in folded bytes; every literal of the
-/// automaton counts), or 0 when no keyword rule applies.
-fn keyword_len(policy: &DlpPolicy) -> [usize; 2] {
-    let Some(ac) = &policy.automaton else {
-        return [0, 0];
-    };
-    let mut out = [0, 0];
-    for t in &policy.targets {
-        if let super::super::AcTarget::Keyword { rule, .. } = t {
-            let dirs = policy.rules[*rule].dirs;
-            for (d, dir) in [Direction::Ingress, Direction::Egress].iter().enumerate() {
-                if dirs & dir.bit() != 0 {
-                    out[d] = ac.max_pattern_len();
-                }
+/// Per direction, the keywords of the rules going that way: folded (as the
+/// automaton matches them), ASCII lower case (an automaton built case
+/// insensitive matches either case: holding on either is safe), sorted.
+fn keywords_of(policy: &DlpPolicy) -> [Vec<Box<[u8]>>; 2] {
+    let mut out: [Vec<Box<[u8]>>; 2] = Default::default();
+    for (word, dirs) in &policy.keywords {
+        for (d, dir) in [Direction::Ingress, Direction::Egress].iter().enumerate() {
+            if dirs & dir.bit() != 0 {
+                out[d].push(word.to_ascii_lowercase().into_boxed_slice());
             }
         }
+    }
+    for words in &mut out {
+        words.sort();
+        words.dedup();
     }
     out
 }

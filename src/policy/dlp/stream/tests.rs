@@ -337,9 +337,17 @@ fn the_bound_is_derived_from_the_rules() {
         "{}",
         plan.bound
     );
+    // Keywords hold only a tail that starts one of them, ASCII case aside.
+    assert_eq!(plan.tail_hold(Direction::Egress), 0);
+    let tail = |text: &str| plan.keyword_tail(Direction::Egress, text);
+    assert_eq!(tail("call me at "), 0);
+    assert_eq!(tail("please do not dis"), "do not dis".len());
+    assert_eq!(tail("this is CONFID"), "CONFID".len());
+    assert_eq!(tail("资料是内部"), "内部".len());
+    assert_eq!(tail("confidential"), 0, "a whole keyword is the scan's");
     assert_eq!(
-        plan.tail_hold(Direction::Egress),
-        "do not distribute".len() - 1
+        plan.keyword_tail(Direction::Ingress, "do not dis"),
+        "do not dis".len()
     );
 }
 
@@ -351,8 +359,9 @@ fn a_stream_keeps_the_snapshot_it_started_with() {
     let snap = Arc::new(Snapshot { dlp: shipped() });
     let mut m = StreamMasker::with_snapshot(Arc::clone(&snap), |s| &s.dlp, Direction::Egress);
     drop(snap);
-    m.push("tel 13812345678");
-    assert_eq!(m.finish().text, "tel 138****5678");
+    let mut out = m.push("tel 13812345678").text;
+    out.push_str(&m.finish().text);
+    assert_eq!(out, "tel 138****5678");
     let owned = StreamMasker::new(Arc::new(shipped()), Direction::Ingress);
     assert_eq!(owned.finish(), Emitted::default());
 }
