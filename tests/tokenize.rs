@@ -14,22 +14,44 @@ use common::{Gateway, RecordingAssistant, Script, Setup, ALLOW_ALL_ABAC, SECURIT
 
 const DLP: &str = "patterns:\n  cn_mobile:\n    regex: '1[3-9]\\d{9}'\n    action: tokenize\n";
 const PHONE: &str = "13812345678";
+const KEY: &str = "8f1c2ab9d07e4e55b61c93a07f2d3e11";
 
-fn gateway(ai: &RecordingAssistant) -> Gateway {
+/// A gateway with `tokenize:` and `policies` (security and allow-all ABAC
+/// are added first), the upstreams and routes given.
+fn tokenizing(
+    upstreams: String,
+    routes: &str,
+    mut policies: Vec<(&'static str, String)>,
+) -> Gateway {
+    let mut all = vec![
+        ("security_policy.yaml", SECURITY_POLICY.to_string()),
+        ("abac.yaml", ALLOW_ALL_ABAC.to_string()),
+    ];
+    all.retain(|(name, _)| !policies.iter().any(|(n, _)| n == name));
+    all.append(&mut policies);
     Setup {
-        upstreams: format!(
-            "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\"], timeout: 5s }}\n",
-            ai.port
-        ),
-        routes: "  - { path: /v1/messages, platform: generic, upstream: assistant }\n  - { path: /v1/ws, platform: websocket, upstream: assistant }\n".into(),
-        extra: "tokenize: { key: \"8f1c2ab9d07e4e55b61c93a07f2d3e11\", ttl: 1h }\n".into(),
-        policies: vec![
-            ("security_policy.yaml", SECURITY_POLICY.into()),
-            ("abac.yaml", ALLOW_ALL_ABAC.into()),
-            ("dlp.yaml", DLP.into()),
-        ],
+        upstreams,
+        routes: routes.into(),
+        extra: format!("tokenize: {{ key: \"{KEY}\", ttl: 1h }}\n"),
+        policies: all,
     }
     .start()
+}
+
+/// The upstream `assistant` on the recording assistant's port.
+fn grpc(ai: &RecordingAssistant) -> String {
+    format!(
+        "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\"], timeout: 5s }}\n",
+        ai.port
+    )
+}
+
+fn gateway(ai: &RecordingAssistant) -> Gateway {
+    tokenizing(
+        grpc(ai),
+        "  - { path: /v1/messages, platform: generic, upstream: assistant }\n  - { path: /v1/ws, platform: websocket, upstream: assistant }\n",
+        vec![("dlp.yaml", DLP.into())],
+    )
 }
 
 async fn say(gw: &Gateway, token: &str, text: &str) -> Value {
@@ -141,21 +163,11 @@ fn a_token_split_across_reply_parts_is_restored_in_the_stream() {
         reply: "noted: {text}".into(),
         piece: 3,
     });
-    let gw = Setup {
-        upstreams: format!(
-            "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\"], timeout: 5s }}\n",
-            ai.port
-        ),
-        routes: "  - { path: /v1/ai/chat/completions, platform: openai, upstream: assistant }\n"
-            .into(),
-        extra: "tokenize: { key: \"8f1c2ab9d07e4e55b61c93a07f2d3e11\", ttl: 1h }\n".into(),
-        policies: vec![
-            ("security_policy.yaml", SECURITY_POLICY.into()),
-            ("abac.yaml", ALLOW_ALL_ABAC.into()),
-            ("dlp.yaml", DLP.into()),
-        ],
-    }
-    .start();
+    let gw = tokenizing(
+        grpc(&ai),
+        "  - { path: /v1/ai/chat/completions, platform: openai, upstream: assistant }\n",
+        vec![("dlp.yaml", DLP.into())],
+    );
     let token = gw.token("alice", &["tenant=acme"]);
     let body = common::rt().block_on(async {
         gw.client(false)
@@ -200,15 +212,10 @@ fn a_released_message_gets_its_values_back() {
     let abac = format!(
         "{ALLOW_ALL_ABAC}  - id: reboot_needs_confirmation\n    effect: Allow\n    resources: [\"/**\"]\n    actions: [\"command:reboot\"]\n    confirm: true\n"
     );
-    let gw = Setup {
-        upstreams: format!(
-            "  assistant: {{ kind: grpc, nodes: [\"127.0.0.1:{}\"], timeout: 5s }}\n",
-            ai.port
-        ),
-        routes: "  - { path: /v1/messages, platform: generic, upstream: assistant }\n".into(),
-        extra: "tokenize: { key: \"8f1c2ab9d07e4e55b61c93a07f2d3e11\", ttl: 1h }\n".into(),
-        policies: vec![
-            ("security_policy.yaml", SECURITY_POLICY.into()),
+    let gw = tokenizing(
+        grpc(&ai),
+        "  - { path: /v1/messages, platform: generic, upstream: assistant }\n",
+        vec![
             ("abac.yaml", abac),
             ("dlp.yaml", DLP.into()),
             (
@@ -216,8 +223,7 @@ fn a_released_message_gets_its_values_back() {
                 "roles:\n  admin: [\"command:*\"]\nsubjects:\n  \"generic:erin\": [admin]\n".into(),
             ),
         ],
-    }
-    .start();
+    );
     let token = gw.token("erin", &["tenant=acme"]);
     let client = gw.client(false);
     let post = |text: String| {
@@ -261,21 +267,14 @@ fn a_released_message_gets_its_values_back() {
 #[test]
 fn an_openai_compatible_server_sees_tokens_and_answers_get_values_back() {
     let model = FakeOpenAi::start();
-    let gw = Setup {
-        upstreams: format!(
+    let gw = tokenizing(
+        format!(
             "  llm: {{ kind: http, nodes: [\"127.0.0.1:{}\"], timeout: 10s }}\n",
             model.port
         ),
-        routes: "  - { path: /v1/chat/completions, platform: openai, mode: passthrough, upstream: llm }\n"
-            .into(),
-        extra: "tokenize: { key: \"8f1c2ab9d07e4e55b61c93a07f2d3e11\", ttl: 1h }\n".into(),
-        policies: vec![
-            ("security_policy.yaml", SECURITY_POLICY.into()),
-            ("abac.yaml", ALLOW_ALL_ABAC.into()),
-            ("dlp.yaml", DLP.into()),
-        ],
-    }
-    .start();
+        "  - { path: /v1/chat/completions, platform: openai, mode: passthrough, upstream: llm }\n",
+        vec![("dlp.yaml", DLP.into())],
+    );
     let alice = gw.token("alice", &["tenant=acme"]);
     let mallory = gw.token("mallory", &["tenant=evil"]);
     let client = gw.client(false);
