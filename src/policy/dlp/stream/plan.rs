@@ -29,8 +29,10 @@ pub struct Plan {
     /// to follow).
     hold: [usize; 2],
     /// Per direction: the keywords, ASCII lower case, sorted (a tail that
-    /// starts one of them is held).
+    /// starts one of them is held), the bytes they start with, the longest.
     keywords: [Vec<Box<[u8]>>; 2],
+    keyword_first: [Vec<bool>; 2],
+    keyword_longest: [usize; 2],
     /// Characters of the windowed numeric patterns (cards, phones, IDs).
     number_chars: CharSet,
     /// How far back a run of number characters is held.
@@ -91,6 +93,14 @@ impl Plan {
             plan.starts[d] = plan.nfa.starts(s);
             let keyword_len = plan.keywords[d].iter().map(|w| w.len()).max().unwrap_or(0);
             longest = longest.max(keyword_len);
+            plan.keyword_longest[d] = keyword_len;
+            let mut first = vec![false; 256];
+            for w in &plan.keywords[d] {
+                if let Some(&b) = w.first() {
+                    first[usize::from(b)] = true;
+                }
+            }
+            plan.keyword_first[d] = first;
         }
         plan.number_chars = CharSet::new(number_chars);
         plan.number_reach = FOLD_EXPANSION * MAX_MASK_PASSES * number_len;
@@ -109,20 +119,27 @@ impl Plan {
     /// A keyword that may still be completed by what follows starts there;
     /// anything before it no keyword can change.
     pub(super) fn keyword_tail(&self, direction: Direction, text: &str) -> usize {
-        let words = &self.keywords[dir_index(direction)];
-        let Some(longest) = words.iter().map(|w| w.len()).max() else {
+        let d = dir_index(direction);
+        let (words, first) = (&self.keywords[d], &self.keyword_first[d]);
+        let longest = self.keyword_longest[d];
+        if longest == 0 {
             return 0;
-        };
+        }
         let bytes = text.as_bytes();
-        let from = bytes.len().saturating_sub(longest.saturating_sub(1));
+        let from = bytes.len().saturating_sub(longest - 1);
         for i in from..bytes.len() {
-            if !text.is_char_boundary(i) {
+            // Most tails start with a byte no keyword starts with.
+            let starts = first.get(usize::from(bytes[i].to_ascii_lowercase()));
+            if !starts.copied().unwrap_or(false) || !text.is_char_boundary(i) {
                 continue;
             }
-            let tail = bytes[i..].to_ascii_lowercase();
+            let tail = &bytes[i..];
             // The first word after `tail` (a longer one it starts, if any).
-            let at = words.partition_point(|w| **w <= *tail);
-            if words.get(at).is_some_and(|w| w.starts_with(&tail)) {
+            let at = words.partition_point(|w| cmp_lower(w, tail) != std::cmp::Ordering::Greater);
+            if words
+                .get(at)
+                .is_some_and(|w| w.len() > tail.len() && w[..tail.len()].eq_ignore_ascii_case(tail))
+            {
                 return bytes.len() - i;
             }
         }
@@ -208,6 +225,12 @@ fn dir_index(direction: Direction) -> usize {
         Direction::Ingress => 0,
         Direction::Egress => 1,
     }
+}
+
+/// `word` (lower case) against `tail` lower-cased, as `Ord` on bytes would.
+fn cmp_lower(word: &[u8], tail: &[u8]) -> std::cmp::Ordering {
+    let lowered = tail.iter().map(u8::to_ascii_lowercase);
+    word.iter().copied().cmp(lowered)
 }
 
 /// Per direction, the keywords of the rules going that way: folded (as the
