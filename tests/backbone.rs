@@ -482,13 +482,13 @@ fn signals_stop_the_gateway() {
     let mut gw = Setup::default().start();
     let status = gw.signal("TERM");
     assert!(status.success(), "{status:?}");
-    assert!(gw.log_text().contains("graceful shutdown"));
+    gw.wait_log("graceful shutdown");
     let mut gw = Setup::default().start();
     let started = std::time::Instant::now();
     let status = gw.signal("INT");
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(gw.log_text().contains("fast shutdown"));
+    gw.wait_log("fast shutdown");
 }
 
 /// `moltgate token` refuses without an HS secret.

@@ -1140,11 +1140,8 @@ fn post_reload_and_sighup_reload() {
     wait_until(Duration::from_secs(5), "SIGHUP reload", || {
         policy_version(&gw) == 2
     });
-    // The log is read from the gateway's stderr by another thread: the line
-    // written before the reload may not be in yet when the version is.
-    wait_until(Duration::from_secs(5), "the SIGHUP log line", || {
-        gw.log_text().contains("SIGHUP")
-    });
+    // Written before the reload, but read from stderr by another thread.
+    gw.wait_log("SIGHUP");
 
     let (s, body) = admin_request(gw.admin, "POST", "/reload").unwrap();
     assert_eq!(s, 200, "{body}");

@@ -248,6 +248,21 @@ impl Gateway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits (bounded) until the log has `needle`: the log is read from the
+    /// gateway's stderr by another thread, so a line the gateway wrote may
+    /// not be in yet when its effect is visible.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Audit lines (parsed JSON) written so far.
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
         self.logs
