@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use super::common::*;
-use moltgate::adapters::{CompiledAdapter, BUILTIN_PLATFORMS};
+use moltgate::adapters::{is_reserved, CompiledAdapter};
 use moltgate::platform::adapter::{Inbound, PlatformAdapter, WebhookRequest};
 
 const BODIES: &[&[u8]] = &[
@@ -41,7 +41,7 @@ pub fn run(data: &[u8]) {
             return;
         }
     };
-    assert!(!BUILTIN_PLATFORMS.contains(&compiled.name));
+    assert!(!is_reserved(compiled.name));
     assert_eq!(compiled.adapter.platform(), compiled.name);
     if let Some(route) = &compiled.route {
         assert!(route.path.starts_with('/'));

@@ -21,7 +21,7 @@ use super::file::{
     SchemeName,
 };
 use super::template::{check_pointer, Allowed, Source, Template, TemplateError, Tree};
-use super::{intern, verify, CompiledAdapter, RouteSpec, BUILTIN_PLATFORMS};
+use super::{intern, is_reserved, verify, CompiledAdapter, RouteSpec};
 use crate::config::yaml::{self, locate_after_key, locate_key, FileError};
 
 /// The deadline when a route sets none.
@@ -155,7 +155,7 @@ fn check_name(cx: &mut Ctx<'_>, name: &str) -> Option<&'static str> {
         );
         return None;
     }
-    if BUILTIN_PLATFORMS.contains(&name) {
+    if is_reserved(name) {
         cx.err("name", None, format!("'{name}' is a built-in platform; name the adapter something else (e.g. {name}_yaml)"));
         return None;
     }

@@ -40,20 +40,11 @@ use crate::config::RouteMode;
 /// The subdirectory of the policies directory that holds adapter files.
 pub const DIR: &str = "adapters";
 
-/// Names an adapter may not take: the built-in platforms (and `mqtt`, the
-/// listener kind).
-pub const BUILTIN_PLATFORMS: &[&str] = &[
-    "generic",
-    "feishu",
-    "wecom",
-    "dingtalk",
-    "slack",
-    "discord",
-    "telegram",
-    "websocket",
-    "openai",
-    "mqtt",
-];
+/// Whether an adapter may not take `name`: a built-in platform's, or
+/// `mqtt` (the listener kind).
+pub fn is_reserved(name: &str) -> bool {
+    name == "mqtt" || crate::config::route::PLATFORM_NAMES.contains(&name)
+}
 
 /// At most this many distinct labels (names, skip reasons, answer events,
 /// success pointers) are interned over the process's life.

@@ -48,6 +48,20 @@ pub enum PlatformKind {
     Declarative,
 }
 
+/// Every built-in platform's name ([`PlatformKind::as_str`], but not
+/// `declarative`): what identities may name, what adapters may not be called.
+pub const PLATFORM_NAMES: [&str; 9] = [
+    "generic",
+    "feishu",
+    "wecom",
+    "dingtalk",
+    "slack",
+    "discord",
+    "telegram",
+    "websocket",
+    "openai",
+];
+
 impl PlatformKind {
     /// The lowercase name used in metrics, envelopes and identities.
     pub fn as_str(self) -> &'static str {

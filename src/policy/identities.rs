@@ -25,18 +25,8 @@ use serde::Deserialize;
 use crate::config::yaml::{did_you_mean, locate, parse_str};
 use crate::config::FileError;
 
-/// The platforms an account may name.
-pub const PLATFORMS: [&str; 9] = [
-    "generic",
-    "feishu",
-    "wecom",
-    "dingtalk",
-    "slack",
-    "discord",
-    "telegram",
-    "websocket",
-    "openai",
-];
+/// The built-in platforms an account may name (and the loaded adapters').
+pub use crate::config::route::PLATFORM_NAMES as PLATFORMS;
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
