@@ -303,9 +303,7 @@ impl Gateway {
         who: &Who,
         grant: Grant,
     ) -> Result<Done, Stop> {
-        let conversation =
-            crate::context::conversation_key(route.platform_name(), &msg, who.person.as_deref());
-        let restore = self.tokenize_ingress(ex, &mut msg, &conversation).await;
+        let restore = self.tokenize_ingress(ex, route, &mut msg, who).await;
         let inspection = inspect::message(&ex.policies, &mut msg);
         ex.found.extend(inspection.found.iter().cloned());
         ex.rules.extend(inspection.rules.iter().cloned());
@@ -356,9 +354,7 @@ impl Gateway {
         // Fresh context: the conversation may have moved on while it waited.
         let env = self.conversations.attach(held).await;
         // The held text was tokenised when it came: its reply restores too.
-        let conversation =
-            crate::context::conversation_key(route.platform_name(), &msg, who.person.as_deref());
-        let restore = self.restore_for(ex, &msg, &conversation);
+        let restore = self.restore_for(ex, route, &msg, who);
         self.dispatch(ex, route, cluster, msg, env, restore).await
     }
 
@@ -420,11 +416,7 @@ impl Gateway {
                 rule: "confirm_unsupported_in_passthrough".into(),
             });
         }
-        let conversation =
-            crate::context::conversation_key(route.platform_name(), msg, who.person.as_deref());
-        let (replaced, known) = self
-            .tokenize_payload(ex, route, req, &msg.tenant, &conversation)
-            .await;
+        let (replaced, known) = self.tokenize_payload(ex, route, req, msg, who).await;
         let (inspection, resealed) =
             inspect::payload(&ex.policies, route.adapter.as_ref(), req, &replaced);
         ex.found.extend(inspection.found);

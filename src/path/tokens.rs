@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::exchange::{Exchange, Found};
+use super::identity::Who;
 use super::Gateway;
 use crate::config::{Config, FileError};
 use crate::platform::PlatformMessage;
@@ -62,23 +63,28 @@ impl Gateway {
     pub(super) async fn tokenize_ingress(
         &self,
         ex: &mut Exchange,
+        route: &super::Route,
         msg: &mut PlatformMessage,
-        conversation: &str,
+        who: &Who,
     ) -> Option<Restore> {
         let tokenizer = self.tokenizer.clone()?;
+        let conversation = conversation_of(route, msg, who);
         let policies = ex.policies.clone();
+        if policies.dlp.tokenize_rules().next().is_none() {
+            return self.restore_for(ex, route, msg, who);
+        }
         let outcome = policies.dlp.scan(&msg.text, Direction::Ingress);
         let spans = outcome.token_spans();
         if !outcome.is_blocked() && !spans.is_empty() {
             let scope = Scope {
                 tenant: &msg.tenant,
-                conversation,
+                conversation: &conversation,
             };
             let tokenized = tokenizer.tokenize_outcome(scope, &msg.text, &outcome).await;
             note_tokenized(ex, &spans);
             msg.text = tokenized;
         }
-        self.restore_for(ex, msg, conversation)
+        self.restore_for(ex, route, msg, who)
     }
 
     /// Passthrough to an OpenAI-compatible server: tokenises every text of
@@ -94,8 +100,8 @@ impl Gateway {
         ex: &mut Exchange,
         route: &super::Route,
         req: &super::IncomingRequest,
-        tenant: &str,
-        conversation: &str,
+        msg: &PlatformMessage,
+        who: &Who,
     ) -> (Vec<Option<String>>, Option<Arc<Known>>) {
         let tokenizer = match &self.tokenizer {
             Some(t) if route.platform == crate::config::PlatformKind::Openai => t.clone(),
@@ -105,9 +111,10 @@ impl Gateway {
         if policies.dlp.tokenize_rules().next().is_none() {
             return (Vec::new(), None);
         }
+        let conversation = conversation_of(route, msg, who);
         let scope = Scope {
-            tenant,
-            conversation,
+            tenant: &msg.tenant,
+            conversation: &conversation,
         };
         let mut known = Known::default();
         let mut replaced = Vec::new();
@@ -127,18 +134,19 @@ impl Gateway {
         (replaced, (!known.is_empty()).then(|| Arc::new(known)))
     }
 
-    /// How to restore the tokens of `conversation` in the reply to `msg`
+    /// How to restore the tokens of `msg`'s conversation in its reply
     /// (when a tokenizer is configured).
     pub(super) fn restore_for(
         &self,
         ex: &Exchange,
+        route: &super::Route,
         msg: &PlatformMessage,
-        conversation: &str,
+        who: &Who,
     ) -> Option<Restore> {
         Some(Restore {
             tokenizer: self.tokenizer.clone()?,
             tenant: msg.tenant.clone(),
-            conversation: conversation.to_string(),
+            conversation: conversation_of(route, msg, who),
             labels: Labels::from_rules(ex.policies.dlp.tokenize_rules()),
         })
     }
@@ -154,6 +162,12 @@ impl Restore {
         };
         Restorer::new(self.tokenizer.clone(), scope, self.labels.clone())
     }
+}
+
+/// The conversation a message's tokens are kept under: its context key.
+/// Derived only when tokenising, off the path of every other message.
+fn conversation_of(route: &super::Route, msg: &PlatformMessage, who: &Who) -> String {
+    crate::context::conversation_key(route.platform_name(), msg, who.person.as_deref())
 }
 
 /// Records tokenised spans: the audit line's rules and the findings counted.

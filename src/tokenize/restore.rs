@@ -174,12 +174,12 @@ impl Known {
         Labels::from_canonical(self.by_id.values().flatten().map(|(l, _)| l.clone()))
     }
 
-    /// `text` with the known tokens restored.
+    /// `text` with the known tokens restored (a whole text: nothing held).
     pub fn restore(&self, text: &str) -> String {
-        let mut r = KnownRestorer::new(std::sync::Arc::new(self.clone()));
-        let mut out = r.push(text);
-        out.push_str(&r.finish());
-        out
+        let mut held = text.to_string();
+        let (text, found) = take(&mut held, &mut None, &self.labels(), true);
+        let values = found.iter().map(|(_, f)| self.resolve(f)).collect();
+        assemble(&text, &found, values)
     }
 }
 
